@@ -1,0 +1,483 @@
+"""The GRN-masked Transformer: a pre-LayerNorm, SwiGLU encoder over a cell's gene tokens whose attention follows a
+gene regulatory network stored in the model.
+
+Shipped next to the weights for `trust_remote_code` loading: it imports only torch, transformers, numpy and its
+sibling files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
+
+from .configuration_scgrn import ScGrnConfig
+from .grn_prior import build_attention_mask, control_edges, edge_keys
+
+
+@dataclass
+class ScGrnModelOutput(ModelOutput):
+    """
+    Args:
+        last_hidden_state: `(batch, L, hidden)` final (LayerNormed) token states, `[CLS]` at position 0.
+        pooler_output: `(batch, hidden)` cell embedding (per `config.pooling`).
+        hidden_states: tuple of `num_hidden_layers + 1` `(batch, L, hidden)` tensors (embeddings, then each block).
+        attentions: tuple of `num_hidden_layers` `(batch, heads, L, L)` attention probabilities (eager only).
+        attention_masks: tuple of `num_hidden_layers` `(batch, 1, L, L)` boolean masks actually applied.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    attention_masks: tuple[torch.BoolTensor, ...] | None = None
+
+
+@dataclass
+class ScGrnMaskedExpressionOutput(ModelOutput):
+    """
+    Args:
+        loss: masked-value loss (cross-entropy over bins, or mean squared error of log1p values).
+        logits: `(batch, L, n_bins + 1)` bin logits (binned) or `(batch, L)` predicted log1p values (continuous).
+        hidden_states, attentions: as in [`ScGrnModelOutput`].
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class ScGrnCellClassificationOutput(ModelOutput):
+    """
+    Args:
+        loss: cross-entropy of the cell-type logits (when `labels` are given).
+        logits: `(batch, num_labels)`.
+        cell_embeddings: `(batch, hidden)` pooled embedding the classifier read.
+        hidden_states, attentions: as in [`ScGrnModelOutput`].
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cell_embeddings: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference attention. `attention_mask` is boolean `(batch, 1, L, L)`, True = may attend; masked pairs get
+    exactly zero probability. Returns `(batch, L, heads, head_dim)` and the `(batch, heads, L, L)` probabilities."""
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if attention_mask is not None:
+        probs = probs.masked_fill(~attention_mask, 0.0)
+    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+    output = torch.matmul(probs, value).transpose(1, 2).contiguous()
+    return output, probs
+
+
+class ScGrnEmbeddings(nn.Module):
+    """Gene identity embedding + expression value embedding; no positions (a cell is a set of genes)."""
+
+    def __init__(self, config: ScGrnConfig):
+        super().__init__()
+        self.value_encoding = config.value_encoding
+        self.gene_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        if config.value_encoding == "binned":
+            # bin 0 = no value ([CLS], padding), 1..n_bins = detected, n_bins + 1 = masked
+            self.value_embeddings = nn.Embedding(config.n_bins + 2, config.hidden_size, padding_idx=0)
+        else:
+            self.value_embeddings = nn.Sequential(
+                nn.Linear(1, config.hidden_size), ACT2FN[config.hidden_act], nn.Linear(config.hidden_size, config.hidden_size)
+            )
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self, input_ids: torch.Tensor, expression_values: torch.Tensor | None, expression_bins: torch.Tensor | None
+    ) -> torch.Tensor:
+        if self.value_encoding == "binned":
+            if expression_bins is None:
+                raise ValueError("value_encoding='binned' needs `expression_bins` (the tokenizer returns them).")
+            values = self.value_embeddings(expression_bins.long())
+        else:
+            if expression_values is None:
+                raise ValueError("value_encoding='continuous' needs `expression_values` (log1p-normalised).")
+            values = self.value_embeddings(expression_values.to(self.gene_embeddings.weight.dtype).unsqueeze(-1))
+        return self.dropout(self.gene_embeddings(input_ids) + values)
+
+
+class ScGrnAttention(nn.Module):
+    """Multi-head self-attention whose kernel is picked from transformers' registry by `attn_implementation`."""
+
+    def __init__(self, config: ScGrnConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.num_key_value_groups = 1
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, length, _ = hidden_states.shape
+        shape = (batch, length, -1, self.head_dim)
+        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        output, weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.config.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            is_causal=False,
+            output_attentions=output_attentions,
+        )
+        return self.o_proj(output.reshape(batch, length, -1)), weights
+
+
+class ScGrnMLP(nn.Module):
+    """Gated linear unit feed-forward (SwiGLU with `hidden_act="silu"`)."""
+
+    def __init__(self, config: ScGrnConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(hidden_states)) * self.up_proj(hidden_states))
+
+
+class ScGrnLayer(GradientCheckpointingLayer):
+    """Pre-LayerNorm block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, config: ScGrnConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = ScGrnAttention(config, layer_idx)
+        self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = ScGrnMLP(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, weights = self.self_attn(self.input_layernorm(hidden_states), attention_mask, output_attentions)
+        hidden_states = hidden_states + self.dropout(attended)
+        hidden_states = hidden_states + self.dropout(self.mlp(self.post_attention_layernorm(hidden_states)))
+        return hidden_states, weights
+
+
+class ScGrnPreTrainedModel(PreTrainedModel):
+    config_class = ScGrnConfig
+    config: ScGrnConfig
+    base_model_prefix = "scgrn"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ScGrnLayer"]
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
+    def set_grn_edges(self, grn_edges: torch.Tensor) -> torch.Tensor:
+        """Attach a prior to the encoder; see [`ScGrnModel.set_grn_edges`]."""
+        return self.base_model.set_grn_edges(grn_edges)
+
+
+class ScGrnModel(ScGrnPreTrainedModel):
+    """The encoder. Holds the GRN as a `(2, num_grn_edges)` int64 buffer `grn_edges` (regulator, target vocabulary
+    ids), saved in `model.safetensors` with the weights; attach a network with [`set_grn_edges`]."""
+
+    def __init__(self, config: ScGrnConfig):
+        super().__init__(config)
+        self.embeddings = ScGrnEmbeddings(config)
+        self.layers = nn.ModuleList([ScGrnLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.register_buffer("grn_edges", torch.zeros(2, config.num_grn_edges, dtype=torch.int64), persistent=True)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.gene_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.gene_embeddings = value
+
+    @property
+    def special_token_ids(self) -> tuple[int, ...]:
+        c = self.config
+        return (c.pad_token_id, c.cls_token_id, c.mask_token_id, c.unk_token_id)
+
+    def set_grn_edges(self, grn_edges: torch.Tensor) -> torch.Tensor:
+        """Attach a prior: `(2, E)` regulator -> target vocabulary ids.
+
+        Self edges and duplicates are dropped; for `grn_mode="random"`/`"shuffled"` the sparsity-matched control
+        (seeded by `grn_control_seed`) replaces the prior, so the stored edges are exactly what the mask uses.
+        Updates `config.num_grn_edges`. Returns the stored edges.
+        """
+        grn_edges = torch.as_tensor(grn_edges, dtype=torch.int64)
+        if grn_edges.ndim != 2 or grn_edges.shape[0] != 2:
+            raise ValueError(f"grn_edges must have shape (2, num_edges), got {tuple(grn_edges.shape)}.")
+        if grn_edges.numel() and (grn_edges.min() < 0 or grn_edges.max() >= self.config.vocab_size):
+            raise ValueError(f"grn_edges hold ids outside the vocabulary [0, {self.config.vocab_size}).")
+        special = torch.tensor(self.special_token_ids)
+        if torch.isin(grn_edges, special).any():
+            raise ValueError("grn_edges must link genes only, not special tokens.")
+        panel = torch.arange(len(self.special_token_ids), self.config.vocab_size)
+        edges = control_edges(grn_edges, self.config.grn_mode, panel, self.config.grn_control_seed)
+        if edges.shape[1] == 0 and self.config.grn_mode != "dense":
+            raise ValueError(
+                "the GRN has no edge between two distinct genes of the vocabulary, so every gene could attend only "
+                "to itself; use a prior that covers the gene panel or grn_mode='dense'."
+            )
+        self.grn_edges = edges.to(self.embeddings.gene_embeddings.weight.device)
+        self.config.num_grn_edges = int(edges.shape[1])
+        return self.grn_edges
+
+    def build_attention_masks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
+        """The boolean `(batch, 1, L, L)` mask each block uses (the same object where blocks share a mask)."""
+        c = self.config
+        common = dict(
+            vocab_size=c.vocab_size,
+            cls_token_id=c.cls_token_id,
+            special_token_ids=self.special_token_ids,
+            self_loops=c.grn_self_loops,
+            cls_attends_all=c.cls_attends_all,
+            all_attend_cls=c.all_attend_cls,
+        )
+        dense = build_attention_mask(input_ids, attention_mask, None, dense=True, **common)
+        if c.grn_mode == "dense":
+            return [dense] * c.num_hidden_layers
+        if self.grn_edges.shape[1] == 0:
+            raise ValueError(
+                f"grn_mode={c.grn_mode!r} but the model holds no GRN edges; attach a prior with "
+                "model.set_grn_edges(...) (or scgrn's attach_grn) or use grn_mode='dense'."
+            )
+        grn = build_attention_mask(
+            input_ids,
+            attention_mask,
+            self.grn_edges,
+            dense=False,
+            direction=c.grn_direction,
+            isolated_genes=c.isolated_genes,
+            hops=c.grn_hops,
+            keys=edge_keys(self.grn_edges.to(input_ids.device), c.vocab_size),
+            **common,
+        )
+        num_grn = c.num_hidden_layers - c.grn_dense_last_layers
+        return [grn] * num_grn + [dense] * c.grn_dense_last_layers
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        expression_values: torch.FloatTensor | None = None,
+        expression_bins: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attention_masks: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ScGrnModelOutput | tuple:
+        r"""
+        Args:
+            input_ids: `(batch, L)` gene token ids, `[CLS]` first.
+            expression_values: `(batch, L)` log1p-normalised expression (continuous encoding).
+            expression_bins: `(batch, L)` per-cell expression bins in `[0, n_bins + 1]` (binned encoding).
+            attention_mask: `(batch, L)` 1 for real tokens, 0 for padding.
+            output_attentions: return attention probabilities; needs `attn_implementation="eager"`.
+            output_attention_masks: return the boolean mask of each block.
+        """
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if output_attentions and self.config._attn_implementation != "eager":
+            raise ValueError(
+                f"output_attentions=True needs the eager attention (this model uses "
+                f"{self.config._attn_implementation!r}, which returns no weights); call "
+                "model.set_attn_implementation('eager') or load with attn_implementation='eager'."
+            )
+        if attention_mask is None:
+            attention_mask = (input_ids != self.config.pad_token_id).long()
+        masks = self.build_attention_masks(input_ids, attention_mask)
+        hidden_states = self.embeddings(input_ids, expression_values, expression_bins)
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer, mask in zip(self.layers, masks):
+            hidden_states, weights = layer(hidden_states, mask, output_attentions)
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+            if output_attentions:
+                all_attentions += (weights,)
+        hidden_states = self.norm(hidden_states)
+        pooled = self.pool(hidden_states, input_ids, attention_mask)
+        output = ScGrnModelOutput(
+            last_hidden_state=hidden_states,
+            pooler_output=pooled,
+            hidden_states=all_hidden,
+            attentions=all_attentions,
+            attention_masks=tuple(masks) if output_attention_masks else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def pool(self, hidden_states: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Cell embedding `(batch, hidden)`: the `[CLS]` state, or the mean over real gene tokens."""
+        if self.config.pooling == "cls":
+            return hidden_states[:, 0]
+        genes = (attention_mask.bool() & (input_ids != self.config.cls_token_id)).unsqueeze(-1).to(hidden_states.dtype)
+        return (hidden_states * genes).sum(1) / genes.sum(1).clamp(min=1.0)
+
+
+class ScGrnForMaskedExpressionModeling(ScGrnPreTrainedModel):
+    """Predicts the expression of masked gene tokens (the gene's identity stays visible, its value is hidden)."""
+
+    def __init__(self, config: ScGrnConfig):
+        super().__init__(config)
+        self.scgrn = ScGrnModel(config)
+        out_features = config.n_bins + 1 if config.value_encoding == "binned" else 1
+        self.head = nn.Sequential(
+            nn.Linear(config.hidden_size, config.hidden_size),
+            ACT2FN[config.hidden_act],
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps),
+            nn.Linear(config.hidden_size, out_features),
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        expression_values: torch.FloatTensor | None = None,
+        expression_bins: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ScGrnMaskedExpressionOutput | tuple:
+        r"""
+        Args:
+            labels: the true values of masked tokens. Binned: `(batch, L)` long bins in `[0, n_bins]`, -100 where not
+                masked. Continuous: `(batch, L)` float log1p values, NaN where not masked.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.scgrn(
+            input_ids,
+            expression_values=expression_values,
+            expression_bins=expression_bins,
+            attention_mask=attention_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.head(outputs.last_hidden_state)
+        loss = None
+        if self.config.value_encoding == "continuous":
+            logits = logits.squeeze(-1)
+            if labels is not None:
+                scored = ~torch.isnan(labels)
+                loss = nn.functional.mse_loss(logits[scored], labels[scored].to(logits.dtype))
+        elif labels is not None:
+            loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().long(), ignore_index=-100)
+        output = ScGrnMaskedExpressionOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class ScGrnForCellClassification(ScGrnPreTrainedModel):
+    """Cell-type classifier: pooled cell embedding -> dropout -> linear -> `num_labels` logits."""
+
+    def __init__(self, config: ScGrnConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.scgrn = ScGrnModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        expression_values: torch.FloatTensor | None = None,
+        expression_bins: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        class_weights: torch.FloatTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ScGrnCellClassificationOutput | tuple:
+        r"""
+        Args:
+            labels: `(batch,)` class indices in `[0, num_labels)`.
+            class_weights: optional `(num_labels,)` weights of the cross-entropy (for imbalanced cell types).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.scgrn(
+            input_ids,
+            expression_values=expression_values,
+            expression_bins=expression_bins,
+            attention_mask=attention_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+        loss = None
+        if labels is not None:
+            weight = None if class_weights is None else class_weights.to(logits.device, torch.float32)
+            loss = nn.functional.cross_entropy(logits.float(), labels.long(), weight=weight)
+        output = ScGrnCellClassificationOutput(
+            loss=loss,
+            logits=logits,
+            cell_embeddings=outputs.pooler_output,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "ScGrnPreTrainedModel",
+    "ScGrnModel",
+    "ScGrnForMaskedExpressionModeling",
+    "ScGrnForCellClassification",
+    "ScGrnModelOutput",
+    "ScGrnMaskedExpressionOutput",
+    "ScGrnCellClassificationOutput",
+]

@@ -1,0 +1,302 @@
+"""Gene tokenizer: cells (AnnData or a cells x genes matrix) -> `input_ids`, expression values/bins, masks.
+
+Shipped next to the weights for `trust_remote_code` loading: imports only numpy, tokenizers and transformers
+(AnnData and scipy matrices are used through their attributes, never imported).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import BatchEncoding, PreTrainedTokenizerFast
+
+logger = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[MASK]", "[UNK]")
+
+
+class ScGrnTokenizer(PreTrainedTokenizerFast):
+    """Word-level vocabulary of gene identifiers (e.g. Ensembl IDs or HGNC symbols) plus aliases.
+
+    Calling it on cells (`tokenizer(adata)` or `tokenizer(matrix, gene_names=...)`) gives, per cell: `[CLS]`, then
+    the detected genes known to the vocabulary ranked by normalised expression (ties broken by token id), cut at
+    `max_length` tokens; `expression_values` are log1p(count / total * target_sum) (total over all the cell's genes,
+    known or not) and `expression_bins` are per-cell quantile bins of those values over all the cell's detected
+    vocabulary genes: `n_bins - floor(rank * n_bins / n_detected)` with rank 0 for the most expressed gene and tied
+    values sharing their best rank, so bins lie in `[1, n_bins]`; 0 marks `[CLS]`/padding. Genes unknown to the vocabulary
+    are dropped and counted (`tokenizer.last_report`), never mapped to `[UNK]`.
+
+    Calling it on text (`tokenizer("CD3E CD4")`) maps whitespace-separated identifiers to ids, `[CLS]` first.
+    """
+
+    model_input_names = ["input_ids", "expression_values", "expression_bins", "attention_mask"]
+
+    def __init__(
+        self,
+        vocab: Mapping[str, int] | None = None,
+        gene_aliases: Mapping[str, str] | None = None,
+        n_bins: int | None = 51,
+        target_sum: float = 1e4,
+        tokenizer_file: str | None = None,
+        **kwargs,
+    ):
+        if tokenizer_file is None and "tokenizer_object" not in kwargs:
+            if vocab is None:
+                raise ValueError("ScGrnTokenizer needs a `vocab` (use ScGrnTokenizer.from_genes) or a tokenizer_file.")
+            kwargs["tokenizer_object"] = _build_backend(vocab)
+        self.gene_aliases = dict(gene_aliases or {})
+        self.n_bins = n_bins
+        self.target_sum = float(target_sum)
+        self.last_report: dict = {}
+        for name, token in zip(("pad_token", "cls_token", "mask_token", "unk_token"), SPECIAL_TOKENS):
+            kwargs.setdefault(name, token)
+        super().__init__(
+            tokenizer_file=tokenizer_file,
+            gene_aliases=self.gene_aliases,
+            n_bins=n_bins,
+            target_sum=self.target_sum,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_genes(
+        cls, genes: Iterable[str], gene_aliases: Mapping[str, str] | None = None, n_bins: int | None = 51, **kwargs
+    ) -> "ScGrnTokenizer":
+        """A tokenizer whose vocabulary is the special tokens then `genes` in the given order (duplicates removed)."""
+        vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+        for gene in genes:
+            gene = str(gene)
+            if gene in vocab:
+                continue
+            if any(c.isspace() for c in gene) or not gene:
+                raise ValueError(f"gene identifier {gene!r} is empty or contains whitespace.")
+            vocab[gene] = len(vocab)
+        if len(vocab) == len(SPECIAL_TOKENS):
+            raise ValueError("no gene identifiers given to build the vocabulary from.")
+        return cls(vocab=vocab, gene_aliases=gene_aliases, n_bins=n_bins, **kwargs)
+
+    @property
+    def gene_vocab_ids(self) -> np.ndarray:
+        """Vocabulary ids of the genes (special tokens excluded), sorted."""
+        special = set(self.all_special_ids)
+        return np.array(sorted(i for i in self.get_vocab().values() if i not in special), dtype=np.int64)
+
+    def gene_ids(self, gene_names: Sequence[str]) -> np.ndarray:
+        """Vocabulary id of each gene name (aliases resolved), -1 where the name is unknown. `(len(gene_names),)`."""
+        vocab = self.get_vocab()
+        special = set(SPECIAL_TOKENS)
+        out = np.empty(len(gene_names), dtype=np.int64)
+        for i, name in enumerate(gene_names):
+            name = str(name)
+            name = self.gene_aliases.get(name, name)
+            out[i] = -1 if name in special else vocab.get(name, -1)
+        return out
+
+    def __call__(self, cells=None, *args, gene_names: Sequence[str] | None = None, **kwargs):
+        if cells is not None and hasattr(cells, "var_names") and hasattr(cells, "X"):
+            return self.encode_anndata(cells, **kwargs)
+        if cells is not None and (hasattr(cells, "tocsr") or isinstance(cells, np.ndarray)):
+            if gene_names is None:
+                raise ValueError("encoding a cells x genes matrix needs `gene_names` (one per column).")
+            return self.encode_cells(cells, gene_names, **kwargs)
+        return super().__call__(cells, *args, **kwargs)
+
+    def encode_anndata(self, adata, *, gene_column: str | None = None, layer: str | None = None, **kwargs) -> BatchEncoding:
+        """Encode every cell of an AnnData. Gene names come from `adata.var_names` or `adata.var[gene_column]`;
+        counts from `adata.X` or `adata.layers[layer]` (raw counts when `normalize=True`)."""
+        if gene_column is not None:
+            if gene_column not in adata.var:
+                raise ValueError(f"adata.var has no column {gene_column!r}; columns are {list(adata.var.columns)}.")
+            gene_names = list(adata.var[gene_column].astype(str))
+        else:
+            gene_names = list(adata.var_names)
+        if layer is not None and layer not in adata.layers:
+            raise ValueError(f"adata.layers has no layer {layer!r}; layers are {list(adata.layers.keys())}.")
+        matrix = adata.X if layer is None else adata.layers[layer]
+        return self.encode_cells(matrix, gene_names, **kwargs)
+
+    def encode_cells(
+        self,
+        matrix,
+        gene_names: Sequence[str],
+        *,
+        max_length: int | None = None,
+        padding: bool | str = "longest",
+        normalize: bool = True,
+        rank_by: str = "expression",
+        return_tensors: str | None = "pt",
+    ) -> BatchEncoding:
+        """Encode a `(cells, genes)` matrix (scipy sparse or dense numpy) of raw counts (or of already-normalised
+        values with `normalize=False`).
+
+        Args:
+            max_length: tokens per cell including `[CLS]`; the most expressed genes are kept. None: no cut.
+            padding: `"longest"`/True pads to the longest cell, `"max_length"` to `max_length`.
+            rank_by: `"expression"` (descending normalised value) or `"vocabulary"` (a fixed gene-panel order).
+            return_tensors: `"pt"`, `"np"` or None (lists).
+        Returns:
+            `BatchEncoding` with `input_ids`, `expression_values` (float32), `expression_bins` (when `n_bins`),
+            `attention_mask`. What was dropped is in `self.last_report`.
+        """
+        if rank_by not in ("expression", "vocabulary"):
+            raise ValueError(f"rank_by={rank_by!r} is not one of ['expression', 'vocabulary'].")
+        if max_length is not None and max_length < 2:
+            raise ValueError(f"max_length={max_length} leaves no room for a gene after [CLS].")
+        if padding == "max_length" and max_length is None:
+            raise ValueError("padding='max_length' needs max_length.")
+        rows, columns, data, num_cells, num_genes = _as_coordinates(matrix)
+        if len(gene_names) != num_genes:
+            raise ValueError(f"{len(gene_names)} gene names for a matrix of {num_genes} genes.")
+        if num_cells == 0:
+            raise ValueError("no cells to encode (the matrix has 0 rows).")
+        _check_values(data)
+
+        column_ids = self.gene_ids(gene_names)
+        known_columns = column_ids >= 0
+        if not known_columns.any():
+            examples = ", ".join(map(str, list(gene_names)[:3]))
+            raise ValueError(
+                f"none of the {num_genes} gene names (e.g. {examples}) is in the vocabulary of {len(self)} tokens "
+                f"(e.g. {', '.join(self.convert_ids_to_tokens(self.gene_vocab_ids[:3].tolist()))}); are the IDs of "
+                "the right type (Ensembl IDs vs symbols)? Map them first or pass gene_column=."
+            )
+
+        totals = np.bincount(rows, weights=data, minlength=num_cells)
+        nonzero = data > 0
+        ids = column_ids[columns]
+        keep = nonzero & (ids >= 0)
+        rows, ids, data = rows[keep], ids[keep], data[keep]
+        ids, rows, data, merged = _sum_duplicate_genes(rows, ids, data, self.vocab_size)
+        values = np.log1p(data / totals[rows] * self.target_sum) if normalize else data
+
+        genes_per_cell = np.bincount(rows, minlength=num_cells)
+        empty = np.flatnonzero(genes_per_cell == 0)
+        if empty.size:
+            raise ValueError(
+                f"{empty.size} of {num_cells} cells have no detected gene in the vocabulary (first rows: "
+                f"{empty[:5].tolist()}); remove them first, e.g. sc.pp.filter_cells(adata, min_genes=1) after "
+                "restricting to the vocabulary's genes."
+            )
+
+        starts = np.concatenate([[0], np.cumsum(genes_per_cell)[:-1]])
+        order = np.lexsort((ids, -values, rows))
+        rows, ids, values = rows[order], ids[order], values[order]
+        bins = _quantile_bins(rows, values, starts, genes_per_cell, self.n_bins) if self.n_bins else None
+        if rank_by == "vocabulary":
+            order = np.lexsort((ids, rows))
+            rows, ids, values = rows[order], ids[order], values[order]
+            bins = None if bins is None else bins[order]
+        position = np.arange(rows.size) - starts[rows]
+        limit = None if max_length is None else max_length - 1
+        truncated_cells = 0
+        if limit is not None:
+            cut = position < limit
+            truncated_cells = int((genes_per_cell > limit).sum())
+            rows, ids, values, position = rows[cut], ids[cut], values[cut], position[cut]
+            bins = None if bins is None else bins[cut]
+        kept_per_cell = np.bincount(rows, minlength=num_cells)
+
+        length = int(kept_per_cell.max()) + 1
+        if padding == "max_length" or (padding is False and max_length is not None):
+            length = max_length
+        elif padding is False and (kept_per_cell != kept_per_cell[0]).any():
+            raise ValueError("cells have different numbers of genes; use padding='longest' or 'max_length'.")
+        input_ids = np.full((num_cells, length), self.pad_token_id, dtype=np.int64)
+        input_ids[:, 0] = self.cls_token_id
+        input_ids[rows, position + 1] = ids
+        expression = np.zeros((num_cells, length), dtype=np.float32)
+        expression[rows, position + 1] = values
+        encoded = {"input_ids": input_ids, "expression_values": expression}
+        if bins is not None:
+            expression_bins = np.zeros((num_cells, length), dtype=np.int64)
+            expression_bins[rows, position + 1] = bins
+            encoded["expression_bins"] = expression_bins
+        encoded["attention_mask"] = (np.arange(length)[None, :] <= kept_per_cell[:, None]).astype(np.int64)
+
+        unknown = [str(g) for g, known in zip(gene_names, known_columns) if not known]
+        self.last_report = {
+            "cells": int(num_cells),
+            "genes_in_input": int(num_genes),
+            "genes_unknown_to_vocabulary": len(unknown),
+            "unknown_genes_examples": unknown[:10],
+            "duplicate_gene_entries_summed": int(merged),
+            "cells_truncated_to_max_length": truncated_cells,
+            "mean_genes_per_cell": float(kept_per_cell.mean()),
+        }
+        if unknown:
+            logger.warning(
+                "%d of %d genes are not in the vocabulary and were dropped (e.g. %s).",
+                len(unknown), num_genes, ", ".join(unknown[:5]),
+            )
+        if return_tensors is None:
+            encoded = {k: v.tolist() for k, v in encoded.items()}
+            return BatchEncoding(encoded)
+        return BatchEncoding(encoded, tensor_type=return_tensors)
+
+
+def _build_backend(vocab: Mapping[str, int]) -> Tokenizer:
+    for token in SPECIAL_TOKENS:
+        if token not in vocab:
+            raise ValueError(f"the vocabulary lacks the special token {token}.")
+    backend = Tokenizer(models.WordLevel(dict(vocab), unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A", pair="[CLS] $A $B", special_tokens=[("[CLS]", vocab["[CLS]"])]
+    )
+    return backend
+
+
+def _as_coordinates(matrix):
+    """(rows, columns, data, n_rows, n_columns) of a scipy sparse or dense matrix, rows sorted."""
+    if hasattr(matrix, "tocsr"):
+        csr = matrix.tocsr()
+        num_cells, num_genes = csr.shape
+        counts = np.diff(csr.indptr)
+        rows = np.repeat(np.arange(num_cells, dtype=np.int64), counts)
+        return rows, np.asarray(csr.indices, dtype=np.int64), np.asarray(csr.data, dtype=np.float64), num_cells, num_genes
+    dense = np.asarray(matrix)
+    if dense.ndim != 2:
+        raise ValueError(f"expected a 2-D cells x genes matrix, got shape {dense.shape}.")
+    rows, columns = np.nonzero(dense)
+    return rows.astype(np.int64), columns.astype(np.int64), dense[rows, columns].astype(np.float64), *dense.shape
+
+
+def _check_values(data: np.ndarray) -> None:
+    bad_nan = int(np.isnan(data).sum())
+    bad_inf = int(np.isinf(data).sum())
+    bad_negative = int((data < 0).sum())
+    if bad_nan or bad_inf or bad_negative:
+        raise ValueError(
+            f"expression must be finite and non-negative counts; found {bad_nan} NaN, {bad_inf} infinite and "
+            f"{bad_negative} negative entries. Pass raw counts (e.g. adata.layers['counts'] or adata.raw), not "
+            "scaled data."
+        )
+
+
+def _quantile_bins(rows, values, starts, genes_per_cell, n_bins):
+    """Per-cell quantile bins of values sorted descending within each cell: the top genes get `n_bins`, ties share
+    the bin of their best rank, and bins fall with the rank fraction `floor(rank * n_bins / n_detected)`."""
+    index = np.arange(values.size)
+    new_group = np.ones(values.size, dtype=bool)
+    new_group[1:] = (values[1:] != values[:-1]) | (rows[1:] != rows[:-1])
+    group_start = np.maximum.accumulate(np.where(new_group, index, 0))
+    rank = group_start - starts[rows]
+    return (n_bins - (rank * n_bins) // genes_per_cell[rows]).astype(np.int64)
+
+
+def _sum_duplicate_genes(rows, ids, counts, vocab_size):
+    """Sum counts of the same cell and gene (two columns mapping to one token, e.g. a symbol and its alias)."""
+    key = rows * vocab_size + ids
+    unique_key, inverse = np.unique(key, return_inverse=True)
+    merged = key.size - unique_key.size
+    if merged == 0:
+        return ids, rows, counts, 0
+    summed = np.bincount(inverse, weights=counts)
+    rows, ids = np.divmod(unique_key, vocab_size)
+    return ids, rows, summed, merged
+
+
+__all__ = ["ScGrnTokenizer"]

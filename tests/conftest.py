@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny configs, a hand-made vocabulary and prior, and the real data in ../shared/data."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from modeling_scgrn import ScGrnConfig, ScGrnTokenizer
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+OMNIPATH_TABLE = SHARED_DATA / "omnipath_interactions.parquet"
+CELLTYPIST_SAMPLE = SHARED_DATA / "celltypist_sample_counts.h5ad"
+
+GENES = [f"G{i}" for i in range(12)]
+# regulator -> target, by gene name: G0 regulates G1 and G2, G1 regulates G3, G4 regulates G0, G5 regulates G6.
+EDGES = [("G0", "G1"), ("G0", "G2"), ("G1", "G3"), ("G4", "G0"), ("G5", "G6")]
+
+
+def pytest_configure(config):
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def tokenizer():
+    return ScGrnTokenizer.from_genes(GENES, n_bins=5)
+
+
+@pytest.fixture
+def edge_tensor(tokenizer):
+    ids = tokenizer.convert_tokens_to_ids
+    return torch.tensor([[ids(s) for s, _ in EDGES], [ids(t) for _, t in EDGES]])
+
+
+def tiny_config(tokenizer, **overrides) -> ScGrnConfig:
+    options = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        n_bins=5,
+        hidden_dropout_prob=0.0,
+        classifier_dropout=0.0,
+        num_labels=3,
+    )
+    options.update(overrides)
+    return ScGrnConfig(**options)
+
+
+@pytest.fixture
+def counts():
+    """Three cells x 12 genes of raw counts; cell 2 has fewer genes, so batches carry padding."""
+    rng = np.random.default_rng(0)
+    dense = rng.integers(1, 20, size=(3, 12)).astype(np.float32)
+    dense[2, 6:] = 0
+    return sp.csr_matrix(dense)
+
+
+@pytest.fixture
+def batch(tokenizer, counts):
+    return tokenizer(counts, gene_names=GENES)
+
+
+def shared_data_or_skip(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is not available (tests read ../shared/data beside the checkout)")
+    return path

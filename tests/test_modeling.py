@@ -1,0 +1,254 @@
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from modeling_scgrn import (
+    ScGrnConfig,
+    ScGrnForCellClassification,
+    ScGrnForMaskedExpressionModeling,
+    ScGrnModel,
+)
+from modeling_scgrn.grn_prior import edge_keys, lookup_pairs
+
+from conftest import tiny_config
+
+HEADS = [ScGrnModel, ScGrnForMaskedExpressionModeling, ScGrnForCellClassification]
+
+
+def make(model_class, tokenizer, edge_tensor, **overrides):
+    torch.manual_seed(0)
+    model = model_class(tiny_config(tokenizer, **overrides))
+    model.set_grn_edges(edge_tensor)
+    return model.eval()
+
+
+def labels_for(model, batch):
+    if isinstance(model, ScGrnForCellClassification):
+        return {"labels": torch.tensor([0, 1, 2])}
+    if isinstance(model, ScGrnForMaskedExpressionModeling):
+        labels = torch.full_like(batch["input_ids"], -100)
+        labels[:, 2] = batch["expression_bins"][:, 2]
+        return {"labels": labels}
+    return {}
+
+
+@pytest.mark.parametrize("model_class", HEADS)
+@pytest.mark.parametrize("value_encoding", ["binned", "continuous"])
+def test_forward_backward_every_head(model_class, value_encoding, tokenizer, edge_tensor, batch):
+    model = make(model_class, tokenizer, edge_tensor, value_encoding=value_encoding).train()
+    inputs = dict(batch)
+    extra = labels_for(model, batch)
+    if value_encoding == "continuous" and "labels" in extra and model_class is ScGrnForMaskedExpressionModeling:
+        labels = torch.full(batch["input_ids"].shape, float("nan"))
+        labels[:, 2] = batch["expression_values"][:, 2]
+        extra = {"labels": labels}
+    out = model(**inputs, **extra)
+    if model_class is ScGrnModel:
+        loss = out.last_hidden_state.pow(2).mean()
+        assert out.pooler_output.shape == (3, 32)
+    else:
+        loss = out.loss
+        assert torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("model_class", HEADS)
+def test_save_load_round_trip_keeps_outputs_and_grn(model_class, tokenizer, edge_tensor, batch, tmp_path):
+    model = make(model_class, tokenizer, edge_tensor)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    reloaded = model_class.from_pretrained(tmp_path).eval()
+    assert torch.equal(reloaded.base_model.grn_edges, model.base_model.grn_edges)
+    assert reloaded.config.num_grn_edges == len({tuple(e) for e in edge_tensor.T.tolist()})
+    with torch.no_grad():
+        first, second = model(**batch), reloaded(**batch)
+    key = "last_hidden_state" if model_class is ScGrnModel else "logits"
+    assert torch.equal(first[key], second[key])
+
+
+def test_auto_classes_load_saved_folder(tokenizer, edge_tensor, batch, tmp_path):
+    model = make(ScGrnForCellClassification, tokenizer, edge_tensor)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), ScGrnConfig)
+    base = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(base, ScGrnModel)
+    classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert isinstance(classifier, ScGrnForCellClassification)
+    assert isinstance(AutoModelForMaskedLM.from_pretrained(tmp_path), ScGrnForMaskedExpressionModeling)
+    loaded_tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded_tokenizer.get_vocab() == tokenizer.get_vocab() and loaded_tokenizer.n_bins == 5
+    with torch.no_grad():
+        assert torch.equal(classifier(**batch).logits, model(**batch).logits)
+        assert torch.equal(base(**batch).pooler_output, model.scgrn(**batch).pooler_output)
+
+
+def allowed_by_hand(input_ids, attention_mask, edges):
+    """The mask written out pair by pair (regulator_to_target, self loops, CLS both ways)."""
+    edge_set = {tuple(e) for e in edges.T.tolist()}
+    batch, length = input_ids.shape
+    out = torch.zeros(batch, length, length, dtype=torch.bool)
+    for b in range(batch):
+        for i in range(length):
+            for j in range(length):
+                qi, kj = int(input_ids[b, i]), int(input_ids[b, j])
+                real_i, real_j = bool(attention_mask[b, i]), bool(attention_mask[b, j])
+                if not real_i:
+                    out[b, i, j] = i == j
+                elif not real_j:
+                    out[b, i, j] = False
+                elif i == 0 or j == 0 or i == j:
+                    out[b, i, j] = True
+                else:
+                    out[b, i, j] = (kj, qi) in edge_set
+    return out
+
+
+def test_attention_is_exactly_zero_off_the_prior(tokenizer, edge_tensor, batch):
+    model = make(ScGrnModel, tokenizer, edge_tensor, attn_implementation="eager")
+    out = model(**batch, output_attentions=True, output_attention_masks=True)
+    expected = allowed_by_hand(batch["input_ids"], batch["attention_mask"], edge_tensor)
+    assert expected.sum() > expected.shape[0] * expected.shape[1]  # some real prior edges are present
+    for weights, mask in zip(out.attentions, out.attention_masks):
+        assert torch.equal(mask[:, 0], expected)
+        assert weights.shape == (3, 4, *expected.shape[1:])
+        assert torch.all(weights.masked_select(~expected[:, None].expand_as(weights)) == 0)
+        assert torch.all(weights.masked_select(expected[:, None].expand_as(weights)) > 0)
+
+
+def test_output_attentions_needs_eager(tokenizer, edge_tensor, batch):
+    model = make(ScGrnModel, tokenizer, edge_tensor, attn_implementation="sdpa")
+    with pytest.raises(ValueError, match="eager"):
+        model(**batch, output_attentions=True)
+
+
+def perturb_gene(batch, tokenizer, gene, cell=0):
+    position = (batch["input_ids"][cell] == tokenizer.convert_tokens_to_ids(gene)).nonzero().item()
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["expression_bins"][cell, position] = 1 if changed["expression_bins"][cell, position] != 1 else 5
+    changed["expression_values"][cell, position] += 3.0
+    return changed
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_unconnected_gene_does_not_reach_gene_in_one_layer(tokenizer, edge_tensor, batch, attn_implementation):
+    # G3 reads only G1 (its regulator), itself and CLS; G7 has no path to G3, G1 does.
+    g3 = (batch["input_ids"][0] == tokenizer.convert_tokens_to_ids("G3")).nonzero().item()
+    for mode, gene, should_change in [("grn", "G7", False), ("grn", "G1", True), ("dense", "G7", True)]:
+        model = make(ScGrnModel, tokenizer, edge_tensor, grn_mode=mode, attn_implementation=attn_implementation)
+        with torch.no_grad():
+            before = model(**batch, output_hidden_states=True).hidden_states[1][0, g3]
+            after = model(**perturb_gene(batch, tokenizer, gene), output_hidden_states=True).hidden_states[1][0, g3]
+        assert (not torch.equal(before, after)) == should_change, (mode, gene)
+
+
+@pytest.mark.parametrize("grn_mode", ["grn", "dense", "random", "shuffled"])
+@pytest.mark.parametrize("grn_direction", ["regulator_to_target", "target_to_regulator", "both"])
+def test_eager_and_sdpa_agree(tokenizer, edge_tensor, batch, grn_mode, grn_direction):
+    eager = make(ScGrnModel, tokenizer, edge_tensor, grn_mode=grn_mode, grn_direction=grn_direction,
+                 attn_implementation="eager")
+    sdpa = make(ScGrnModel, tokenizer, edge_tensor, grn_mode=grn_mode, grn_direction=grn_direction,
+                attn_implementation="sdpa")
+    sdpa.load_state_dict(eager.state_dict())
+    with torch.no_grad():
+        a, b = eager(**batch).last_hidden_state, sdpa(**batch).last_hidden_state
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(a[real], b[real], atol=1e-5, rtol=1e-5)
+
+
+def test_padding_never_leaks(tokenizer, edge_tensor, batch):
+    model = make(ScGrnModel, tokenizer, edge_tensor, pooling="mean")
+    cell = {k: v[2:3, : int(batch["attention_mask"][2].sum())] for k, v in batch.items()}
+    assert cell["attention_mask"].all() and batch["attention_mask"][2].sum() < batch["attention_mask"].shape[1]
+    with torch.no_grad():
+        alone = model(**cell)
+        in_batch = model(**batch)
+        garbage = {k: v.clone() for k, v in batch.items()}
+        pad = garbage["attention_mask"] == 0
+        garbage["expression_bins"][pad] = 3
+        garbage["expression_values"][pad] = 9.0
+        garbage["input_ids"][pad] = tokenizer.convert_tokens_to_ids("G0")  # real gene ids under padding
+        with_garbage = model(**garbage)
+    n = cell["input_ids"].shape[1]
+    torch.testing.assert_close(in_batch.last_hidden_state[2, :n], alone.last_hidden_state[0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(in_batch.pooler_output[2], alone.pooler_output[0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(with_garbage.pooler_output, in_batch.pooler_output, atol=1e-6, rtol=1e-6)
+
+
+def test_mask_lookup_matches_pairwise_lookup(tokenizer, edge_tensor):
+    ids = torch.tensor([[1, 4, 5, 6, 8, 9, 10], [1, 7, 5, 4, 0, 0, 0]])
+    keys = edge_keys(edge_tensor, len(tokenizer))
+    found = lookup_pairs(keys, ids, ids, len(tokenizer))
+    edge_set = {tuple(e) for e in edge_tensor.T.tolist()}
+    for b in range(2):
+        for i in range(7):
+            for j in range(7):
+                assert bool(found[b, i, j]) == ((int(ids[b, j]), int(ids[b, i])) in edge_set)
+
+
+def test_mask_options(tokenizer, edge_tensor, batch):
+    ids = batch["input_ids"]
+    real = batch["attention_mask"].bool()
+    plain = make(ScGrnModel, tokenizer, edge_tensor).build_attention_masks(ids, batch["attention_mask"])[0][:, 0]
+    reverse = make(ScGrnModel, tokenizer, edge_tensor, grn_direction="target_to_regulator")
+    reverse_mask = reverse.build_attention_masks(ids, batch["attention_mask"])[0][:, 0]
+    genes = real.clone()
+    genes[:, 0] = False
+    gene_pairs = genes[:, :, None] & genes[:, None, :]
+    assert torch.equal(reverse_mask & gene_pairs, (plain & gene_pairs).transpose(1, 2))
+    both = make(ScGrnModel, tokenizer, edge_tensor, grn_direction="both").build_attention_masks(ids, batch["attention_mask"])[0][:, 0]
+    assert torch.equal(both, plain | reverse_mask)
+
+    # The last layer dense, the first still masked.
+    scheduled = make(ScGrnModel, tokenizer, edge_tensor, grn_dense_last_layers=1)
+    first, last = scheduled.build_attention_masks(ids, batch["attention_mask"])
+    assert torch.equal(first[:, 0], plain)
+    assert torch.equal(last[:, 0] & real[:, :, None], real[:, :, None] & real[:, None, :])
+
+    # Two hops: G4 -> G0 -> G1, so G1 reads G4 too.
+    two_hop = make(ScGrnModel, tokenizer, edge_tensor, grn_hops=2).build_attention_masks(ids, batch["attention_mask"])[0][:, 0]
+    cell = ids[0].tolist()
+    g1, g4 = cell.index(tokenizer.convert_tokens_to_ids("G1")), cell.index(tokenizer.convert_tokens_to_ids("G4"))
+    assert not plain[0, g1, g4] and two_hop[0, g1, g4]
+
+    # Isolated genes (G8 has no edge) read the whole cell under isolated_genes="dense".
+    fallback = make(ScGrnModel, tokenizer, edge_tensor, isolated_genes="dense").build_attention_masks(ids, batch["attention_mask"])[0][:, 0]
+    g8 = cell.index(tokenizer.convert_tokens_to_ids("G8"))
+    assert plain[0, g8].sum() == 2 and torch.equal(fallback[0, g8], real[0])
+
+    # No self loops: genes keep CLS and their regulators only.
+    no_self = make(ScGrnModel, tokenizer, edge_tensor, grn_self_loops=False).build_attention_masks(ids, batch["attention_mask"])[0][:, 0]
+    assert not no_self[0, g8, g8] and no_self[0, g8, 0]
+
+    # CLS reads only itself when cls_attends_all=False.
+    cls_alone = make(ScGrnModel, tokenizer, edge_tensor, cls_attends_all=False).build_attention_masks(ids, batch["attention_mask"])[0][:, 0]
+    assert cls_alone[0, 0].sum() == 1
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="not a multiple of num_attention_heads"):
+        ScGrnConfig(hidden_size=30, num_attention_heads=4)
+    with pytest.raises(ValueError, match="grn_mode"):
+        ScGrnConfig(grn_mode="sparse")
+    with pytest.raises(ValueError, match="nothing to"):
+        ScGrnConfig(grn_self_loops=False, all_attend_cls=False)
+
+
+def test_model_without_prior_refuses_grn_mode(tokenizer, batch):
+    model = ScGrnModel(tiny_config(tokenizer))
+    with pytest.raises(ValueError, match="no GRN edges"):
+        model(**batch)
+    dense = ScGrnModel(tiny_config(tokenizer, grn_mode="dense"))
+    assert dense(**batch).last_hidden_state.shape[0] == 3
+
+
+def test_prior_with_only_self_edges_is_refused(tokenizer):
+    model = ScGrnModel(tiny_config(tokenizer))
+    with pytest.raises(ValueError, match="no edge between two distinct genes"):
+        model.set_grn_edges(torch.tensor([[5, 6], [5, 6]]))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model.set_grn_edges(torch.tensor([[5], [999]]))
