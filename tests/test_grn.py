@@ -1,0 +1,157 @@
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from modeling_scgrn import ScGrnModel, ScGrnTokenizer
+from modeling_scgrn.grn import GeneRegulatoryNetwork, plot_mask, prior_report, select_gene_panel
+from modeling_scgrn.grn_prior import random_control_edges, shuffled_control_edges
+
+from conftest import CELLTYPIST_SAMPLE, OMNIPATH_TABLE, shared_data_or_skip, tiny_config
+
+
+@pytest.fixture(scope="module")
+def omnipath():
+    return pd.read_parquet(shared_data_or_skip(OMNIPATH_TABLE))
+
+
+@pytest.fixture(scope="module")
+def collectri(omnipath):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return GeneRegulatoryNetwork.from_omnipath_table(omnipath, "collectri")
+
+
+def test_collectri_from_real_omnipath_table(omnipath):
+    with pytest.warns(UserWarning) as record:
+        net = GeneRegulatoryNetwork.from_omnipath_table(omnipath, "collectri")
+    messages = " ".join(str(w.message) for w in record)
+    # 64,186 CollecTRI rows among 1,209 TFs; 2 are self edges and 399 repeat a (TF, target) pair
+    assert net.provenance["n_rows_matching_filters"] == 64186
+    assert net.provenance["n_regulators_before_dedup"] == 1209
+    assert "dropped 2 self edges" in messages and "merged 399 duplicate" in messages
+    assert len(net) == 64186 - 2 - 399
+    assert len(net.regulators) == 1209 and len(net.targets) == 6503
+    assert set(net.edges["weight"].unique()) <= {-1.0, 1.0, 0.0} and (net.edges["weight"] < 0).sum() > 5000
+    assert net.provenance["resource"] == "CollecTRI" and net.provenance["organism"] == "human"
+    # OmniPath keeps a UniProt accession where it found no symbol (P04637 is TP53); they are counted, not hidden
+    assert net.provenance["genes_with_uniprot_accession"] > 0
+    assert "P04637" in set(net.genes)
+
+
+def test_dorothea_and_bad_tables(omnipath):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dorothea = GeneRegulatoryNetwork.from_omnipath_table(omnipath, "dorothea")
+    assert dorothea.provenance["n_rows_matching_filters"] == int(
+        ((omnipath["type"] == "transcriptional") & omnipath["sources"].str.contains("DoRothEA")).sum()
+    )
+    with pytest.raises(ValueError, match="confidence levels"):
+        GeneRegulatoryNetwork.from_omnipath_table(omnipath, "dorothea", confidence_levels=["A"])
+    with pytest.raises(ValueError, match="columns"):
+        GeneRegulatoryNetwork.from_omnipath_table(omnipath.drop(columns=["type"]))
+    with pytest.raises(ValueError, match="lacks column"):
+        GeneRegulatoryNetwork.from_dataframe(pd.DataFrame({"tf": ["A"], "gene": ["B"]}))
+
+
+def test_files_round_trip(tmp_path, collectri):
+    table = collectri.edges.head(50)
+    table.to_csv(tmp_path / "net.csv", index=False)
+    table.to_csv(tmp_path / "net.tsv", sep="\t", index=False)
+    table.to_parquet(tmp_path / "net.parquet")
+    for name in ("net.csv", "net.tsv", "net.parquet"):
+        net = GeneRegulatoryNetwork.from_file(tmp_path / name)
+        pd.testing.assert_frame_equal(net.edges, table.reset_index(drop=True), check_dtype=False)
+    collectri.save(tmp_path / "saved", mask_options={"grn_direction": "regulator_to_target"})
+    loaded = GeneRegulatoryNetwork.load(tmp_path / "saved")
+    pd.testing.assert_frame_equal(loaded.edges, collectri.edges, check_dtype=False)
+    assert loaded.provenance == collectri.provenance
+    record = json.loads((tmp_path / "saved" / "grn_provenance.json").read_text())
+    assert record["mask"]["grn_direction"] == "regulator_to_target"
+    assert not list((tmp_path / "saved").glob("*.tmp"))
+
+
+def test_map_genes_and_wrong_id_type(collectri):
+    genes = ["STAT1", "IRF8", "IFNG", "IFNB1"]
+    small = collectri.restrict(genes)
+    assert len(small) >= 3
+    ensembl = {"STAT1": "ENSG00000115415", "IRF8": "ENSG00000140968", "IFNG": "ENSG00000111537"}
+    with pytest.warns(UserWarning, match="no entry in the mapping table"):
+        mapped = small.map_genes(ensembl, id_type="ensembl")
+    assert set(mapped.genes) <= set(ensembl.values())
+    assert mapped.provenance["id_type"] == "ensembl" and mapped.provenance["id_mapping"]["genes_unmapped"] == 1
+    tokenizer = ScGrnTokenizer.from_genes(genes)
+    with pytest.raises(ValueError, match="Ensembl IDs and the vocabulary symbols"):
+        mapped.to_vocab_edges(tokenizer)
+    edges = small.to_vocab_edges(tokenizer)
+    assert edges.shape == (2, len(small))
+
+
+def test_no_edge_among_vocabulary(collectri):
+    tokenizer = ScGrnTokenizer.from_genes(["NOTAGENE1", "NOTAGENE2"])
+    with pytest.raises(ValueError, match="no edge of the network"):
+        collectri.to_vocab_edges(tokenizer)
+
+
+def test_prior_report_on_pbmc_panel(collectri):
+    import scanpy as sc
+
+    genes = sc.datasets.pbmc68k_reduced().raw.var_names
+    report = prior_report(collectri, genes)
+    assert report["panel_genes"] == 765 and report["edges_in_panel"] == 189
+    assert report["regulators_in_panel"] == 26
+    assert report["density"] == pytest.approx(189 / (765 * 764))
+    assert 0 < report["isolated_gene_share"] < 1
+    assert sum(report["out_degree"]["histogram"].values()) == 26
+
+
+def test_prior_aware_panel_covers_more_of_the_prior(collectri, tmp_path):
+    import anndata as ad
+
+    adata = ad.read_h5ad(shared_data_or_skip(CELLTYPIST_SAMPLE))
+    hvg, hvg_report = select_gene_panel(adata, collectri, n_top_genes=1000, strategy="hvg")
+    ranked, ranked_report = select_gene_panel(adata, collectri, n_top_genes=1000, strategy="ranked")
+    union, union_report = select_gene_panel(adata, collectri, n_top_genes=1000, strategy="union")
+    assert len(hvg) == len(ranked) == 1000 and len(union) > 1000 and set(hvg) <= set(union)
+    assert ranked_report["prior_aware"]["edges_in_panel"] > 1.5 * hvg_report["hvg_only"]["edges_in_panel"]
+    assert union_report["prior_aware"]["edges_in_panel"] > ranked_report["prior_aware"]["edges_in_panel"]
+    png = plot_mask(collectri, ranked, tmp_path / "mask.png")
+    assert png.stat().st_size > 10_000
+
+
+def test_controls_match_density_and_degrees(collectri):
+    genes = sorted(collectri.genes)[:3000]
+    tokenizer = ScGrnTokenizer.from_genes(genes)
+    prior = collectri.restrict(genes).to_vocab_edges(tokenizer)
+    panel = torch.as_tensor(tokenizer.gene_vocab_ids)
+    random = random_control_edges(prior, panel, seed=1)
+    shuffled = shuffled_control_edges(prior, seed=1)
+    n = prior.shape[1]
+    for control in (random, shuffled):
+        assert control.shape == (2, n)
+        assert len({tuple(e) for e in control.T.tolist()}) == n
+        assert not (control[0] == control[1]).any()
+    assert set(random.flatten().tolist()) <= set(panel.tolist())
+    assert torch.equal(torch.bincount(shuffled[0]), torch.bincount(prior[0]))
+    assert torch.equal(torch.bincount(shuffled[1], minlength=len(tokenizer)), torch.bincount(prior[1], minlength=len(tokenizer)))
+    overlap = len({tuple(e) for e in shuffled.T.tolist()} & {tuple(e) for e in prior.T.tolist()})
+    assert overlap < 0.2 * n
+    assert torch.equal(random, random_control_edges(prior, panel, seed=1))
+    assert torch.equal(shuffled, shuffled_control_edges(prior, seed=1))
+    assert not torch.equal(shuffled, shuffled_control_edges(prior, seed=2))
+
+
+def test_model_stores_the_control_it_uses(collectri):
+    genes = sorted(collectri.genes)[:500]
+    tokenizer = ScGrnTokenizer.from_genes(genes)
+    prior = collectri.restrict(genes).to_vocab_edges(tokenizer)
+    models = {mode: ScGrnModel(tiny_config(tokenizer, grn_mode=mode, grn_control_seed=3)) for mode in ("grn", "random", "shuffled")}
+    for model in models.values():
+        model.set_grn_edges(prior)
+    assert models["grn"].config.num_grn_edges == models["random"].config.num_grn_edges == prior.shape[1]
+    assert models["shuffled"].config.num_grn_edges == prior.shape[1]
+    assert {tuple(e) for e in models["grn"].grn_edges.T.tolist()} == {tuple(e) for e in prior.T.tolist()}
+    assert not torch.equal(models["random"].grn_edges, models["grn"].grn_edges)
