@@ -1,0 +1,459 @@
+"""High-level steps the scripts chain together: build a model on a prior, pretrain, finetune, and write a complete,
+Hub-ready model folder (weights, tokenizer, GRN files, reports, model card)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from .configuration_scgrn import ScGrnConfig
+from .grn import GeneRegulatoryNetwork, plot_mask, prior_report
+from .modeling_scgrn import ScGrnForCellClassification, ScGrnForMaskedExpressionModeling, ScGrnModel
+from .tokenization_scgrn import ScGrnTokenizer
+
+MODEL_CLASSES = {
+    "AutoModel": ScGrnModel,
+    "AutoModelForMaskedLM": ScGrnForMaskedExpressionModeling,
+    "AutoModelForSequenceClassification": ScGrnForCellClassification,
+}
+
+
+def attach_grn(model, network: GeneRegulatoryNetwork, tokenizer: ScGrnTokenizer) -> torch.Tensor:
+    """Put `network`'s edges among the tokenizer's genes into the model (the control replaces them for
+    `grn_mode="random"`/`"shuffled"`). Returns the stored `(2, E)` vocabulary-id edges."""
+    return model.set_grn_edges(network.to_vocab_edges(tokenizer))
+
+
+def load_yaml_or_json(path: str | os.PathLike) -> dict:
+    text = Path(path).read_text()
+    values = yaml.safe_load(text) if str(path).endswith((".yaml", ".yml")) else json.loads(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of option names to values.")
+    return values
+
+
+def model_card(
+    model,
+    network: GeneRegulatoryNetwork | None,
+    report: dict | None,
+    *,
+    repo_id: str = "org/scgrn",
+    training_data: str = "Not recorded.",
+    evaluation: dict | None = None,
+    comparison_markdown: str | None = None,
+    license: str = "apache-2.0",
+    datasets: list[str] | None = None,
+) -> str:
+    """The model card text, rendered from `model_cards/scgrn.md` (the single template)."""
+    config = model.config
+    metadata = {
+        "library_name": "transformers",
+        "license": license,
+        "tags": ["single-cell", "scRNA-seq", "gene-regulatory-network", "biology", "scgrn"],
+        "pipeline_tag": "feature-extraction",
+    }
+    if datasets:
+        metadata["datasets"] = datasets
+    if evaluation and "accuracy" in evaluation:
+        metadata["metrics"] = ["accuracy", "f1"]
+    if network is not None and report is not None:
+        p = network.provenance
+        prior_section = (
+            f"- Resource: {p.get('resource', 'custom')} ({p.get('version', 'version not recorded')}), organism "
+            f"{p.get('organism', '?')}, identifiers {p.get('id_type', '?')}.\n"
+            f"- Filters: {p.get('filters', 'none recorded')}; dropped: {json.dumps(p.get('dropped', {}))}.\n"
+            f"- On this model's gene panel ({report['panel_genes']} genes): {report['edges_in_panel']} edges, "
+            f"{report['regulators_in_panel']} regulators, {report['targets_in_panel']} targets, density "
+            f"{report['density']:.2e} of ordered gene pairs, {report['isolated_gene_share']:.1%} of panel genes "
+            "without any edge."
+        )
+    else:
+        prior_section = "No prior attached (`grn_mode='dense'`)."
+    mask_rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in config.mask_description().items())
+    if evaluation:
+        lines = ["| metric | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in evaluation.items()
+                  if isinstance(v, (int, float, str))]
+        evaluation_text = "\n".join(lines)
+    else:
+        evaluation_text = "No evaluation recorded."
+    if comparison_markdown:
+        evaluation_text += "\n\nPrior versus sparsity-matched controls:\n\n" + comparison_markdown
+    template = files("modeling_scgrn").joinpath("model_cards/scgrn.md").read_text()
+    return template.format(
+        metadata=yaml.safe_dump(metadata, sort_keys=False).strip(),
+        title=f"scgrn: {repo_id}",
+        training_data=training_data,
+        prior_section=prior_section,
+        mask_table=mask_rows,
+        evaluation=evaluation_text,
+        repo_id=repo_id,
+    )
+
+
+def save_model_folder(
+    model,
+    tokenizer: ScGrnTokenizer,
+    network: GeneRegulatoryNetwork | None,
+    output_dir: str | os.PathLike,
+    *,
+    evaluation: dict | None = None,
+    training_data: str = "Not recorded.",
+    repo_id: str = "org/scgrn",
+    plot: bool = True,
+    **card_options,
+) -> Path:
+    """Write a complete model folder, ready for `push_to_hub`: `config.json` (with `auto_map` for every scgrn
+    Auto class), `model.safetensors` (weights + GRN edge buffer), tokenizer files, the modeling code,
+    `grn_edges.parquet` + `grn_provenance.json` (with the mask options), `prior_report.json`, the mask PNG and a
+    `README.md` model card. Written into a temporary sibling folder, then renamed."""
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.tmp"))
+    try:
+        model.save_pretrained(temporary)
+        tokenizer.save_pretrained(temporary)
+        config_path = temporary / "config.json"
+        config = json.loads(config_path.read_text())
+        config["auto_map"] = {"AutoConfig": "configuration_scgrn.ScGrnConfig"} | {
+            auto: f"modeling_scgrn.{cls.__name__}" for auto, cls in MODEL_CLASSES.items()
+        }
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        report = None
+        if network is not None:
+            genes = tokenizer.convert_ids_to_tokens(tokenizer.gene_vocab_ids.tolist())
+            report = prior_report(network, genes)
+            network.restrict(genes).save(temporary, mask_options=model.config.mask_description())
+            (temporary / "prior_report.json").write_text(json.dumps(report, indent=2))
+            if plot:
+                plot_mask(network, genes, temporary / "grn_mask.png")
+        if evaluation is not None:
+            (temporary / "evaluation.json").write_text(json.dumps(evaluation, indent=2, default=_jsonable))
+        card = model_card(model, network, report, repo_id=repo_id, training_data=training_data,
+                          evaluation=_flat_metrics(evaluation), **card_options)
+        (temporary / "README.md").write_text(card)
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        os.replace(temporary, output_dir)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def _flat_metrics(evaluation: dict | None) -> dict | None:
+    if not evaluation:
+        return None
+    return {k: v for k, v in evaluation.items() if isinstance(v, (int, float, str))}
+
+
+def _jsonable(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return str(value)
+
+
+def new_config(tokenizer: ScGrnTokenizer, **options) -> ScGrnConfig:
+    """A config sized to the tokenizer (vocabulary, special ids, bins); `options` set every other field."""
+    n_bins = options.pop("n_bins", None)
+    if n_bins is not None and tokenizer.n_bins and n_bins != tokenizer.n_bins:
+        raise ValueError(f"n_bins={n_bins} differs from the tokenizer's n_bins={tokenizer.n_bins}.")
+    return ScGrnConfig(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        cls_token_id=tokenizer.cls_token_id,
+        mask_token_id=tokenizer.mask_token_id,
+        unk_token_id=tokenizer.unk_token_id,
+        n_bins=tokenizer.n_bins or n_bins or 51,
+        **options,
+    )
+
+
+def script_options(config_path: str | None, overrides: list[str], sections: dict[str, type | None]) -> dict:
+    """Options of a script: a YAML/JSON file of sections (`model`, `training`, `data`, ...) then `section.key=value`
+    overrides from the command line (values parsed as YAML). Unknown sections are refused; each section's keys
+    are checked by whoever consumes it (`ScGrnConfig`, `TrainingConfig.from_dict`)."""
+    values = load_yaml_or_json(config_path) if config_path else {}
+    unknown = sorted(set(values) - set(sections))
+    if unknown:
+        raise ValueError(f"unknown section(s) {unknown} in {config_path}; sections are {sorted(sections)}.")
+    options = {name: dict(values.get(name) or {}) for name in sections}
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"override {item!r} must look like section.option=value, e.g. training.max_steps=100.")
+        key, raw = item.split("=", 1)
+        section, name = key.split(".", 1)
+        if section not in sections:
+            raise ValueError(f"override {item!r} names unknown section {section!r}; sections are {sorted(sections)}.")
+        options[section][name] = yaml.safe_load(raw)
+    return options
+
+
+def check_model_options(options: dict) -> dict:
+    """Refuse model options that `ScGrnConfig` does not define (before any work starts)."""
+    import inspect
+
+    known = set(inspect.signature(ScGrnConfig.__init__).parameters) - {"self", "kwargs"}
+    known |= {"num_labels", "id2label", "label2id", "attn_implementation"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown model option(s) {unknown}; see ScGrnConfig for the options.")
+    return options
+
+
+def read_cells(source: str):
+    """An AnnData from an `.h5ad` path, or scanpy's bundled `pbmc68k_reduced` (raw counts recovered) by name."""
+    import anndata
+
+    from .data import pbmc68k_reduced_counts
+
+    if source == "pbmc68k_reduced":
+        return pbmc68k_reduced_counts()
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist (give an .h5ad file or 'pbmc68k_reduced').")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes); re-download or re-export it.")
+    try:
+        return anndata.read_h5ad(path)
+    except Exception as error:  # h5py/anndata raise many types for damaged files
+        raise ValueError(f"{path} could not be read as an .h5ad file ({type(error).__name__}: {error}); the file is "
+                         "corrupt or truncated.") from error
+
+
+def prepare_cells(
+    source: str,
+    network: GeneRegulatoryNetwork,
+    output_dir: str | os.PathLike,
+    *,
+    label_column: str | None = None,
+    group_column: str | None = None,
+    obs_columns: tuple[str, ...] = (),
+    max_length: int | None = 1024,
+    n_bins: int = 51,
+    panel: str = "all",
+    n_top_genes: int = 2000,
+    test_size: float = 0.2,
+    validation_size: float = 0.1,
+    seed: int = 0,
+) -> dict:
+    """Cells -> tokenizer + tokenized train/validation/test `DatasetDict` + prior report, under `output_dir`:
+    `tokenizer/`, `dataset/` (Arrow, with `scgrn_metadata.json`: split, drops, panel), `prior/` (GRN files),
+    `prior_report.json`. Returns the report."""
+    import datasets
+
+    from .data import save_dataset_atomically, split_cells, tokenize_anndata
+    from .grn import select_gene_panel
+
+    adata = read_cells(source)
+    columns = [c for c in (label_column, group_column, *obs_columns) if c]
+    missing = [c for c in columns if c not in adata.obs.columns]
+    if missing:
+        raise ValueError(f"{source} has no obs column(s) {missing}; columns are {list(adata.obs.columns)}.")
+    if label_column is not None and adata.obs[label_column].nunique() < 2:
+        raise ValueError(f"label column {label_column!r} has a single class; classification needs at least two.")
+    if panel == "all":
+        genes, panel_report = list(adata.var_names.astype(str)), {"strategy": "all", "panel_genes": adata.n_vars}
+    else:
+        genes, panel_report = select_gene_panel(adata, network, n_top_genes=n_top_genes, strategy=panel)
+    tokenizer = ScGrnTokenizer.from_genes(genes, n_bins=n_bins)
+    report = prior_report(network, genes)
+    network.to_vocab_edges(tokenizer)  # fails early, with the reason, when the prior misses the panel
+    dataset, tokenize_report = tokenize_anndata(adata, tokenizer, obs_columns=tuple(columns), max_length=max_length)
+    splits = split_cells(adata.obs, label_column=label_column, group_column=group_column,
+                         test_size=test_size, validation_size=validation_size, seed=seed)
+    dataset_dict = datasets.DatasetDict({name: dataset.select(rows) for name, rows in splits.items()})
+    output_dir = Path(output_dir)
+    metadata = {
+        "source": source,
+        "cells": int(adata.n_obs),
+        "tokenization": tokenize_report,
+        "panel": panel_report,
+        "split": {"seed": seed, "label_column": label_column, "group_column": group_column,
+                  **{name: int(len(rows)) for name, rows in splits.items()}},
+    }
+    save_dataset_atomically(dataset_dict, output_dir / "dataset", metadata)
+    tokenizer.save_pretrained(output_dir / "tokenizer")
+    network.restrict(genes).save(output_dir / "prior")
+    (output_dir / "prior_report.json").write_text(json.dumps({"prior": report, **metadata}, indent=2, default=_jsonable))
+    return {"prior": report, **metadata}
+
+
+def _load_prepared(data_dir: Path):
+    import datasets
+
+    data_dir = Path(data_dir)
+    for part in ("dataset", "tokenizer", "prior"):
+        if not (data_dir / part).exists():
+            raise ValueError(f"{data_dir} lacks {part}/; create it with data/tokenize_cells.py.")
+    dataset = datasets.load_from_disk(str(data_dir / "dataset"))
+    needed = {"input_ids", "expression_values", "expression_bins"}
+    for name, split in dataset.items():
+        missing = needed - set(split.column_names)
+        if missing:
+            raise ValueError(f"split {name!r} of {data_dir / 'dataset'} lacks column(s) {sorted(missing)}.")
+    metadata_path = data_dir / "dataset" / "scgrn_metadata.json"
+    metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
+    tokenizer = ScGrnTokenizer.from_pretrained(data_dir / "tokenizer")
+    network = GeneRegulatoryNetwork.load(data_dir / "prior")
+    return dataset, tokenizer, network, metadata
+
+
+def run_pretraining(data_dir, output_dir, *, model_options: dict, training_options: dict,
+                    init_from: str | None = None) -> dict:
+    """Masked-expression pretraining on `data_dir` (from `prepare_cells`). Writes the model folder to
+    `output_dir/model` and returns the summary (masked-value loss of the model vs the per-gene-mean baseline)."""
+    from .data import DataCollatorForMaskedExpression
+    from .training import TrainingConfig, gene_mean_values, masked_expression_metrics, train
+
+    training = TrainingConfig.from_dict({"output_dir": str(output_dir), **training_options})
+    check_model_options(model_options)
+    dataset, tokenizer, network, metadata = _load_prepared(data_dir)
+    torch.manual_seed(training.seed)
+    if init_from:
+        model = ScGrnForMaskedExpressionModeling.from_pretrained(init_from, **model_options)
+        if model.config.vocab_size != len(tokenizer):
+            raise ValueError(f"{init_from} has a vocabulary of {model.config.vocab_size} tokens, the data's tokenizer "
+                             f"{len(tokenizer)}: they are incompatible.")
+    else:
+        model = ScGrnForMaskedExpressionModeling(new_config(tokenizer, **model_options))
+        attach_grn(model, network, tokenizer)
+    collator = DataCollatorForMaskedExpression.from_config(model.config, training.mask_probability)
+    means = gene_mean_values(dataset["train"], model.config.vocab_size, model.config.value_encoding)
+    evaluation_set = dataset["validation"]
+    eval_collator = DataCollatorForMaskedExpression.from_config(model.config, training.mask_probability, seed=training.seed)
+
+    def evaluate(unwrapped, accelerator):
+        return masked_expression_metrics(unwrapped, evaluation_set, eval_collator, means)
+
+    history = train(model, dataset["train"], collator, training, evaluate=evaluate, project_name="pretrain",
+                    extra_tracker_config={f"model/{k}": v for k, v in model.config.mask_description().items()})
+    accelerator = history.pop("accelerator")
+    final = history["eval"][-1]
+    summary = {"final_step": history["final_step"], "validation": final}
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(model)
+        save_model_folder(model, tokenizer, network, Path(output_dir) / "model", evaluation=final,
+                          training_data=_training_data_text(metadata, "masked-expression pretraining"))
+        (Path(output_dir) / "summary.json").write_text(json.dumps(summary, indent=2, default=_jsonable))
+    return summary
+
+
+def run_finetuning(data_dir, output_dir, *, label_column: str, pretrained: str | None, model_options: dict,
+                   training_options: dict) -> dict:
+    """Cell-type finetuning on `data_dir` from a pretrained folder (or from scratch when `pretrained` is None);
+    early stopping on validation macro-F1; test-split evaluation against the majority-class baseline."""
+    from .data import DataCollatorForCellClassification
+    from .training import TrainingConfig, classification_metrics, train
+
+    training = TrainingConfig.from_dict({"output_dir": str(output_dir), **training_options})
+    check_model_options(model_options)
+    dataset, tokenizer, network, metadata = _load_prepared(data_dir)
+    if label_column not in dataset["train"].column_names:
+        raise ValueError(f"the dataset has no label column {label_column!r}; columns are "
+                         f"{dataset['train'].column_names}. Tokenize with --label_column {label_column}.")
+    classes = sorted(set(dataset["train"][label_column]))
+    if len(classes) < 2:
+        raise ValueError(f"label column {label_column!r} has a single class in the training split.")
+    unseen = sorted(set(dataset["test"][label_column]) - set(classes))
+    if unseen:
+        raise ValueError(f"test labels {unseen} never occur in training; re-split or drop those cells.")
+    id2label = dict(enumerate(classes))
+    label2id = {c: i for i, c in id2label.items()}
+    torch.manual_seed(training.seed)
+    if pretrained:
+        model = ScGrnForCellClassification.from_pretrained(
+            pretrained, num_labels=len(classes), id2label=id2label, label2id=label2id, **model_options)
+        if model.config.vocab_size != len(tokenizer):
+            raise ValueError(f"{pretrained} has a vocabulary of {model.config.vocab_size} tokens but the data were "
+                             f"tokenized with {len(tokenizer)}; tokenize with the pretrained model's tokenizer.")
+    else:
+        model = ScGrnForCellClassification(new_config(tokenizer, num_labels=len(classes), id2label=id2label,
+                                                      label2id=label2id, **model_options))
+        attach_grn(model, network, tokenizer)
+    if training.freeze_encoder:
+        for parameter in model.scgrn.parameters():
+            parameter.requires_grad_(False)
+    collator = DataCollatorForCellClassification(model.config.pad_token_id, label2id, label_column)
+    if training.class_weighting:
+        counts = np.bincount([label2id[c] for c in dataset["train"][label_column]], minlength=len(classes))
+        weights = torch.tensor(counts.sum() / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32)
+        collator = _WithClassWeights(collator, weights)
+    plain_collator = DataCollatorForCellClassification(model.config.pad_token_id, label2id, label_column)
+
+    def evaluate(unwrapped, accelerator):
+        scores = classification_metrics(unwrapped, dataset["validation"], plain_collator)
+        return {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}
+
+    history = train(model, dataset["train"], collator, training, evaluate=evaluate, metric_for_best="macro_f1",
+                    project_name="finetune")
+    accelerator = history.pop("accelerator")
+    model = accelerator.unwrap_model(model)
+    test = classification_metrics(model, dataset["test"], plain_collator)
+    majority = max(set(dataset["train"][label_column]), key=dataset["train"][label_column].count)
+    test_labels = dataset["test"][label_column]
+    baseline_accuracy = sum(label == majority for label in test_labels) / len(test_labels)
+    baseline_f1 = (1.0 / len(classes)) * (2 * baseline_accuracy / (1 + baseline_accuracy))
+    evaluation = {
+        "test_accuracy": test["accuracy"],
+        "test_macro_f1": test["macro_f1"],
+        "majority_class_accuracy": baseline_accuracy,
+        "majority_class_macro_f1": baseline_f1,
+        "test_cells": len(test_labels),
+        "best_validation_macro_f1": max(e["macro_f1"] for e in history["eval"]),
+        "steps": history["final_step"],
+        "grn_mode": model.config.grn_mode,
+        "per_class": test["per_class"],
+        "confusion_matrix": test["confusion_matrix"],
+    }
+    if accelerator.is_main_process:
+        save_model_folder(model, tokenizer, network, Path(output_dir) / "model", evaluation=evaluation,
+                          training_data=_training_data_text(metadata, f"cell-type finetuning on `{label_column}`"))
+        plot_confusion_matrix(test["confusion_matrix"], classes, Path(output_dir) / "confusion_matrix.png")
+    return evaluation
+
+
+class _WithClassWeights:
+    """Adds the inverse-frequency `class_weights` to every training batch."""
+
+    def __init__(self, collator, weights: torch.Tensor):
+        self.collator, self.weights = collator, weights
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        batch["class_weights"] = self.weights
+        return batch
+
+
+def plot_confusion_matrix(matrix, classes, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(classes), 0.8 + 0.5 * len(classes)))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, str(value), ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true", title="held-out confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _training_data_text(metadata: dict, task: str) -> str:
+    split = metadata.get("split", {})
+    return (f"{task} on `{metadata.get('source', '?')}` ({metadata.get('cells', '?')} cells; split seed "
+            f"{split.get('seed')}: {split.get('train')} train / {split.get('validation')} validation / "
+            f"{split.get('test')} test cells).")
