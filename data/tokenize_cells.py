@@ -31,18 +31,16 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
-    table = args.prior
-    if table.endswith(".parquet") and "omnipath" in table.lower():
-        network = GeneRegulatoryNetwork.from_omnipath_table(table, args.resource)
-    else:
-        network = GeneRegulatoryNetwork.from_file(table)
+    network = GeneRegulatoryNetwork.read(args.prior, args.resource)
     print(network)
     report = prepare_cells(
         args.input, network, args.output, label_column=args.label_column, group_column=args.group_column,
         max_length=args.max_length, n_bins=args.n_bins, panel=args.panel, n_top_genes=args.n_top_genes,
         seed=args.seed,
     )
-    print(json.dumps({k: report[k] for k in ("prior", "tokenization", "split")}, indent=2))
+    prior = {k: v for k, v in report["prior"].items() if k not in ("out_degree", "in_degree")}
+    print(json.dumps({"prior": prior, "tokenization": report["tokenization"], "split": report["split"]}, indent=2))
+    print(f"wrote {args.output}/dataset, tokenizer/, prior/ and prior_report.json")
 
 
 if __name__ == "__main__":

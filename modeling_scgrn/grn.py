@@ -117,6 +117,19 @@ class GeneRegulatoryNetwork:
         return cls.from_dataframe(table, provenance=provenance, **kwargs)
 
     @classmethod
+    def read(cls, path: str | os.PathLike, resource: str = "collectri", **kwargs) -> "GeneRegulatoryNetwork":
+        """Read a network file: OmniPath's interaction table (recognised by its `type` and `sources` columns, then
+        filtered to `resource`) or a plain `source, target[, weight]` CSV/TSV/Parquet network."""
+        path = Path(path)
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            columns = set(pq.read_schema(path).names)
+            if {"type", "sources", "consensus_stimulation"} <= columns:
+                return cls.from_omnipath_table(path, resource, **kwargs)
+        return cls.from_file(path, **kwargs)
+
+    @classmethod
     def from_omnipath_table(
         cls,
         table: pd.DataFrame | str | os.PathLike,

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole scgrn path on real data, on a laptop CPU in a few minutes:
+#   real CollecTRI prior -> tokenize pbmc68k_reduced -> pretrain -> finetune on bulk_labels -> Hub-ready folder.
+# Usage: bash finetune/quickstart.sh [OUTPUT_DIR]   (default runs/quickstart)
+set -euo pipefail
+out="${1:-runs/quickstart}"
+launch=(accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no)
+
+python data/fetch_prior.py --output priors/omnipath_interactions.parquet
+python data/tokenize_cells.py --input pbmc68k_reduced --prior priors/omnipath_interactions.parquet \
+    --resource collectri --label_column bulk_labels --output "$out/data"
+"${launch[@]}" pretrain/run.py --config pretrain/configs/cpu_smoke.yaml --data "$out/data" \
+    --output_dir "$out/pretrain"
+"${launch[@]}" finetune/run.py --config finetune/configs/pbmc68k.yaml --data "$out/data" \
+    --pretrained "$out/pretrain/model" --label_column bulk_labels --output_dir "$out/finetune"
+echo "Hub-ready model folder: $out/finetune/model (upload with huggingface_hub or model.push_to_hub)"

@@ -1,0 +1,147 @@
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from modeling_scgrn import ScGrnTokenizer
+from modeling_scgrn.data import (
+    DataCollatorForCellClassification,
+    DataCollatorForMaskedExpression,
+    check_raw_counts,
+    pbmc68k_reduced_counts,
+    save_dataset_atomically,
+    split_cells,
+    tokenize_anndata,
+)
+from modeling_scgrn.pipeline import read_cells
+
+from conftest import CELLTYPIST_SAMPLE, shared_data_or_skip
+
+
+@pytest.fixture(scope="module")
+def pbmc():
+    return pbmc68k_reduced_counts()
+
+
+def test_pbmc_counts_are_integers(pbmc):
+    assert pbmc.shape == (700, 765)
+    assert np.all(pbmc.X.data == np.rint(pbmc.X.data)) and pbmc.X.data.min() >= 1
+    check_raw_counts(pbmc.X)
+    with pytest.raises(ValueError, match="not integers"):
+        check_raw_counts(sc_log(pbmc).X)
+
+
+def sc_log(adata):
+    out = adata.copy()
+    out.X = out.X.copy()
+    out.X.data = np.log1p(out.X.data)
+    return out
+
+
+def test_dataset_round_trip_equals_direct_tokenization(pbmc, tmp_path):
+    tokenizer = ScGrnTokenizer.from_genes(pbmc.var_names, n_bins=51)
+    dataset, report = tokenize_anndata(pbmc, tokenizer, obs_columns=["bulk_labels"], max_length=200, chunk_size=128,
+                                       show_progress=False)
+    assert len(dataset) == 700 and report["cells"] == 700
+    save_dataset_atomically(dataset, tmp_path / "ds", {"note": "test"})
+    import datasets
+
+    loaded = datasets.load_from_disk(str(tmp_path / "ds"))
+    direct = tokenizer(pbmc, max_length=200, return_tensors="np")
+    for cell in (0, 127, 128, 699):
+        n = int(direct["attention_mask"][cell].sum())
+        assert loaded[cell]["input_ids"] == direct["input_ids"][cell, :n].tolist()
+        assert loaded[cell]["expression_bins"] == direct["expression_bins"][cell, :n].tolist()
+        np.testing.assert_allclose(loaded[cell]["expression_values"], direct["expression_values"][cell, :n], rtol=1e-6)
+        assert loaded[cell]["length"] == n
+        assert loaded[cell]["bulk_labels"] == str(pbmc.obs["bulk_labels"].iloc[cell])
+    decoded = tokenizer.convert_ids_to_tokens(loaded[0]["input_ids"][1:])
+    row = pbmc.X[0].toarray().ravel()
+    assert set(decoded) <= set(pbmc.var_names[row > 0])
+
+
+def test_celltypist_sample_reports_drops(tmp_path):
+    adata = ad.read_h5ad(shared_data_or_skip(CELLTYPIST_SAMPLE))
+    tokenizer = ScGrnTokenizer.from_genes(adata.var_names[:20000])
+    dataset, report = tokenize_anndata(adata, tokenizer, max_length=None, show_progress=False)
+    assert report["genes_unknown_to_vocabulary"] == 32786 - 20000
+    detected_known = (adata.X[:, :20000] > 0).sum(1).A1
+    assert dataset["length"] == (detected_known + 1).tolist()
+
+
+def test_split_by_donor_never_shares_a_donor(pbmc):
+    obs = pbmc.obs.copy()
+    obs["donor"] = [f"d{i % 9}" for i in range(len(obs))]
+    splits = split_cells(obs, label_column="bulk_labels", group_column="donor", seed=3)
+    donors = {name: set(obs["donor"].iloc[rows]) for name, rows in splits.items()}
+    assert not donors["train"] & donors["test"] and not donors["train"] & donors["validation"]
+    assert not donors["validation"] & donors["test"]
+    assert sum(len(r) for r in splits.values()) == len(obs)
+    again = split_cells(obs, label_column="bulk_labels", group_column="donor", seed=3)
+    assert all(np.array_equal(splits[k], again[k]) for k in splits)
+    stratified = split_cells(obs, label_column="bulk_labels", seed=0)
+    test_share = obs["bulk_labels"].iloc[stratified["test"]].value_counts(normalize=True)
+    overall = obs["bulk_labels"].value_counts(normalize=True)
+    assert (test_share - overall).abs().max() < 0.05
+    with pytest.raises(ValueError, match="no column 'donor_id'"):
+        split_cells(obs, group_column="donor_id")
+
+
+def test_masking_collator_never_masks_cls_or_padding():
+    features = [
+        {"input_ids": [1, 5, 6, 7, 8], "expression_values": [0, 3.0, 2.0, 1.0, 0.5], "expression_bins": [0, 4, 3, 2, 1]},
+        {"input_ids": [1, 9], "expression_values": [0, 1.5], "expression_bins": [0, 4]},
+    ]
+    collator = DataCollatorForMaskedExpression(pad_token_id=0, value_encoding="binned", n_bins=4, mask_probability=0.5,
+                                               generator=torch.Generator().manual_seed(0))
+    for _ in range(20):
+        batch = collator(features)
+        masked = batch["labels"] != -100
+        assert not masked[:, 0].any() and not masked[1, 2:].any()
+        assert masked.sum(1).min() >= 1
+        assert torch.all(batch["expression_bins"][masked] == 5)
+        original = torch.tensor([[0, 4, 3, 2, 1], [0, 4, 0, 0, 0]])
+        assert torch.equal(batch["labels"][masked], original[masked])
+        assert torch.equal(batch["attention_mask"], torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]))
+    continuous = DataCollatorForMaskedExpression(0, "continuous", 4, mask_value=-1.0, mask_probability=0.5)(features)
+    scored = ~torch.isnan(continuous["labels"])
+    assert torch.all(continuous["expression_values"][scored] == -1.0) and not scored[:, 0].any()
+
+
+def test_classification_collator_rejects_unseen_labels():
+    collator = DataCollatorForCellClassification(0, {"B": 0, "T": 1}, "cell_type")
+    batch = collator([{"input_ids": [1, 5], "expression_bins": [0, 3], "expression_values": [0, 1.0], "cell_type": "T"}])
+    assert batch["labels"].tolist() == [1]
+    with pytest.raises(ValueError, match=r"labels \['NK'\] are not among"):
+        collator([{"input_ids": [1, 5], "expression_bins": [0, 3], "expression_values": [0, 1.0], "cell_type": "NK"}])
+
+
+def test_bad_files(tmp_path):
+    empty = tmp_path / "empty.h5ad"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        read_cells(str(empty))
+    source = shared_data_or_skip(CELLTYPIST_SAMPLE)
+    truncated = tmp_path / "truncated.h5ad"
+    truncated.write_bytes(source.read_bytes()[:100_000])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        read_cells(str(truncated))
+    with pytest.raises(FileNotFoundError):
+        read_cells(str(tmp_path / "missing.h5ad"))
+
+
+def test_failed_save_leaves_no_dataset(tmp_path):
+    import datasets
+
+    class Exploding(datasets.Dataset):
+        def save_to_disk(self, path, **kwargs):
+            super().save_to_disk(path, **kwargs)
+            raise RuntimeError("disk full")
+
+    dataset = datasets.Dataset.from_dict({"input_ids": [[1, 2]]})
+    dataset.__class__ = Exploding
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_dataset_atomically(dataset, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
