@@ -177,6 +177,9 @@ class GeneRegulatoryNetwork:
             "genes_with_uniprot_accession": int(
                 pd.Series(pd.unique(pd.concat([rows["source"], rows["target"]]))).str.fullmatch(UNIPROT_PATTERN).sum()
             ),
+            "rows_with_uniprot_accession": int(
+                (rows["source"].str.fullmatch(UNIPROT_PATTERN) | rows["target"].str.fullmatch(UNIPROT_PATTERN)).sum()
+            ),
         }
         return cls.from_dataframe(frame, provenance=provenance)
 
@@ -345,6 +348,17 @@ class GeneRegulatoryNetwork:
         if mask_options is not None:
             record["mask"] = mask_options
         _atomic_write(directory / PROVENANCE_FILE, lambda p: Path(p).write_text(json.dumps(record, indent=2)))
+
+
+def read_mapping_table(path: str | os.PathLike, *, reverse: bool = False) -> pd.DataFrame:
+    """A two-column identifier table (e.g. celltypist's `GENCODEv44_Gene_id2name.csv`, Ensembl ID -> symbol, or
+    `Ensembl105_Human2Mouse_Genes.csv`, human -> mouse symbol; headerless CSV) as `from, to` columns, rows
+    without a counterpart dropped. `reverse=True` maps the second column to the first (symbol -> Ensembl ID)."""
+    table = pd.read_csv(path, header=None, usecols=[0, 1], names=["from", "to"], dtype=str, keep_default_na=False)
+    table = table[(table["from"].str.strip() != "") & (table["to"].str.strip() != "")]
+    if reverse:
+        table = table.rename(columns={"from": "to", "to": "from"})[["from", "to"]]
+    return table.reset_index(drop=True)
 
 
 def prior_report(network: GeneRegulatoryNetwork, genes) -> dict:

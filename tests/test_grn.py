@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from modeling_scgrn import ScGrnModel, ScGrnTokenizer
-from modeling_scgrn.grn import GeneRegulatoryNetwork, plot_mask, prior_report, select_gene_panel
+from modeling_scgrn.grn import (
+    GeneRegulatoryNetwork,
+    plot_mask,
+    prior_report,
+    read_mapping_table,
+    select_gene_panel,
+)
 from modeling_scgrn.grn_prior import random_control_edges, shuffled_control_edges
 
 from conftest import CELLTYPIST_SAMPLE, OMNIPATH_TABLE, shared_data_or_skip, tiny_config
@@ -38,7 +44,8 @@ def test_collectri_from_real_omnipath_table(omnipath):
     assert set(net.edges["weight"].unique()) <= {-1.0, 1.0, 0.0} and (net.edges["weight"] < 0).sum() > 5000
     assert net.provenance["resource"] == "CollecTRI" and net.provenance["organism"] == "human"
     # OmniPath keeps a UniProt accession where it found no symbol (P04637 is TP53); they are counted, not hidden
-    assert net.provenance["genes_with_uniprot_accession"] > 0
+    assert net.provenance["genes_with_uniprot_accession"] > 1000
+    assert net.provenance["rows_with_uniprot_accession"] > 10000
     assert "P04637" in set(net.genes)
 
 
@@ -156,3 +163,33 @@ def test_model_stores_the_control_it_uses(collectri):
     assert models["shuffled"].config.num_grn_edges == prior.shape[1]
     assert {tuple(e) for e in models["grn"].grn_edges.T.tolist()} == {tuple(e) for e in prior.T.tolist()}
     assert not torch.equal(models["random"].grn_edges, models["grn"].grn_edges)
+
+
+def test_mapping_tables_in_celltypist_format(tmp_path, collectri):
+    # headerless two-column CSVs as celltypist ships them; an empty second column means no counterpart
+    (tmp_path / "id2name.csv").write_text(
+        "ENSG00000115415,STAT1\nENSG00000140968,IRF8\nENSG00000111537,IFNG\nENSG00000999999,\n")
+    (tmp_path / "human2mouse.csv").write_text("STAT1,Stat1\nIRF8,Irf8\nIFNG,Ifng\nIFNB1,Ifnb1\nMT-TF,\n")
+    symbol_to_ensembl = read_mapping_table(tmp_path / "id2name.csv", reverse=True)
+    assert list(symbol_to_ensembl.columns) == ["from", "to"] and len(symbol_to_ensembl) == 3
+    small = collectri.restrict(["STAT1", "IRF8", "IFNG", "IFNB1"])
+    mouse = small.map_genes(read_mapping_table(tmp_path / "human2mouse.csv"), organism="mouse")
+    assert len(mouse) == len(small) and set(mouse.genes) <= {"Stat1", "Irf8", "Ifng", "Ifnb1"}
+    assert mouse.provenance["organism"] == "mouse"
+
+
+def test_decoupler_cache_is_read_without_network(tmp_path, collectri):
+    table = collectri.edges.head(20)
+    table.to_parquet(tmp_path / "collectri_human.parquet")
+    (tmp_path / "collectri_human.json").write_text(json.dumps({"resource": "CollecTRI", "version": "cached"}))
+    net = GeneRegulatoryNetwork.from_decoupler("collectri", cache_dir=tmp_path)
+    assert len(net) == 20 and net.provenance["version"] == "cached"
+    with pytest.raises(ValueError, match="not one of"):
+        GeneRegulatoryNetwork.from_decoupler("trrust", cache_dir=tmp_path)
+
+
+def test_read_recognises_omnipath_and_plain_networks(tmp_path, collectri):
+    net = GeneRegulatoryNetwork.read(shared_data_or_skip(OMNIPATH_TABLE), "collectri")
+    assert len(net) == len(collectri)
+    collectri.edges.head(5).to_parquet(tmp_path / "plain.parquet")
+    assert len(GeneRegulatoryNetwork.read(tmp_path / "plain.parquet")) == 5
