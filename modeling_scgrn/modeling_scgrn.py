@@ -214,6 +214,17 @@ class ScGrnPreTrainedModel(PreTrainedModel):
         """Attach a prior to the encoder; see [`ScGrnModel.set_grn_edges`]."""
         return self.base_model.set_grn_edges(grn_edges)
 
+    def push_to_hub(self, repo_id: str, *, tokenizer=None, network=None, **options):
+        """Publish a complete scgrn repo: weights with the GRN edge buffer, `tokenizer`, the prior `network`
+        (`GeneRegulatoryNetwork`) as Parquet + provenance, modeling code and model card. Options: `private`,
+        `revision`, `create_pr`, `token`, `commit_message`, `evaluation`, `training_data`. Needs scgrn installed
+        (`modeling_scgrn.hub.push_to_hub`); nothing is uploaded unless the repo would be complete."""
+        try:  # inside try: transformers' remote-code import scan skips it, so loading never needs scgrn
+            from modeling_scgrn.hub import push_to_hub
+        except ImportError as error:
+            raise ImportError("publishing a complete scgrn repo needs the scgrn package installed.") from error
+        return push_to_hub(self, tokenizer, network, repo_id, **options)
+
 
 class ScGrnModel(ScGrnPreTrainedModel):
     """The encoder. Holds the GRN as a `(2, num_grn_edges)` int64 buffer `grn_edges` (regulator, target vocabulary

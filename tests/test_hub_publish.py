@@ -129,7 +129,7 @@ def test_push_uploads_the_complete_folder(fake_hub, model_folder, monkeypatch):
 def test_push_to_branch_and_pull_request(fake_hub, model_folder, monkeypatch, tokenizer):
     folder, model, network = model_folder
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
-    push_to_hub(model, tokenizer, network, "org/scgrn", revision="dev", endpoint=fake_hub)
+    model.push_to_hub("org/scgrn", tokenizer=tokenizer, network=network, revision="dev", endpoint=fake_hub)
     paths = [p for p, _, _ in FakeHub.received]
     assert "/api/models/org/scgrn/branch/dev" in paths
     assert any(p.startswith("/api/models/org/scgrn/commit/dev") for p in paths)
