@@ -15,7 +15,8 @@ from modeling_scgrn.pipeline import prepare_cells
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, help="an .h5ad file of raw counts, or 'pbmc68k_reduced'")
+    parser.add_argument("--input", required=True, action="append",
+                        help="an .h5ad file of raw counts, or 'pbmc68k_reduced'; repeat to join several datasets")
     parser.add_argument("--prior", required=True, help="OmniPath interaction table (data/fetch_prior.py) or a "
                         "source,target[,weight] CSV/TSV/Parquet network")
     parser.add_argument("--resource", default="collectri", help="for the OmniPath table: collectri or dorothea")

@@ -189,7 +189,12 @@ def _pad_cells(features: list[dict], pad_token_id: int) -> dict[str, torch.Tenso
 class DataCollatorForMaskedExpression:
     """Pads to the batch's longest cell and hides the expression of a random `mask_probability` share of gene
     tokens (never `[CLS]` or padding; at least one gene per cell). Masked bins become `n_bins + 1`, masked values
-    `mask_value`. `labels` hold the true bins (-100 elsewhere) or true values (NaN elsewhere)."""
+    `mask_value`. `labels` hold the true bins (-100 elsewhere) or true values (NaN elsewhere).
+
+    Calling it does both (as transformers' collators do, e.g. for `Trainer`). The scgrn training loop calls
+    `pad` in the DataLoader and `mask` just before each step instead, so the random draws follow the step order
+    and a resumed run masks exactly as an uninterrupted one (DataLoaders prefetch, which would otherwise consume
+    the random state of batches not yet trained on)."""
 
     pad_token_id: int
     value_encoding: str
@@ -204,10 +209,20 @@ class DataCollatorForMaskedExpression:
         return cls(config.pad_token_id, config.value_encoding, config.n_bins, config.mask_value, mask_probability, generator)
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        batch = _pad_cells(features, self.pad_token_id)
-        genes = batch["attention_mask"].bool()
+        return self.mask(self.pad(features))
+
+    def pad(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        return _pad_cells(features, self.pad_token_id)
+
+    def mask(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Mask a padded batch (on any device); draws from `generator` or, without one, torch's global RNG."""
+        batch = dict(batch)
+        genes = batch["attention_mask"].bool().clone()
         genes[:, 0] = False
-        draw = torch.rand(genes.shape, generator=self.generator)
+        if self.generator is None:
+            draw = torch.rand(genes.shape, device=genes.device)
+        else:
+            draw = torch.rand(genes.shape, generator=self.generator).to(genes.device)
         masked = (draw < self.mask_probability) & genes
         # at least one gene per cell (its lowest draw) is masked, so every cell contributes to the loss
         forced = torch.where(genes, draw, torch.full_like(draw, 2.0)).argmin(1)

@@ -229,8 +229,25 @@ def read_cells(source: str):
                          "corrupt or truncated.") from error
 
 
+def read_cells_from(sources: str | list[str]):
+    """One AnnData from one or several sources (`read_cells` each); several are joined on the union of their genes
+    (absent genes count 0) with a `dataset` obs column naming the source of each cell."""
+    import anndata
+
+    if isinstance(sources, str):
+        return read_cells(sources)
+    if len(sources) == 1:
+        return read_cells(sources[0])
+    parts = {}
+    for source in sources:
+        adata = read_cells(source)
+        adata.var_names_make_unique()
+        parts[Path(source).stem if source != "pbmc68k_reduced" else source] = adata
+    return anndata.concat(parts, join="outer", label="dataset", index_unique="-", fill_value=0)
+
+
 def prepare_cells(
-    source: str,
+    source: str | list[str],
     network: GeneRegulatoryNetwork,
     output_dir: str | os.PathLike,
     *,
@@ -247,13 +264,13 @@ def prepare_cells(
 ) -> dict:
     """Cells -> tokenizer + tokenized train/validation/test `DatasetDict` + prior report, under `output_dir`:
     `tokenizer/`, `dataset/` (Arrow, with `scgrn_metadata.json`: split, drops, panel), `prior/` (GRN files),
-    `prior_report.json`. Returns the report."""
+    `prior_report.json`. Several sources are joined (`read_cells_from`). Returns the report."""
     import datasets
 
     from .data import save_dataset_atomically, split_cells, tokenize_anndata
     from .grn import select_gene_panel
 
-    adata = read_cells(source)
+    adata = read_cells_from(source)
     columns = [c for c in (label_column, group_column, *obs_columns) if c]
     missing = [c for c in columns if c not in adata.obs.columns]
     if missing:
@@ -334,7 +351,8 @@ def run_pretraining(data_dir, output_dir, *, model_options: dict, training_optio
     def evaluate(unwrapped, accelerator):
         return masked_expression_metrics(unwrapped, evaluation_set, eval_collator, means)
 
-    history = train(model, dataset["train"], collator, training, evaluate=evaluate, project_name="pretrain",
+    history = train(model, dataset["train"], collator.pad, training, evaluate=evaluate, batch_transform=collator.mask,
+                    project_name="pretrain",
                     extra_tracker_config={f"model/{k}": v for k, v in model.config.mask_description().items()})
     accelerator = history.pop("accelerator")
     final = history["eval"][-1]

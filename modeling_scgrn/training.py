@@ -143,13 +143,15 @@ def train(
     config: TrainingConfig,
     *,
     evaluate=None,
+    batch_transform=None,
     metric_for_best: str | None = None,
     project_name: str = "scgrn",
     extra_tracker_config: dict | None = None,
 ) -> dict[str, Any]:
     """Train `model` on `train_dataset` (a `datasets.Dataset`) batched by `collator`.
 
-    `evaluate(model, accelerator) -> dict` runs at each evaluation point; when `metric_for_best` names one of its
+    `batch_transform(batch) -> batch` runs on each batch right before its step (random masking belongs there:
+    see `DataCollatorForMaskedExpression`). `evaluate(model, accelerator) -> dict` runs at each evaluation point; when `metric_for_best` names one of its
     keys, the best weights are restored at the end and `early_stopping_patience` applies. Returns the history.
     """
     from accelerate import Accelerator
@@ -158,14 +160,17 @@ def train(
 
     output_dir = Path(config.output_dir)
     log_with = None if config.report_to in ("none", "", None) else config.report_to.split(",")
+    # torchrun on machines without GPUs: run the processes on CPU with gloo (accelerate wants cpu=True for that)
+    cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(
+        cpu=cpu_processes,
         mixed_precision=_mixed_precision(config.mixed_precision),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=log_with,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
-    set_seed(config.seed)
+    set_seed(config.seed, device_specific=True)  # ranks draw different masks and dropout; DDP syncs the weights
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if config.torch_compile:
@@ -176,6 +181,9 @@ def train(
         shuffle=True,
         collate_fn=collator,
         num_workers=config.dataloader_num_workers,
+        # its own generator: starting an iterator then draws from it, not from the global RNG, so a resumed run
+        # keeps the global random stream (masks, dropout) of the uninterrupted one
+        generator=torch.Generator().manual_seed(config.seed),
     )
     optimizer = _optimizer(model, config)
     updates_per_epoch = math.ceil(len(loader) / accelerator.num_processes / config.gradient_accumulation_steps)
@@ -237,6 +245,8 @@ def train(
         epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
         resume_path = None
         for batch in epoch_loader:
+            if batch_transform is not None:
+                batch = batch_transform(batch)
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)

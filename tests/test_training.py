@@ -1,0 +1,154 @@
+"""Training through Accelerate: resumable checkpoints, two processes, config checks, and real learning."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from modeling_scgrn.grn import GeneRegulatoryNetwork
+from modeling_scgrn.pipeline import prepare_cells, run_finetuning, run_pretraining, script_options
+from modeling_scgrn.training import TrainingConfig
+
+from conftest import OMNIPATH_TABLE, shared_data_or_skip
+
+TINY_MODEL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                  hidden_dropout_prob=0.1, value_encoding="continuous")
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        network = GeneRegulatoryNetwork.read(shared_data_or_skip(OMNIPATH_TABLE), "collectri")
+    folder = tmp_path_factory.mktemp("prepared")
+    prepare_cells("pbmc68k_reduced", network, folder, label_column="bulk_labels", max_length=128, seed=0)
+    return folder
+
+
+def quiet(**options):
+    return {"show_progress": False, "report_to": "none", "mixed_precision": "no", **options}
+
+
+def final_weights(output_dir):
+    return load_file(str(sorted((output_dir / "checkpoints").glob("step_*"))[-1] / "model.safetensors"))
+
+
+def test_resume_after_crash_gives_the_uninterrupted_weights(prepared, tmp_path):
+    options = quiet(max_steps=12, checkpoint_steps=4, per_device_batch_size=16, logging_steps=4, seed=3)
+    run_pretraining(prepared, tmp_path / "straight", model_options=TINY_MODEL, training_options=options)
+
+    # Crash during step 7 (after the checkpoint at step 4), then resume from the latest checkpoint.
+    from modeling_scgrn import data as data_module
+
+    original = data_module.DataCollatorForMaskedExpression.pad
+    calls = {"n": 0}
+
+    def crashing(self, features):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt("killed")
+        return original(self, features)
+
+    data_module.DataCollatorForMaskedExpression.pad = crashing
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_pretraining(prepared, tmp_path / "crashed", model_options=TINY_MODEL, training_options=options)
+    finally:
+        data_module.DataCollatorForMaskedExpression.pad = original
+    checkpoints = sorted(p.name for p in (tmp_path / "crashed" / "checkpoints").iterdir())
+    assert checkpoints == ["step_00000004"]  # nothing half-written is left beside it
+    run_pretraining(prepared, tmp_path / "crashed", model_options=TINY_MODEL,
+                    training_options={**options, "resume_from_checkpoint": "latest"})
+    straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "crashed")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    kept = sorted(p.name for p in (tmp_path / "crashed" / "checkpoints").iterdir())
+    assert kept == ["step_00000008", "step_00000012"]  # keep_last_checkpoints=2
+
+
+TWO_PROCESS_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from safetensors.torch import save_file
+    from modeling_scgrn import ScGrnForMaskedExpressionModeling
+    from modeling_scgrn.data import DataCollatorForMaskedExpression
+    from modeling_scgrn.pipeline import _load_prepared, attach_grn, new_config
+    from modeling_scgrn.training import TrainingConfig, train
+
+    prepared, output, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    dataset, tokenizer, network, _ = _load_prepared(prepared)
+    torch.manual_seed(0)
+    model = ScGrnForMaskedExpressionModeling(new_config(tokenizer, **options))
+    attach_grn(model, network, tokenizer)
+    collator = DataCollatorForMaskedExpression.from_config(model.config)
+    seen = []
+
+    def recording(features):
+        seen.append(sorted(sum(f["input_ids"]) for f in features))
+        return collator.pad(features)
+
+    config = TrainingConfig(output_dir=output, max_steps=4, per_device_batch_size=8, show_progress=False,
+                            report_to="none", mixed_precision="no", logging_steps=2, seed=0)
+    history = train(model, dataset["train"], recording, config, batch_transform=collator.mask)
+    accelerator = history["accelerator"]
+    rank = accelerator.process_index
+    weights = {k: v.detach().contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+    save_file(weights, f"{output}/weights_rank{rank}.safetensors")
+    with open(f"{output}/seen_rank{rank}.json", "w") as handle:
+        json.dump({"world_size": accelerator.num_processes, "seen": seen}, handle)
+    """
+)
+
+
+def test_two_processes_see_different_cells_and_end_with_identical_weights(prepared, tmp_path):
+    script = tmp_path / "two.py"
+    script.write_text(TWO_PROCESS_SCRIPT)
+    output = tmp_path / "out"
+    output.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         str(script), str(prepared), str(output), json.dumps(TINY_MODEL)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [json.loads((output / f"seen_rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world_size"] == 2 for r in ranks)
+    assert len(ranks[0]["seen"]) >= 4 and len(ranks[1]["seen"]) >= 4  # 4 steps (+ the loader's prefetch)
+    for batch_of_rank0, batch_of_rank1 in zip(ranks[0]["seen"][:4], ranks[1]["seen"][:4]):
+        assert batch_of_rank0 != batch_of_rank1
+    first, second = (load_file(str(output / f"weights_rank{r}.safetensors")) for r in (0, 1))
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    # the checkpoint written by the main process holds those same weights
+    reference = load_file(str(sorted((output / "checkpoints").glob("step_*"))[-1] / "model.safetensors"))
+    assert torch.equal(reference["head.3.bias"], first["head.3.bias"])
+
+
+def test_training_config_errors():
+    with pytest.raises(ValueError, match=r"unknown training option\(s\) \['learning_rat'\]"):
+        TrainingConfig.from_dict({"learning_rat": 1e-3})
+    with pytest.raises(ValueError, match="'max_steps' expects int"):
+        TrainingConfig.from_dict({"max_steps": "ten"})
+    assert TrainingConfig.from_dict({"max_steps": "10", "learning_rate": "1e-3"}).max_steps == 10
+    with pytest.raises(ValueError, match="unknown section"):
+        script_options(None, ["optimizer.lr=1"], {"model": None, "training": None})
+
+
+def test_bad_inputs_fail_before_training(prepared, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown model option\(s\) \['hidden'\]"):
+        run_pretraining(prepared, tmp_path / "a", model_options={"hidden": 3}, training_options=quiet())
+    with pytest.raises(ValueError, match="lacks dataset/"):
+        run_pretraining(tmp_path, tmp_path / "b", model_options={}, training_options=quiet())
+    with pytest.raises(ValueError, match="no label column 'celltype'"):
+        run_finetuning(prepared, tmp_path / "c", label_column="celltype", pretrained=None, model_options={},
+                       training_options=quiet())
