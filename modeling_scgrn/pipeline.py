@@ -366,11 +366,13 @@ def run_pretraining(data_dir, output_dir, *, model_options: dict, training_optio
 
 
 def run_finetuning(data_dir, output_dir, *, label_column: str, pretrained: str | None, model_options: dict,
-                   training_options: dict) -> dict:
+                   training_options: dict, save_outputs: bool = True) -> dict:
     """Cell-type finetuning on `data_dir` from a pretrained folder (or from scratch when `pretrained` is None);
-    early stopping on validation macro-F1; test-split evaluation against the majority-class baseline."""
+    early stopping on validation macro-F1; test-split evaluation against the majority-class baseline, with
+    embedding metrics of the test cells. `save_outputs` writes the model folder and the PNGs (confusion
+    matrix, UMAP of test embeddings)."""
     from .data import DataCollatorForCellClassification
-    from .training import TrainingConfig, classification_metrics, train
+    from .training import TrainingConfig, classification_metrics, embedding_metrics, plot_umap, train
 
     training = TrainingConfig.from_dict({"output_dir": str(output_dir), **training_options})
     check_model_options(model_options)
@@ -416,6 +418,7 @@ def run_finetuning(data_dir, output_dir, *, label_column: str, pretrained: str |
     accelerator = history.pop("accelerator")
     model = accelerator.unwrap_model(model)
     test = classification_metrics(model, dataset["test"], plain_collator)
+    model.eval()
     majority = max(set(dataset["train"][label_column]), key=dataset["train"][label_column].count)
     test_labels = dataset["test"][label_column]
     baseline_accuracy = sum(label == majority for label in test_labels) / len(test_labels)
@@ -429,13 +432,17 @@ def run_finetuning(data_dir, output_dir, *, label_column: str, pretrained: str |
         "best_validation_macro_f1": max(e["macro_f1"] for e in history["eval"]),
         "steps": history["final_step"],
         "grn_mode": model.config.grn_mode,
+        **{f"test_{k}": v for k, v in embedding_metrics(test["embeddings"], test["true_labels"],
+                                                         seed=training.seed).items()},
         "per_class": test["per_class"],
         "confusion_matrix": test["confusion_matrix"],
     }
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and save_outputs:
         save_model_folder(model, tokenizer, network, Path(output_dir) / "model", evaluation=evaluation,
                           training_data=_training_data_text(metadata, f"cell-type finetuning on `{label_column}`"))
         plot_confusion_matrix(test["confusion_matrix"], classes, Path(output_dir) / "confusion_matrix.png")
+        plot_umap(test["embeddings"], test["true_labels"], Path(output_dir) / "umap_test_cells.png",
+                  title=f"held-out cells, {model.config.grn_mode} mask", seed=training.seed)
     return evaluation
 
 
@@ -475,3 +482,73 @@ def _training_data_text(metadata: dict, task: str) -> str:
     return (f"{task} on `{metadata.get('source', '?')}` ({metadata.get('cells', '?')} cells; split seed "
             f"{split.get('seed')}: {split.get('train')} train / {split.get('validation')} validation / "
             f"{split.get('test')} test cells).")
+
+
+COMPARED_METRICS = ("test_accuracy", "test_macro_f1", "test_silhouette", "test_leiden_ari", "test_leiden_nmi")
+
+
+def run_comparison(data_dir, output_dir, *, label_column: str, modes=("grn", "dense", "random", "shuffled"),
+                   seeds=(0, 1, 2), pretrained: str | None = None, model_options: dict | None = None,
+                   training_options: dict | None = None) -> dict:
+    """The prior-vs-control table on the user's data: the same architecture and budget finetuned with each mask
+    mode over several seeds (the seed sets initialisation, data order and the random/shuffled control).
+
+    Writes `comparison.md` (mean +/- sd per mode), `comparison.json` (every run) and `comparison.png` under
+    `output_dir`; returns the runs and the summary."""
+    import pandas as pd
+
+    model_options = dict(model_options or {})
+    if pretrained:
+        raise ValueError("compare modes from scratch: a pretrained folder fixes its own mask (its grn_mode).")
+    runs = []
+    for mode in modes:
+        for seed in seeds:
+            options = {**model_options, "grn_mode": mode, "grn_control_seed": int(seed)}
+            training = {**(training_options or {}), "seed": int(seed), "report_to": "none"}
+            evaluation = run_finetuning(data_dir, Path(output_dir) / f"{mode}_seed{seed}", label_column=label_column,
+                                        pretrained=None, model_options=options, training_options=training,
+                                        save_outputs=False)
+            runs.append({"grn_mode": mode, "seed": int(seed), **{k: evaluation[k] for k in COMPARED_METRICS},
+                         "majority_class_accuracy": evaluation["majority_class_accuracy"]})
+    table = pd.DataFrame(runs)
+    summary = table.groupby("grn_mode", sort=False)[list(COMPARED_METRICS)].agg(["mean", "std"])
+    lines = [
+        f"Finetuned from scratch on `{label_column}`, {len(seeds)} seeds per mask "
+        f"(majority-class accuracy {runs[0]['majority_class_accuracy']:.3f}); mean +/- sd over seeds.",
+        "",
+        "| mask | " + " | ".join(m.removeprefix("test_") for m in COMPARED_METRICS) + " |",
+        "| --- |" + " --- |" * len(COMPARED_METRICS),
+    ]
+    for mode in summary.index:
+        cells = [f"{summary.loc[mode, (m, 'mean')]:.3f} +/- {np.nan_to_num(summary.loc[mode, (m, 'std')]):.3f}"
+                 for m in COMPARED_METRICS]
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    markdown = "\n".join(lines) + "\n"
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "comparison.md").write_text(markdown)
+    (output_dir / "comparison.json").write_text(json.dumps(runs, indent=2))
+    _plot_comparison(table, output_dir / "comparison.png")
+    return {"runs": runs, "markdown": markdown}
+
+
+def _plot_comparison(table, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in COMPARED_METRICS]
+    modes = list(dict.fromkeys(table["grn_mode"]))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.4))
+    for ax, metric in zip(axes, metrics):
+        for x, mode in enumerate(modes):
+            values = table.loc[table["grn_mode"] == mode, metric].to_numpy()
+            ax.bar(x, values.mean(), color=f"C{x}", alpha=0.6)
+            ax.scatter(np.full(values.size, x), values, color="k", s=10, zorder=3)
+        ax.set_xticks(range(len(modes)), modes, rotation=30)
+        ax.set_title(metric.removeprefix("test_"))
+    fig.suptitle("prior (grn) vs unconstrained (dense) vs sparsity-matched controls; dots are seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

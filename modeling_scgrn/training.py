@@ -411,10 +411,11 @@ def classification_metrics(model, dataset, collator, batch_size: int = 64) -> di
     """Accuracy, macro-F1, per-class report and confusion matrix of a cell classifier on a labelled dataset."""
     from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
-    truth, predicted = [], []
+    truth, predicted, embeddings = [], [], []
     for batch, output in predict_batches(model, dataset, collator, batch_size):
         truth.append(batch["labels"].cpu())
         predicted.append(output.logits.argmax(-1).cpu())
+        embeddings.append(output.cell_embeddings.float().cpu())
     truth, predicted = torch.cat(truth).numpy(), torch.cat(predicted).numpy()
     labels = list(range(model.config.num_labels))
     names = [model.config.id2label[i] for i in labels]
@@ -425,4 +426,51 @@ def classification_metrics(model, dataset, collator, batch_size: int = 64) -> di
             truth, predicted, labels=labels, target_names=names, output_dict=True, zero_division=0
         ),
         "confusion_matrix": confusion_matrix(truth, predicted, labels=labels).tolist(),
+        "embeddings": torch.cat(embeddings).numpy(),
+        "true_labels": [names[i] for i in truth],
     }
+
+
+def embedding_metrics(embeddings: np.ndarray, labels, *, seed: int = 0, resolution: float = 1.0) -> dict:
+    """How well cell embeddings separate the labels: silhouette by label (cosine), and ARI/NMI between Leiden
+    clusters of the embeddings' kNN graph (scanpy) and the labels."""
+    import anndata
+    import scanpy as sc
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
+
+    labels = np.asarray(labels).astype(str)
+    if len(np.unique(labels)) < 2 or len(labels) < 10:
+        raise ValueError("embedding metrics need at least 10 cells of at least 2 labels.")
+    adata = anndata.AnnData(np.zeros((len(labels), 1), dtype=np.float32))
+    adata.obsm["X_scgrn"] = embeddings
+    sc.pp.neighbors(adata, use_rep="X_scgrn", n_neighbors=min(15, len(labels) - 1), random_state=seed)
+    sc.tl.leiden(adata, resolution=resolution, random_state=seed, flavor="igraph", n_iterations=2, directed=False)
+    clusters = adata.obs["leiden"].astype(str).to_numpy()
+    return {
+        "silhouette": float(silhouette_score(embeddings, labels, metric="cosine")),
+        "leiden_ari": float(adjusted_rand_score(labels, clusters)),
+        "leiden_nmi": float(normalized_mutual_info_score(labels, clusters)),
+        "leiden_clusters": int(len(np.unique(clusters))),
+    }
+
+
+def plot_umap(embeddings: np.ndarray, labels, path, *, title: str = "cell embeddings", seed: int = 0) -> None:
+    """PNG of a UMAP of the embeddings coloured by label (scanpy)."""
+    import anndata
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import scanpy as sc
+
+    adata = anndata.AnnData(np.zeros((len(labels), 1), dtype=np.float32))
+    adata.obsm["X_scgrn"] = embeddings
+    adata.obs["label"] = pd.Categorical(np.asarray(labels).astype(str))
+    sc.pp.neighbors(adata, use_rep="X_scgrn", n_neighbors=min(15, len(labels) - 1), random_state=seed)
+    sc.tl.umap(adata, random_state=seed)
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    sc.pl.umap(adata, color="label", ax=ax, show=False, title=title)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
