@@ -11,19 +11,17 @@ architecture (its grn_mode is overridden per run).
 
 import argparse
 
-from modeling_scgrn.pipeline import run_comparison, script_options
+from modeling_scgrn.pipeline import add_config_arguments, run_comparison, script_options
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="YAML/JSON file with `model` and `training` sections")
+    add_config_arguments(parser)
     parser.add_argument("--data", required=True, help="folder from data/tokenize_cells.py (with --label_column)")
     parser.add_argument("--label_column", required=True, help="obs column with the cell types")
     parser.add_argument("--output_dir", required=True, help="where the runs and the table go")
     parser.add_argument("--modes", nargs="+", default=["grn", "dense", "random", "shuffled"], help="mask modes")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds per mode")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.OPTION=VALUE",
-                        help="override one config value (repeatable)")
     args = parser.parse_args()
     options = script_options(args.config, args.overrides, {"model": None, "training": None})
     result = run_comparison(args.data, args.output_dir, label_column=args.label_column, modes=args.modes,

@@ -11,19 +11,17 @@ macro-F1 next to the majority-class baseline; writes `model/` (weights, tokenize
 import argparse
 import json
 
-from modeling_scgrn.pipeline import run_finetuning, script_options
+from modeling_scgrn.pipeline import add_config_arguments, run_finetuning, script_options
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="YAML/JSON file with `model` and `training` sections")
+    add_config_arguments(parser)
     parser.add_argument("--data", required=True, help="folder from data/tokenize_cells.py (with --label_column)")
     parser.add_argument("--pretrained", default=None, help="a pretrained scgrn model folder")
     parser.add_argument("--label_column", required=True, help="obs column with the cell types")
     parser.add_argument("--output_dir", required=True, help="checkpoints, logs, plots and model/ go here")
     parser.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.OPTION=VALUE",
-                        help="override one config value (repeatable)")
     args = parser.parse_args()
     options = script_options(args.config, args.overrides, {"model": None, "training": None})
     if args.resume_from_checkpoint:

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,22 +106,30 @@ def tokenize_anndata(
     return datasets.concatenate_datasets(parts), report
 
 
-def save_dataset_atomically(dataset, path: str | os.PathLike, metadata: dict | None = None) -> Path:
-    """`dataset.save_to_disk` into a temporary sibling folder, then rename: a crash never leaves half a dataset."""
+@contextmanager
+def atomic_folder(path: str | os.PathLike):
+    """Yield a temporary sibling folder to fill; on success it replaces `path`, on any error it is removed, so a
+    crash never leaves a half-written folder at `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
     try:
-        dataset.save_to_disk(str(temporary))
-        if metadata is not None:
-            (temporary / "scgrn_metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
+        yield temporary
         if path.exists():
             shutil.rmtree(path)
         os.replace(temporary, path)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    return path
+
+
+def save_dataset_atomically(dataset, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """`dataset.save_to_disk` into a temporary sibling folder, then rename: a crash never leaves half a dataset."""
+    with atomic_folder(path) as temporary:
+        dataset.save_to_disk(str(temporary))
+        if metadata is not None:
+            (temporary / "scgrn_metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
+    return Path(path)
 
 
 def split_cells(

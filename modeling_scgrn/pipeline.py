@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from importlib.resources import files
 from pathlib import Path
 
@@ -115,10 +113,10 @@ def save_model_folder(
     Auto class), `model.safetensors` (weights + GRN edge buffer), tokenizer files, the modeling code,
     `grn_edges.parquet` + `grn_provenance.json` (with the mask options), `prior_report.json`, the mask PNG and a
     `README.md` model card. Written into a temporary sibling folder, then renamed."""
+    from .data import atomic_folder
+
     output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.tmp"))
-    try:
+    with atomic_folder(output_dir) as temporary:
         model.save_pretrained(temporary)
         tokenizer.save_pretrained(temporary)
         config_path = temporary / "config.json"
@@ -140,12 +138,6 @@ def save_model_folder(
         card = model_card(model, network, report, repo_id=repo_id, training_data=training_data,
                           evaluation=_flat_metrics(evaluation), **card_options)
         (temporary / "README.md").write_text(card)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(temporary, output_dir)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     return output_dir
 
 
@@ -175,6 +167,13 @@ def new_config(tokenizer: ScGrnTokenizer, **options) -> ScGrnConfig:
         n_bins=tokenizer.n_bins or n_bins or 51,
         **options,
     )
+
+
+def add_config_arguments(parser) -> None:
+    """The options every training script shares: `--config FILE` and repeatable `--set section.option=value`."""
+    parser.add_argument("--config", default=None, help="YAML/JSON file with `model` and `training` sections")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.OPTION=VALUE",
+                        help="override one config value (repeatable)")
 
 
 def script_options(config_path: str | None, overrides: list[str], sections: dict[str, type | None]) -> dict:
