@@ -323,6 +323,19 @@ def _load_prepared(data_dir: Path):
     return dataset, tokenizer, network, metadata
 
 
+def check_compatible(folder: str, tokenizer: ScGrnTokenizer) -> ScGrnConfig:
+    """Refuse, before any weight is loaded or step taken, a checkpoint whose vocabulary is not the data's."""
+    config = ScGrnConfig.from_pretrained(folder)
+    saved_tokenizer = Path(folder) / "tokenizer.json"
+    if config.vocab_size != len(tokenizer) or (
+        saved_tokenizer.exists() and ScGrnTokenizer.from_pretrained(folder).get_vocab() != tokenizer.get_vocab()
+    ):
+        raise ValueError(f"{folder} was trained on another gene vocabulary ({config.vocab_size} tokens) than the data "
+                         f"were tokenized with ({len(tokenizer)} tokens): tokenize the data with that model's tokenizer "
+                         "(data/tokenize_cells.py on the same genes) or train from scratch.")
+    return config
+
+
 def run_pretraining(data_dir, output_dir, *, model_options: dict, training_options: dict,
                     init_from: str | None = None) -> dict:
     """Masked-expression pretraining on `data_dir` (from `prepare_cells`). Writes the model folder to
@@ -335,10 +348,8 @@ def run_pretraining(data_dir, output_dir, *, model_options: dict, training_optio
     dataset, tokenizer, network, metadata = _load_prepared(data_dir)
     torch.manual_seed(training.seed)
     if init_from:
+        check_compatible(init_from, tokenizer)
         model = ScGrnForMaskedExpressionModeling.from_pretrained(init_from, **model_options)
-        if model.config.vocab_size != len(tokenizer):
-            raise ValueError(f"{init_from} has a vocabulary of {model.config.vocab_size} tokens, the data's tokenizer "
-                             f"{len(tokenizer)}: they are incompatible.")
     else:
         model = ScGrnForMaskedExpressionModeling(new_config(tokenizer, **model_options))
         attach_grn(model, network, tokenizer)
@@ -389,11 +400,9 @@ def run_finetuning(data_dir, output_dir, *, label_column: str, pretrained: str |
     label2id = {c: i for i, c in id2label.items()}
     torch.manual_seed(training.seed)
     if pretrained:
+        check_compatible(pretrained, tokenizer)
         model = ScGrnForCellClassification.from_pretrained(
             pretrained, num_labels=len(classes), id2label=id2label, label2id=label2id, **model_options)
-        if model.config.vocab_size != len(tokenizer):
-            raise ValueError(f"{pretrained} has a vocabulary of {model.config.vocab_size} tokens but the data were "
-                             f"tokenized with {len(tokenizer)}; tokenize with the pretrained model's tokenizer.")
     else:
         model = ScGrnForCellClassification(new_config(tokenizer, num_labels=len(classes), id2label=id2label,
                                                       label2id=label2id, **model_options))

@@ -149,6 +149,20 @@ def test_bad_inputs_fail_before_training(prepared, tmp_path):
         run_pretraining(prepared, tmp_path / "a", model_options={"hidden": 3}, training_options=quiet())
     with pytest.raises(ValueError, match="lacks dataset/"):
         run_pretraining(tmp_path, tmp_path / "b", model_options={}, training_options=quiet())
+    other = tmp_path / "other_vocab"
+    from modeling_scgrn import ScGrnForMaskedExpressionModeling, ScGrnTokenizer
+    from modeling_scgrn.pipeline import new_config
+
+    tokenizer = ScGrnTokenizer.from_genes(["CD3E", "CD4", "MS4A1"])
+    ScGrnForMaskedExpressionModeling(new_config(tokenizer, grn_mode="dense", **{k: v for k, v in TINY_MODEL.items()})
+                                     ).save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    with pytest.raises(ValueError, match="another gene vocabulary"):
+        run_pretraining(prepared, tmp_path / "d", model_options={}, training_options=quiet(), init_from=str(other))
+    with pytest.raises(ValueError, match="another gene vocabulary"):
+        run_finetuning(prepared, tmp_path / "e", label_column="bulk_labels", pretrained=str(other),
+                       model_options={}, training_options=quiet())
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
     with pytest.raises(ValueError, match="no label column 'celltype'"):
         run_finetuning(prepared, tmp_path / "c", label_column="celltype", pretrained=None, model_options={},
                        training_options=quiet())
