@@ -15,7 +15,7 @@ from modeling_scgrn.grn import GeneRegulatoryNetwork
 from modeling_scgrn.pipeline import prepare_cells, run_finetuning, run_pretraining, script_options
 from modeling_scgrn.training import TrainingConfig
 
-from conftest import OMNIPATH_TABLE, shared_data_or_skip
+from conftest import CELLTYPIST_SAMPLE, OMNIPATH_TABLE, shared_data_or_skip
 
 TINY_MODEL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                   hidden_dropout_prob=0.1, value_encoding="continuous")
@@ -173,14 +173,10 @@ def test_cpu_smoke_config_learns_beyond_each_genes_mean(tmp_path):
     documents the tokenization): the masked-value error falls clearly below predicting each gene's mean."""
     from pathlib import Path
 
-    import anndata  # noqa: F401  (the celltypist sample is an .h5ad)
-
     root = Path(__file__).resolve().parents[1]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         network = GeneRegulatoryNetwork.read(shared_data_or_skip(OMNIPATH_TABLE), "collectri")
-    from conftest import CELLTYPIST_SAMPLE
-
     prepare_cells([str(shared_data_or_skip(CELLTYPIST_SAMPLE)), "pbmc68k_reduced"], network, tmp_path / "data",
                   max_length=256, seed=0)
     options = script_options(str(root / "pretrain" / "configs" / "cpu_smoke.yaml"),
