@@ -16,6 +16,7 @@ from .configuration_scgrn import ScGrnConfig
 from .grn import GeneRegulatoryNetwork, plot_mask, prior_report
 from .modeling_scgrn import ScGrnForCellClassification, ScGrnForMaskedExpressionModeling, ScGrnModel
 from .tokenization_scgrn import ScGrnTokenizer
+from .training import jsonable
 
 MODEL_CLASSES = {
     "AutoModel": ScGrnModel,
@@ -134,7 +135,7 @@ def save_model_folder(
             if plot:
                 plot_mask(network, genes, temporary / "grn_mask.png")
         if evaluation is not None:
-            (temporary / "evaluation.json").write_text(json.dumps(evaluation, indent=2, default=_jsonable))
+            (temporary / "evaluation.json").write_text(json.dumps(evaluation, indent=2, default=jsonable))
         card = model_card(model, network, report, repo_id=repo_id, training_data=training_data,
                           evaluation=_flat_metrics(evaluation), **card_options)
         (temporary / "README.md").write_text(card)
@@ -145,12 +146,6 @@ def _flat_metrics(evaluation: dict | None) -> dict | None:
     if not evaluation:
         return None
     return {k: v for k, v in evaluation.items() if isinstance(v, (int, float, str))}
-
-
-def _jsonable(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    return str(value)
 
 
 def new_config(tokenizer: ScGrnTokenizer, **options) -> ScGrnConfig:
@@ -299,7 +294,7 @@ def prepare_cells(
     save_dataset_atomically(dataset_dict, output_dir / "dataset", metadata)
     tokenizer.save_pretrained(output_dir / "tokenizer")
     network.restrict(genes).save(output_dir / "prior")
-    (output_dir / "prior_report.json").write_text(json.dumps({"prior": report, **metadata}, indent=2, default=_jsonable))
+    (output_dir / "prior_report.json").write_text(json.dumps({"prior": report, **metadata}, indent=2, default=jsonable))
     return {"prior": report, **metadata}
 
 
@@ -371,7 +366,7 @@ def run_pretraining(data_dir, output_dir, *, model_options: dict, training_optio
         model = accelerator.unwrap_model(model)
         save_model_folder(model, tokenizer, network, Path(output_dir) / "model", evaluation=final,
                           training_data=_training_data_text(metadata, "masked-expression pretraining"))
-        (Path(output_dir) / "summary.json").write_text(json.dumps(summary, indent=2, default=_jsonable))
+        (Path(output_dir) / "summary.json").write_text(json.dumps(summary, indent=2, default=jsonable))
     return summary
 
 

@@ -295,7 +295,7 @@ def _expression_order(rows, data, ids, vocab_size) -> np.ndarray:
     top = data.max()
     integer = top < 2**31 and np.array_equal(data, np.floor(data))
     span = (int(top) + 1) * int(vocab_size)
-    if integer and (int(rows[-1]) + 1) * span < 2**62:
+    if integer and (int(rows.max()) + 1) * span < 2**62:
         key = rows * span + (int(top) - data.astype(np.int64)) * int(vocab_size) + ids
         return np.argsort(key, kind="stable")
     return np.lexsort((ids, -data, rows))

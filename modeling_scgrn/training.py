@@ -151,8 +151,9 @@ def train(
     """Train `model` on `train_dataset` (a `datasets.Dataset`) batched by `collator`.
 
     `batch_transform(batch) -> batch` runs on each batch right before its step (random masking belongs there:
-    see `DataCollatorForMaskedExpression`). `evaluate(model, accelerator) -> dict` runs at each evaluation point; when `metric_for_best` names one of its
-    keys, the best weights are restored at the end and `early_stopping_patience` applies. Returns the history.
+    see `DataCollatorForMaskedExpression`). `evaluate(model, accelerator) -> dict` runs at each evaluation point;
+    when `metric_for_best` names one of its keys, the best weights are restored at the end and
+    `early_stopping_patience` applies. Returns the history.
     """
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
@@ -235,7 +236,10 @@ def train(
         total=total_steps, initial=state.step, desc=project_name, mininterval=0.1 if _interactive() else 5.0,
         disable=not (config.show_progress and accelerator.is_local_main_process),
     )
-    window_loss, window_batches, window_tokens, window_cells, window_start = 0.0, 0, 0, 0, time.perf_counter()
+    # loss sum, batches, tokens, cells since the last log, kept on the device: no host sync on the hot path
+    window = torch.zeros(4, device=accelerator.device)
+    window_start = time.perf_counter()
+    last_saved_step = None
     stop = False
     epoch = state.step // max(updates_per_epoch, 1)
     model.train()
@@ -255,29 +259,31 @@ def train(
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            window_loss += loss.detach().float().item()
-            window_batches += 1
-            window_tokens += int(batch["attention_mask"].sum())
-            window_cells += int(batch["input_ids"].shape[0])
+            window += torch.stack([
+                loss.detach().float(),
+                window.new_tensor(1.0),
+                batch["attention_mask"].sum().float(),
+                window.new_tensor(float(batch["input_ids"].shape[0])),
+            ])
             if not accelerator.sync_gradients:
                 continue
             state.step += 1
             progress.update(1)
             if state.step % config.logging_steps == 0 or state.step == total_steps:
                 elapsed = time.perf_counter() - window_start
-                stats = torch.tensor([window_loss, window_batches, window_tokens, window_cells], device=accelerator.device)
-                stats = accelerator.reduce(stats, reduction="sum")
+                stats = accelerator.reduce(window.clone(), reduction="sum").tolist()
                 metrics = {
-                    "train/loss": float(stats[0] / stats[1]),
+                    "train/loss": stats[0] / stats[1],
                     "train/learning_rate": scheduler.get_last_lr()[0],
-                    "train/tokens_per_s": float(stats[2]) / elapsed,
-                    "train/cells_per_s": float(stats[3]) / elapsed,
+                    "train/tokens_per_s": stats[2] / elapsed,
+                    "train/cells_per_s": stats[3] / elapsed,
                 }
                 accelerator.log(metrics, step=state.step)
                 history["step"].append(state.step)
                 history["loss"].append(metrics["train/loss"])
                 progress.set_postfix(loss=f"{metrics['train/loss']:.4f}")
-                window_loss, window_batches, window_tokens, window_cells, window_start = 0.0, 0, 0, 0, time.perf_counter()
+                window.zero_()
+                window_start = time.perf_counter()
             at_epoch_end = state.step % updates_per_epoch == 0
             if evaluate is not None and (
                 (config.eval_steps and state.step % config.eval_steps == 0)
@@ -302,18 +308,20 @@ def train(
                             stop = True
             if config.checkpoint_steps and state.step % config.checkpoint_steps == 0:
                 save_checkpoint()
+                last_saved_step = state.step
             if stop or state.step >= total_steps:
                 break
         epoch += 1
     progress.close()
-    save_checkpoint()
+    if last_saved_step != state.step:  # the final state, unless the last step was just checkpointed
+        save_checkpoint()
     unwrapped = accelerator.unwrap_model(model)
     if best_state is not None:
         unwrapped.load_state_dict(best_state)
     accelerator.end_training()
     if accelerator.is_main_process:
         plot_training_curves(history, output_dir / "training_curves.png")
-        (output_dir / "history.json").write_text(json.dumps(history, indent=2, default=_jsonable))
+        (output_dir / "history.json").write_text(json.dumps(history, indent=2, default=jsonable))
     history["final_step"] = state.step
     history["accelerator"] = accelerator
     return history
@@ -325,7 +333,8 @@ def _interactive() -> bool:
     return sys.stderr.isatty()
 
 
-def _jsonable(value):
+def jsonable(value):
+    """`json.dumps(default=...)` for numpy scalars (and anything else, as text)."""
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     return str(value)
