@@ -10,6 +10,8 @@ without ever materialising a `vocab x vocab` matrix.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -181,3 +183,166 @@ def control_edges(grn_edges: torch.Tensor, mode: str, panel_ids: torch.Tensor, s
     if mode == "shuffled":
         return shuffled_control_edges(grn_edges, seed)
     return _distinct_non_self(grn_edges)
+
+
+@dataclass
+class StructuredAttentionPlan:
+    """What the prior-structured attention needs for one batch; exactly the mask of [`build_attention_mask`].
+
+    Most rows of a GRN mask hold a handful of keys: a gene reads its regulators present in the cell, itself and
+    `[CLS]`. Those "light" rows are given as a list of allowed (query, key) pairs, P of them, about
+    L x (regulators per gene + 2) instead of L^2. The few rows that may reach any gene (`[CLS]` with
+    `cls_attends_all`; regulators when information flows from targets to regulators) are "heavy" and kept as
+    full boolean rows, `(batch, R, L)` with R <= regulators present + 1.
+
+    Fields:
+        pair_query, pair_key: `(P,)` int64 flat token indices (`cell * L + position`) of every allowed pair of the
+            light rows.
+        heavy_positions: `(batch, R)` positions of heavy rows (0 where `heavy_valid` is False).
+        heavy_valid: `(batch, R)` bool.
+        heavy_mask: `(batch, 1, R, L)` bool; the full mask row of each heavy query.
+        length: L.
+    """
+
+    pair_query: torch.Tensor
+    pair_key: torch.Tensor
+    heavy_positions: torch.Tensor
+    heavy_valid: torch.Tensor
+    heavy_mask: torch.Tensor
+    length: int
+
+    def to_dense_mask(self) -> torch.Tensor:
+        """The `(batch, 1, L, L)` boolean mask this plan computes (for tests and inspection; O(L^2))."""
+        batch, length = self.heavy_valid.shape[0], self.length
+        dense = torch.zeros(batch * length * length, dtype=torch.bool, device=self.pair_query.device)
+        dense[self.pair_query * length + self.pair_key % length] = True
+        dense = dense.view(batch, length, length)
+        rows_b, rows_s = self.heavy_valid.nonzero(as_tuple=True)
+        dense[rows_b, self.heavy_positions[rows_b, rows_s]] = self.heavy_mask[rows_b, 0, rows_s]
+        return dense[:, None]
+
+
+def _pad_positions(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of True entries of a `(batch, L)` bool tensor, left-aligned and padded: `(batch, K)` positions
+    (0 in padding) and `(batch, K)` validity, K the largest count of any row (at least 1)."""
+    counts = selected.sum(-1)
+    width = max(int(counts.max()) if selected.numel() else 0, 1)
+    order = torch.sort((~selected).to(torch.int8), dim=-1, stable=True).indices[:, :width]
+    valid = torch.arange(width, device=selected.device)[None, :] < counts[:, None]
+    return torch.where(valid, order, torch.zeros_like(order)), valid
+
+
+def structured_plan_supported(hops: int, isolated_genes: str, dense: bool) -> bool:
+    """Whether [`build_structured_plan`] covers a mask configuration (k-hop closure and dense fallback rows for
+    isolated genes can make most rows dense, so they use the boolean mask instead)."""
+    return not dense and hops == 1 and isolated_genes == "self"
+
+
+def build_structured_plan(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    keys: torch.Tensor,
+    regulators: torch.Tensor,
+    vocab_size: int,
+    cls_token_id: int,
+    special_token_ids: tuple[int, ...],
+    direction: str = "regulator_to_target",
+    self_loops: bool = True,
+    cls_attends_all: bool = True,
+    all_attend_cls: bool = True,
+) -> StructuredAttentionPlan:
+    """The [`StructuredAttentionPlan`] of a batch; same arguments and rules as [`build_attention_mask`] with
+    `hops=1`, `isolated_genes="self"`. `keys` are `edge_keys(grn_edges, vocab_size)`, `regulators` the sorted
+    unique regulator ids (`grn_edges[0]`).
+
+    Edges are enumerated, not pairs of tokens: the prior's edges between genes of this batch are located in each
+    cell through a `(batch, genes in batch)` position table, so the cost is O(batch x edges among the batch's
+    genes + P), never O(L^2). A gene listed twice in one cell is not supported (tokenizers never produce it).
+    """
+    batch, length = input_ids.shape
+    device = input_ids.device
+    valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    is_cls = (input_ids == cls_token_id) & valid
+    is_gene = valid & ~torch.isin(input_ids, torch.tensor(special_token_ids, device=device))
+    reads_regulators = direction in ("regulator_to_target", "both")
+    reads_targets = direction in ("target_to_regulator", "both")
+    positions = torch.arange(length, device=device)
+    cells = torch.arange(batch, device=device)
+
+    heavy = is_cls & cls_attends_all
+    if reads_targets:
+        heavy = heavy | (is_gene & torch.isin(input_ids, regulators))
+
+    # where each of the batch's genes sits in each cell (-1: absent)
+    batch_genes = torch.unique(input_ids[is_gene])
+    table = torch.full((batch, batch_genes.numel() + 1), -1, dtype=torch.int64, device=device)
+    compact = torch.searchsorted(batch_genes, input_ids).clamp_(max=max(batch_genes.numel() - 1, 0))
+    compact = torch.where(is_gene, compact, torch.full_like(compact, batch_genes.numel()))  # last column: a sink
+    table.scatter_(1, compact, torch.where(is_gene, positions[None].expand(batch, length), -1))
+    table[:, -1] = -1
+    regulator, target = torch.div(keys, vocab_size, rounding_mode="floor"), keys % vocab_size
+    in_batch = torch.isin(regulator, batch_genes) & torch.isin(target, batch_genes)
+    regulator_at = table[:, torch.searchsorted(batch_genes, regulator[in_batch])]  # (batch, edges in batch)
+    target_at = table[:, torch.searchsorted(batch_genes, target[in_batch])]
+    present = (regulator_at >= 0) & (target_at >= 0) & (regulator_at != target_at)
+    edge_cell = cells[:, None].expand_as(present)[present]
+    regulator_at, target_at = regulator_at[present], target_at[present]
+    edge_query, edge_key = [], []
+    if reads_regulators:  # query = target, key = its regulator
+        edge_query.append(target_at)
+        edge_key.append(regulator_at)
+    if reads_targets:  # query = regulator, key = its target
+        edge_query.append(regulator_at)
+        edge_key.append(target_at)
+    edge_cell = edge_cell.repeat(len(edge_query))
+    edge_query, edge_key = torch.cat(edge_query), torch.cat(edge_key)
+    flat = torch.unique((edge_cell * length + edge_query) * length + edge_key)  # an edge both ways counts once
+    edge_query = torch.div(flat, length, rounding_mode="floor")  # flat: cell * L + position
+    edge_key = flat % length  # position in the cell
+    edge_cell = torch.div(edge_query, length, rounding_mode="floor")
+    edge_pairs = (edge_query, edge_cell * length + edge_key)  # flat query, flat key
+
+    # light rows: prior edges, self, [CLS]; heavy rows are computed as full rows instead
+    flat_heavy = heavy.flatten()
+    keep = ~flat_heavy[edge_pairs[0]]
+    queries, keys_of = [edge_pairs[0][keep]], [edge_pairs[1][keep]]
+    self_rows = (is_cls | ~valid | (is_gene & self_loops)).flatten() & ~flat_heavy
+    self_index = self_rows.nonzero().squeeze(1)
+    queries.append(self_index)
+    keys_of.append(self_index)
+    has_cls = is_cls.any(-1)
+    cls_position = torch.where(has_cls, is_cls.to(torch.int8).argmax(-1), torch.zeros_like(positions[:batch]))
+    if all_attend_cls:
+        cls_rows = (is_gene & has_cls[:, None]).flatten() & ~flat_heavy
+        cls_index = cls_rows.nonzero().squeeze(1)
+        queries.append(cls_index)
+        keys_of.append(torch.div(cls_index, length, rounding_mode="floor") * length
+                       + cls_position[torch.div(cls_index, length, rounding_mode="floor")])
+
+    # heavy rows: full boolean rows, from the same edge list
+    heavy_positions, heavy_valid = _pad_positions(heavy)
+    slot = torch.full((batch, length), -1, dtype=torch.int64, device=device)
+    rows_b, rows_s = heavy_valid.nonzero(as_tuple=True)
+    slot[rows_b, heavy_positions[rows_b, rows_s]] = rows_s
+    rows = torch.zeros(batch, heavy_positions.shape[1], length, dtype=torch.bool, device=device)
+    edge_slot = slot.flatten()[edge_pairs[0]]
+    on_heavy = edge_slot >= 0
+    rows[edge_cell[on_heavy], edge_slot[on_heavy], edge_key[on_heavy]] = True
+    heavy_is_gene = torch.gather(is_gene, 1, heavy_positions) & heavy_valid
+    heavy_is_cls = torch.gather(is_cls, 1, heavy_positions) & heavy_valid
+    is_self = heavy_positions[:, :, None] == positions[None, None, :]
+    if self_loops:
+        rows |= is_self & heavy_is_gene[:, :, None]
+    rows |= heavy_is_cls[:, :, None] & (valid[:, None, :] if cls_attends_all else is_self)
+    if all_attend_cls:
+        rows |= heavy_is_gene[:, :, None] & is_cls[:, None, :]
+    rows &= valid[:, None, :] & heavy_valid[:, :, None]
+    return StructuredAttentionPlan(
+        pair_query=torch.cat(queries),
+        pair_key=torch.cat(keys_of),
+        heavy_positions=heavy_positions,
+        heavy_valid=heavy_valid,
+        heavy_mask=rows[:, None],
+        length=length,
+    )

@@ -15,11 +15,18 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 from transformers.utils import ModelOutput
 
 from .configuration_scgrn import ScGrnConfig
-from .grn_prior import build_attention_mask, control_edges, edge_keys
+from .grn_prior import (
+    StructuredAttentionPlan,
+    build_attention_mask,
+    build_structured_plan,
+    control_edges,
+    edge_keys,
+    structured_plan_supported,
+)
 
 
 @dataclass
@@ -93,6 +100,112 @@ def eager_attention_forward(
     probs = nn.functional.dropout(probs, p=dropout, training=module.training)
     output = torch.matmul(probs, value).transpose(1, 2).contiguous()
     return output, probs
+
+
+def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Softmax over the last dim restricted to `mask`; rows with nothing allowed get all zeros (as in eager)."""
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
+    return probs.masked_fill(~mask, 0.0)
+
+
+class _PairAttention(torch.autograd.Function):
+    """Softmax attention over an explicit list of (query, key) pairs of `(tokens, heads, head_dim)` states.
+
+    Forward and backward gather the pairs' states on the fly and keep only the `(pairs, heads)` probabilities for
+    the backward pass, so memory grows with the number of allowed pairs times heads, not times head_dim."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, pair_query, pair_key, scaling: float, dropout: float):
+        tokens, heads, _ = query.shape
+        accumulate = torch.promote_types(query.dtype, torch.float32)  # softmax in float32 at least
+        scores = (query.index_select(0, pair_query) * key.index_select(0, pair_key)).sum(-1).to(accumulate) * scaling
+        shift = torch.full((tokens, heads), -torch.inf, device=scores.device, dtype=accumulate)
+        shift = shift.scatter_reduce(0, pair_query[:, None].expand_as(scores), scores, "amax")
+        weights = torch.exp(scores - shift.index_select(0, pair_query))
+        total = torch.zeros(tokens, heads, device=scores.device, dtype=accumulate).index_add_(0, pair_query, weights)
+        probs = weights / total.index_select(0, pair_query)  # (pairs, heads)
+        keep = None
+        used = probs
+        if dropout > 0:
+            keep = torch.rand_like(probs) >= dropout
+            used = probs * keep / (1 - dropout)
+        output = torch.zeros_like(query).index_add_(
+            0, pair_query, used.to(query.dtype)[..., None] * value.index_select(0, pair_key)
+        )
+        ctx.save_for_backward(query, key, value, pair_query, pair_key, probs, keep)
+        ctx.scaling, ctx.dropout = scaling, dropout
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        query, key, value, pair_query, pair_key, probs, keep = ctx.saved_tensors
+        tokens, heads, _ = query.shape
+        used = probs if keep is None else probs * keep / (1 - ctx.dropout)
+        grad_rows = grad_output.index_select(0, pair_query)  # (pairs, heads, head_dim)
+        grad_value = torch.zeros_like(value).index_add_(0, pair_key, used.to(value.dtype)[..., None] * grad_rows)
+        grad_probs = (grad_rows * value.index_select(0, pair_key)).sum(-1).to(probs.dtype)
+        del grad_rows
+        if keep is not None:
+            grad_probs = grad_probs * keep / (1 - ctx.dropout)
+        row_sum = torch.zeros(
+            tokens, heads, device=probs.device, dtype=probs.dtype
+        ).index_add_(0, pair_query, probs * grad_probs)
+        grad_scores = (probs * (grad_probs - row_sum.index_select(0, pair_query)) * ctx.scaling).to(query.dtype)
+        grad_query = torch.zeros_like(query).index_add_(
+            0, pair_query, grad_scores[..., None] * key.index_select(0, pair_key)
+        )
+        grad_key = torch.zeros_like(key).index_add_(0, pair_key, grad_scores[..., None] * query.index_select(0, pair_query))
+        return grad_query, grad_key, grad_value, None, None, None, None
+
+
+def grn_structured_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: "StructuredAttentionPlan | torch.Tensor | None",
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Exact GRN-masked attention whose cost grows with L x (regulators in the cell), not L^2.
+
+    `attention_mask` is a [`StructuredAttentionPlan`] (built by `ScGrnModel` when this implementation is selected):
+    every query scores only the regulators ("hubs") of its cell, itself and `[CLS]`; the few rows that may reach
+    any gene (`[CLS]`, and regulators when information flows from targets) are computed as full rows. Gives the
+    same result as `eager` with the equivalent boolean mask. A boolean tensor mask (dense layers, or mask options
+    the plan does not cover) goes to `sdpa`. Registered as `attn_implementation="grn_structured"`.
+    """
+    if not isinstance(attention_mask, StructuredAttentionPlan):
+        return ALL_ATTENTION_FUNCTIONS["sdpa"](
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
+    plan = attention_mask
+    batch, heads, length, head_dim = query.shape
+    training = module.training and dropout > 0
+    # (batch * L, heads, head_dim) token-major views; every allowed pair is scored once, nothing else is
+    flat_query, flat_key, flat_value = (t.transpose(1, 2).reshape(batch * length, heads, head_dim) for t in (query, key, value))
+    output = _PairAttention.apply(
+        flat_query, flat_key, flat_value, plan.pair_query, plan.pair_key, scaling, dropout if training else 0.0
+    )
+    output = output.view(batch, length, heads, head_dim)
+    if plan.heavy_valid.any():
+        index = plan.heavy_positions[:, None, :, None].expand(batch, heads, plan.heavy_positions.shape[1], head_dim)
+        heavy_queries = torch.gather(query, 2, index)
+        heavy_scores = torch.matmul(heavy_queries, key.transpose(2, 3)) * scaling
+        heavy_probs = _masked_softmax(heavy_scores, plan.heavy_mask, query.dtype)
+        if training:
+            heavy_probs = nn.functional.dropout(heavy_probs, p=dropout, training=True)
+        heavy_output = torch.matmul(heavy_probs, value)  # (batch, heads, R, head_dim)
+        rows_b, rows_s = plan.heavy_valid.nonzero(as_tuple=True)
+        output = output.index_put(
+            (rows_b, plan.heavy_positions[rows_b, rows_s]), heavy_output.transpose(1, 2)[rows_b, rows_s]
+        )
+    return output, None
+
+
+AttentionInterface.register("grn_structured", grn_structured_attention_forward)
 
 
 class ScGrnEmbeddings(nn.Module):
@@ -210,6 +323,14 @@ class ScGrnPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
 
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        """Without an explicit choice, use the prior-structured exact attention (`"grn_structured"`, which hands
+        dense blocks and mask options it does not cover to `sdpa`); `"eager"`, `"sdpa"`, `"flex_attention"` and
+        any registered function stay selectable by `attn_implementation`."""
+        if requested_attention is None:
+            return "grn_structured"
+        return super().get_correct_attn_implementation(requested_attention, is_init_check)
+
     def set_grn_edges(self, grn_edges: torch.Tensor) -> torch.Tensor:
         """Attach a prior to the encoder; see [`ScGrnModel.set_grn_edges`]."""
         return self.base_model.set_grn_edges(grn_edges)
@@ -276,8 +397,12 @@ class ScGrnModel(ScGrnPreTrainedModel):
         self.config.num_grn_edges = int(edges.shape[1])
         return self.grn_edges
 
-    def build_attention_masks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
-        """The boolean `(batch, 1, L, L)` mask each block uses (the same object where blocks share a mask)."""
+    def build_attention_masks(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, boolean: bool = True
+    ) -> list[torch.Tensor | StructuredAttentionPlan]:
+        """The boolean `(batch, 1, L, L)` mask of each block (the same object where blocks share a mask). With
+        `boolean=False`, what each block's attention receives: with `attn_implementation="grn_structured"`, GRN
+        blocks get the equivalent [`StructuredAttentionPlan`] instead (never materialised as L x L)."""
         c = self.config
         common = dict(
             vocab_size=c.vocab_size,
@@ -287,27 +412,45 @@ class ScGrnModel(ScGrnPreTrainedModel):
             cls_attends_all=c.cls_attends_all,
             all_attend_cls=c.all_attend_cls,
         )
-        dense = build_attention_mask(input_ids, attention_mask, None, dense=True, **common)
-        if c.grn_mode == "dense":
-            return [dense] * c.num_hidden_layers
+        num_grn = 0 if c.grn_mode == "dense" else c.num_hidden_layers - c.grn_dense_last_layers
+        dense = []
+        if num_grn < c.num_hidden_layers:
+            dense = [build_attention_mask(input_ids, attention_mask, None, dense=True, **common)]
+        if num_grn == 0:
+            return dense * c.num_hidden_layers
         if self.grn_edges.shape[1] == 0:
             raise ValueError(
                 f"grn_mode={c.grn_mode!r} but the model holds no GRN edges; attach a prior with "
                 "model.set_grn_edges(...) (or scgrn's attach_grn) or use grn_mode='dense'."
             )
-        grn = build_attention_mask(
-            input_ids,
-            attention_mask,
-            self.grn_edges,
-            dense=False,
-            direction=c.grn_direction,
-            isolated_genes=c.isolated_genes,
-            hops=c.grn_hops,
-            keys=edge_keys(self.grn_edges.to(input_ids.device), c.vocab_size),
-            **common,
-        )
-        num_grn = c.num_hidden_layers - c.grn_dense_last_layers
-        return [grn] * num_grn + [dense] * c.grn_dense_last_layers
+        edges = self.grn_edges.to(input_ids.device)
+        keys = edge_keys(edges, c.vocab_size)
+        if (
+            not boolean
+            and c._attn_implementation == "grn_structured"
+            and structured_plan_supported(c.grn_hops, c.isolated_genes, False)
+        ):
+            grn = build_structured_plan(
+                input_ids,
+                attention_mask,
+                keys=keys,
+                regulators=torch.unique(edges[0]),
+                direction=c.grn_direction,
+                **common,
+            )
+        else:
+            grn = build_attention_mask(
+                input_ids,
+                attention_mask,
+                edges,
+                dense=False,
+                direction=c.grn_direction,
+                isolated_genes=c.isolated_genes,
+                hops=c.grn_hops,
+                keys=keys,
+                **common,
+            )
+        return [grn] * num_grn + dense * c.grn_dense_last_layers
 
     def forward(
         self,
@@ -343,7 +486,7 @@ class ScGrnModel(ScGrnPreTrainedModel):
             )
         if attention_mask is None:
             attention_mask = (input_ids != self.config.pad_token_id).long()
-        masks = self.build_attention_masks(input_ids, attention_mask)
+        masks = self.build_attention_masks(input_ids, attention_mask, boolean=False)
         hidden_states = self.embeddings(input_ids, expression_values, expression_bins)
         all_hidden = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
@@ -360,7 +503,7 @@ class ScGrnModel(ScGrnPreTrainedModel):
             pooler_output=pooled,
             hidden_states=all_hidden,
             attentions=all_attentions,
-            attention_masks=tuple(masks) if output_attention_masks else None,
+            attention_masks=tuple(_boolean_masks(masks)) if output_attention_masks else None,
         )
         return output if return_dict else output.to_tuple()
 
@@ -370,6 +513,11 @@ class ScGrnModel(ScGrnPreTrainedModel):
             return hidden_states[:, 0]
         genes = (attention_mask.bool() & (input_ids != self.config.cls_token_id)).unsqueeze(-1).to(hidden_states.dtype)
         return (hidden_states * genes).sum(1) / genes.sum(1).clamp(min=1.0)
+
+
+def _boolean_masks(masks: list) -> list[torch.Tensor]:
+    converted = {}
+    return [m if isinstance(m, torch.Tensor) else converted.setdefault(id(m), m.to_dense_mask()) for m in masks]
 
 
 class ScGrnForMaskedExpressionModeling(ScGrnPreTrainedModel):

@@ -1,0 +1,130 @@
+"""GRN attention vs dense attention: time of forward + backward and peak memory, real genes of real cells, the
+real CollecTRI mask, from 512 to 8,192 genes per cell. Each variant runs in its own process.
+
+    python benchmarks/attention.py [--lengths 512 1024 2048 4096 8192] [--cells 2] [--heads 8] [--head_dim 32]
+
+Variants (same random q, k, v for each length; the mask or plan is built from the cells' real gene ids, and
+the time to build it is included, once per step as in the model, where it is shared by all layers):
+  dense_sdpa       torch SDPA without a mask (what an unconstrained Transformer pays; the reference, 1.00x)
+  grn_sdpa_mask    SDPA with the boolean (batch, 1, L, L) GRN mask (exact)
+  grn_eager        matmul + masked softmax (exact; skipped above 4,096 genes: L^2 probabilities per head)
+  grn_structured   scgrn's prior-structured exact attention: queries x (regulators present + self + CLS)
+Prints ms per step, the ratio to dense_sdpa, peak resident memory, and the largest difference from grn_sdpa_mask.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from real_cells import default_paths, load_real_cells, peak_rss_mib, run_isolated
+
+VARIANTS = ["dense_sdpa", "grn_sdpa_mask", "grn_eager", "grn_structured"]
+
+
+def one(variant: str, length: int, cells: int, heads: int, head_dim: int, repeats: int, h5ad, prior) -> dict:
+    from types import SimpleNamespace
+
+    from modeling_scgrn.grn_prior import build_attention_mask, build_structured_plan, edge_keys
+    from modeling_scgrn.modeling_scgrn import eager_attention_forward, grn_structured_attention_forward
+
+    tokenizer, batch, edges, _ = load_real_cells(h5ad, prior, length, cells)
+    ids, valid = batch["input_ids"], batch["attention_mask"]
+    options = dict(vocab_size=len(tokenizer), cls_token_id=tokenizer.cls_token_id,
+                   special_token_ids=tuple(tokenizer.all_special_ids))
+    keys, regulators = edge_keys(edges, len(tokenizer)), torch.unique(edges[0])
+    generator = torch.Generator().manual_seed(0)
+    qkv = [torch.randn(cells, heads, length, head_dim, generator=generator) for _ in range(3)]
+    module = SimpleNamespace(training=False)
+    scaling = head_dim**-0.5
+    rss_before = peak_rss_mib()
+
+    def step() -> torch.Tensor:
+        q, k, v = (t.detach().requires_grad_() for t in qkv)
+        if variant == "dense_sdpa":
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+        elif variant == "grn_structured":
+            plan = build_structured_plan(ids, valid, keys=keys, regulators=regulators, **options)
+            out, _ = grn_structured_attention_forward(module, q, k, v, plan, scaling)
+        else:
+            mask = build_attention_mask(ids, valid, edges, dense=False, keys=keys, **options)
+            if variant == "grn_eager":
+                out, _ = eager_attention_forward(module, q, k, v, mask, scaling)
+            else:
+                out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+        out.pow(2).sum().backward()
+        return out.detach()
+
+    out = step()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    result = {"variant": variant, "length": length, "ms": 1000 * min(times), "peak_rss_mib": peak_rss_mib(),
+              "rss_before_mib": rss_before}
+    if variant != "grn_sdpa_mask":
+        mask = build_attention_mask(ids, valid, edges, dense=False, keys=keys, **options)
+        q, k, v = qkv
+        reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+        result["max_abs_diff_vs_mask"] = float((out - reference).abs().max()) if variant != "dense_sdpa" else None
+        plan = build_structured_plan(ids, valid, keys=keys, regulators=regulators, **options)
+        result["regulators_per_cell"] = float(torch.isin(ids, regulators).sum(-1).float().mean())
+        result["scored_pair_share"] = (plan.pair_query.numel() + int(plan.heavy_valid.sum()) * length) / (
+            cells * length**2)
+        result["allowed_pair_share"] = float(mask.float().mean())
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    h5ad, prior = default_paths()
+    parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192])
+    parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
+    parser.add_argument("--cells", type=int, default=2, help="cells per batch")
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--head_dim", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--h5ad", default=str(h5ad), help="raw-count cells (default: ../shared/data celltypist sample)")
+    parser.add_argument("--prior", default=str(prior), help="OmniPath/CollecTRI table (data/fetch_prior.py)")
+    parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--one", nargs=2, metavar=("VARIANT", "LENGTH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one[0], int(args.one[1]), args.cells, args.heads, args.head_dim, args.repeats,
+                             Path(args.h5ad), Path(args.prior))))
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.cells} cells x {args.heads} heads x "
+          f"head_dim {args.head_dim}; forward + backward, best of {args.repeats}")
+    common = ["--cells", str(args.cells), "--heads", str(args.heads), "--head_dim", str(args.head_dim),
+              "--repeats", str(args.repeats), "--h5ad", args.h5ad, "--prior", args.prior]
+    header = "| genes | variant | ms / step | vs dense_sdpa | peak RSS MiB (+ over data) | max diff vs mask |"
+    print(header + "\n|---|---|---|---|---|---|")
+    for length in args.lengths:
+        results = {}
+        for variant in args.variants:
+            if variant == "grn_eager" and length > 4096:
+                continue
+            results[variant] = run_isolated(Path(__file__), ["--one", variant, str(length), *common], args.timeout)
+        base = results.get("dense_sdpa", {}).get("ms")
+        info = next((r for r in results.values() if "regulators_per_cell" in r), {})
+        for variant, r in results.items():
+            if "error" in r:
+                print(f"| {length} | {variant} | {r['error']} | | | |")
+                continue
+            ratio = f"{r['ms'] / base:.2f}x" if base else "-"
+            diff = r.get("max_abs_diff_vs_mask")
+            print(f"| {length} | {variant} | {r['ms']:.1f} | {ratio} | {r['peak_rss_mib']:.0f} "
+                  f"(+{r['peak_rss_mib'] - r['rss_before_mib']:.0f}) | "
+                  f"{'-' if diff is None else f'{diff:.1e}'} |")
+        if info:
+            print(f"|  | ({info['regulators_per_cell']:.0f} regulators per cell, "
+                  f"{100 * info['allowed_pair_share']:.2f}% of pairs allowed) | | | | |")
+
+
+if __name__ == "__main__":
+    main()

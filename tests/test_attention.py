@@ -1,0 +1,129 @@
+"""The prior-structured exact attention (`attn_implementation="grn_structured"`) against eager and sdpa."""
+
+import itertools
+
+import pytest
+import anndata as ad
+import torch
+
+from modeling_scgrn import ScGrnModel, ScGrnTokenizer
+from modeling_scgrn.grn import GeneRegulatoryNetwork
+from modeling_scgrn.grn_prior import build_attention_mask, build_structured_plan, edge_keys
+
+from conftest import CELLTYPIST_SAMPLE, OMNIPATH_TABLE, shared_data_or_skip, tiny_config
+from test_modeling import make
+
+MASK_OPTIONS = [
+    dict(),
+    dict(grn_self_loops=False),
+    dict(cls_attends_all=False),
+    dict(all_attend_cls=False),
+    dict(grn_dense_last_layers=1),
+]
+
+
+@pytest.mark.parametrize("grn_direction", ["regulator_to_target", "target_to_regulator", "both"])
+@pytest.mark.parametrize("options", MASK_OPTIONS, ids=lambda o: ",".join(o) or "default")
+@pytest.mark.parametrize("grn_mode", ["grn", "shuffled"])
+def test_structured_matches_eager_forward_and_backward(tokenizer, edge_tensor, batch, grn_direction, options, grn_mode):
+    outputs, grads = [], []
+    for implementation in ["eager", "grn_structured"]:
+        model = make(ScGrnModel, tokenizer, edge_tensor, grn_mode=grn_mode, grn_direction=grn_direction,
+                     attn_implementation=implementation, **options)
+        assert model.config._attn_implementation == implementation
+        out = model(**batch).last_hidden_state
+        out[batch["attention_mask"].bool()].pow(2).sum().backward()
+        outputs.append(out.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(outputs[0][real], outputs[1][real], atol=1e-5, rtol=1e-5)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=2e-4, rtol=1e-4, msg=name)  # sums over tokens of values ~10
+
+
+def test_structured_is_the_default_and_keeps_other_choices(tokenizer, edge_tensor):
+    assert ScGrnModel(tiny_config(tokenizer)).config._attn_implementation == "grn_structured"
+    for implementation in ["eager", "sdpa"]:
+        assert ScGrnModel(tiny_config(tokenizer, attn_implementation=implementation)).config._attn_implementation \
+            == implementation
+
+
+@pytest.mark.parametrize("options", [dict(grn_hops=2), dict(isolated_genes="dense"), dict(grn_mode="dense")])
+def test_structured_falls_back_to_the_boolean_mask_where_rows_can_be_dense(tokenizer, edge_tensor, batch, options):
+    eager = make(ScGrnModel, tokenizer, edge_tensor, attn_implementation="eager", **options)
+    structured = make(ScGrnModel, tokenizer, edge_tensor, attn_implementation="grn_structured", **options)
+    masks = structured.build_attention_masks(batch["input_ids"], batch["attention_mask"], boolean=False)
+    assert all(isinstance(m, torch.Tensor) for m in masks)
+    with torch.no_grad():
+        a, b = eager(**batch).last_hidden_state, structured(**batch).last_hidden_state
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(a[real], b[real], atol=1e-5, rtol=1e-5)
+
+
+def test_structured_blocks_report_their_boolean_masks(tokenizer, edge_tensor, batch):
+    eager = make(ScGrnModel, tokenizer, edge_tensor, attn_implementation="eager", grn_dense_last_layers=1)
+    structured = make(ScGrnModel, tokenizer, edge_tensor, grn_dense_last_layers=1)
+    plans = structured.build_attention_masks(batch["input_ids"], batch["attention_mask"], boolean=False)
+    assert type(plans[0]).__name__ == "StructuredAttentionPlan" and isinstance(plans[1], torch.Tensor)
+    expected = eager(**batch, output_attention_masks=True).attention_masks
+    for got, want in zip(structured(**batch, output_attention_masks=True).attention_masks, expected):
+        assert torch.equal(got, want)
+
+
+@pytest.fixture(scope="module")
+def real_cells():
+    """6 real cells of the celltypist sample at up to 2,048 tokens (~1,800 detected genes each) and the CollecTRI edges
+    among its 32,786 genes."""
+    adata = ad.read_h5ad(shared_data_or_skip(CELLTYPIST_SAMPLE))[:6]
+    network = GeneRegulatoryNetwork.read(shared_data_or_skip(OMNIPATH_TABLE))
+    tokenizer = ScGrnTokenizer.from_genes(list(adata.var_names), n_bins=5)
+    batch = tokenizer(adata, max_length=2048)
+    edges = torch.as_tensor(network.to_vocab_edges(tokenizer))
+    return tokenizer, batch, edges
+
+
+@pytest.mark.parametrize(
+    "direction,self_loops,cls_attends_all,all_attend_cls",
+    list(itertools.product(["regulator_to_target", "target_to_regulator", "both"], [True, False], [True, False],
+                           [True])) + [("both", True, True, False)],
+)
+def test_plan_is_the_reference_mask_on_real_cells_and_collectri(real_cells, direction, self_loops, cls_attends_all,
+                                                                all_attend_cls):
+    tokenizer, batch, edges = real_cells
+    special = tuple(tokenizer.all_special_ids)
+    options = dict(vocab_size=len(tokenizer), cls_token_id=tokenizer.cls_token_id, special_token_ids=special,
+                   direction=direction, self_loops=self_loops, cls_attends_all=cls_attends_all,
+                   all_attend_cls=all_attend_cls)
+    reference = build_attention_mask(batch["input_ids"], batch["attention_mask"], edges, dense=False, **options)
+    plan = build_structured_plan(batch["input_ids"], batch["attention_mask"], keys=edge_keys(edges, len(tokenizer)),
+                                 regulators=torch.unique(edges[0]), **options)
+    assert torch.equal(plan.to_dense_mask(), reference)
+    # the point of the plan: far fewer scored pairs than L^2
+    length = batch["input_ids"].shape[1]
+    scored = plan.pair_query.numel() + int(plan.heavy_valid.sum()) * length
+    assert scored < reference.shape[0] * length**2 / 20
+
+
+def test_pair_attention_gradients_are_exact():
+    from modeling_scgrn.modeling_scgrn import _PairAttention
+
+    generator = torch.Generator().manual_seed(0)
+    tokens, heads, dim = 7, 2, 3
+    q, k, v = (torch.randn(tokens, heads, dim, dtype=torch.float64, generator=generator, requires_grad=True)
+               for _ in range(3))
+    pair_query = torch.tensor([0, 0, 1, 2, 2, 2, 4, 5, 6, 6])  # token 3 has no pair: its output stays zero
+    pair_key = torch.tensor([0, 3, 1, 0, 2, 5, 4, 1, 6, 2])
+    assert torch.autograd.gradcheck(lambda a, b, c: _PairAttention.apply(a, b, c, pair_query, pair_key, 0.7, 0.0),
+                                     (q, k, v))
+    assert torch.all(_PairAttention.apply(q, k, v, pair_query, pair_key, 0.7, 0.0)[3] == 0)
+
+
+def test_structured_trains_with_attention_dropout(tokenizer, edge_tensor, batch):
+    model = make(ScGrnModel, tokenizer, edge_tensor, attention_dropout=0.5).train()
+    torch.manual_seed(1)
+    first = model(**batch).last_hidden_state
+    second = model(**batch).last_hidden_state
+    assert not torch.equal(first, second)  # dropout is active
+    second.pow(2).mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
