@@ -29,6 +29,13 @@ def main() -> None:
                         help="gene panel: every gene of the file, or a (prior-aware) variable-gene panel")
     parser.add_argument("--n_top_genes", type=int, default=2000, help="panel size for hvg/ranked/union")
     parser.add_argument("--seed", type=int, default=0, help="split seed")
+    parser.add_argument("--min_genes", type=int, default=0, help="QC: drop cells with fewer detected genes (0: off)")
+    parser.add_argument("--min_cells", type=int, default=0, help="QC: drop genes detected in fewer cells (0: off)")
+    parser.add_argument("--backed", action="store_true",
+                        help="read the .h5ad lazily (files larger than memory; one input, --panel all)")
+    parser.add_argument("--num_proc", type=int, default=1, help="tokenizing processes")
+    parser.add_argument("--chunk_size", type=int, default=10_000, help="cells read and tokenized at a time")
+    parser.add_argument("--max_shard_size", default="500MB", help="largest Arrow shard of the saved dataset")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
@@ -37,10 +44,12 @@ def main() -> None:
     report = prepare_cells(
         args.input, network, args.output, label_column=args.label_column, group_column=args.group_column,
         max_length=args.max_length, n_bins=args.n_bins, panel=args.panel, n_top_genes=args.n_top_genes,
-        seed=args.seed,
+        seed=args.seed, min_genes=args.min_genes, min_cells=args.min_cells, backed=args.backed,
+        num_proc=args.num_proc, chunk_size=args.chunk_size, max_shard_size=args.max_shard_size,
     )
     prior = {k: v for k, v in report["prior"].items() if k not in ("out_degree", "in_degree")}
-    print(json.dumps({"prior": prior, "tokenization": report["tokenization"], "split": report["split"]}, indent=2))
+    print(json.dumps({"prior": prior, "qc": report["qc"], "tokenization": report["tokenization"],
+                      "split": report["split"]}, indent=2))
     print(f"wrote {args.output}/dataset, tokenizer/, prior/ and prior_report.json")
 
 

@@ -55,6 +55,146 @@ def check_raw_counts(matrix, sample: int = 100_000) -> None:
         )
 
 
+def qc_masks(adata, *, min_genes: int = 0, min_cells: int = 0, layer: str | None = None,
+             chunk_size: int = 10_000) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Quality-control filters as scanpy's `filter_cells(min_genes)` / `filter_genes(min_cells)`, computed chunk
+    by chunk over the rows (backed AnnData too). Returns `(cells_kept, genes_kept, report)` boolean masks and the
+    counts dropped. Genes are counted on all cells, cells on all genes (both filters read the raw matrix once)."""
+    import scipy.sparse as sp
+
+    matrix = adata.X if layer is None else adata.layers[layer]
+    genes_per_cell = np.zeros(adata.n_obs, dtype=np.int64)
+    cells_per_gene = np.zeros(adata.n_vars, dtype=np.int64)
+    if min_genes > 0 or min_cells > 0:
+        for start in range(0, adata.n_obs, chunk_size):
+            chunk = matrix[start : start + chunk_size]
+            chunk = sp.csr_matrix(chunk) if not sp.issparse(chunk) else chunk.tocsr()
+            chunk.eliminate_zeros()
+            genes_per_cell[start : start + chunk.shape[0]] = np.diff(chunk.indptr)
+            cells_per_gene += np.bincount(chunk.indices, minlength=adata.n_vars)
+    cells_kept = genes_per_cell >= min_genes
+    genes_kept = cells_per_gene >= min_cells
+    report = {"min_genes": min_genes, "min_cells": min_cells, "cells_in": int(adata.n_obs),
+              "cells_dropped_min_genes": int((~cells_kept).sum()), "genes_in": int(adata.n_vars),
+              "genes_dropped_min_cells": int((~genes_kept).sum())}
+    if not cells_kept.any():
+        raise ValueError(f"no cell has at least {min_genes} detected genes (min_genes); lower --min_genes.")
+    if not genes_kept.any():
+        raise ValueError(f"no gene is detected in at least {min_cells} cells (min_cells); lower --min_cells.")
+    if report["cells_dropped_min_genes"] or report["genes_dropped_min_cells"]:
+        logger.warning("QC dropped %d of %d cells (fewer than %d genes) and %d of %d genes (in fewer than %d cells).",
+                       report["cells_dropped_min_genes"], adata.n_obs, min_genes, report["genes_dropped_min_cells"],
+                       adata.n_vars, min_cells)
+    return cells_kept, genes_kept, report
+
+
+def _arrow_columns(encoded, lengths: np.ndarray) -> dict:
+    """Ragged Arrow list columns straight from the padded arrays (no Python lists)."""
+    import pyarrow as pa
+
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    keep = np.arange(encoded["input_ids"].shape[1])[None, :] < lengths[:, None]
+    columns = {}
+    for name in SEQUENCE_COLUMNS:
+        if name in encoded:
+            values = np.asarray(encoded[name])[keep]
+            values = values.astype(np.float32 if name == "expression_values" else np.int32, copy=False)
+            columns[name] = pa.ListArray.from_arrays(offsets, pa.array(values))
+    columns["length"] = pa.array(lengths.astype(np.int32))
+    return columns
+
+
+def _tokenize_rows(adata, matrix, tokenizer, gene_names, start, stop, cells_kept, obs_columns, max_length,
+                   normalize):
+    """Tokenize rows `start:stop` (those kept by QC) into an Arrow table, and the tokenizer's report."""
+    import pyarrow as pa
+
+    chunk = matrix[start:stop]
+    kept = None if cells_kept is None else cells_kept[start:stop]
+    if kept is not None and not kept.all():
+        chunk = chunk[np.flatnonzero(kept)]
+    fast = _encode_compiled(chunk, tokenizer, gene_names, max_length) if normalize else None
+    if fast is not None:
+        columns, report = fast
+    else:
+        encoded = tokenizer.encode_cells(chunk, gene_names, max_length=max_length, normalize=normalize,
+                                         return_tensors="np")
+        columns, report = _arrow_columns(encoded, encoded["attention_mask"].sum(1)), dict(tokenizer.last_report)
+    for column in obs_columns:
+        values = adata.obs[column].iloc[start:stop]
+        if kept is not None:
+            values = values[kept]
+        columns[column] = pa.array(values.astype(str).tolist())
+    return pa.table(columns), report
+
+
+def _encode_compiled(chunk, tokenizer, gene_names, max_length):
+    """The compiled per-row encoder (`fast_tokenize`) where it applies: Arrow columns and the tokenizer-style
+    report, or None (then the tokenizer's own path runs; both give identical tokens, values and bins)."""
+    import pyarrow as pa
+    import scipy.sparse as sp
+
+    from .fast_tokenize import encode_rows_flat
+    from .tokenization_scgrn import _check_values
+
+    column_ids = tokenizer.gene_ids(gene_names)
+    known = column_ids[column_ids >= 0]
+    if known.size == 0 or np.unique(known).size < known.size or not sp.issparse(chunk):
+        return None
+    csr = chunk.tocsr()
+    _check_values(np.asarray(csr.data))
+    flat = encode_rows_flat(csr, column_ids, target_sum=tokenizer.target_sum, n_bins=tokenizer.n_bins,
+                            max_length=max_length, cls_token_id=tokenizer.cls_token_id,
+                            vocab_size=tokenizer.vocab_size)
+    if flat is None:
+        return None
+    offsets, ids, values, bins, known_per_cell = flat
+    empty = np.flatnonzero(known_per_cell == 0)
+    if empty.size:
+        raise ValueError(
+            f"{empty.size} of {csr.shape[0]} cells have no detected gene in the vocabulary (first rows: "
+            f"{empty[:5].tolist()}); remove them first, e.g. sc.pp.filter_cells(adata, min_genes=1) after "
+            "restricting to the vocabulary's genes."
+        )
+    arrow_offsets = pa.array(offsets.astype(np.int32))
+    lengths = np.diff(offsets)
+    columns = {"input_ids": pa.ListArray.from_arrays(arrow_offsets, pa.array(ids)),
+               "expression_values": pa.ListArray.from_arrays(arrow_offsets, pa.array(values))}
+    if tokenizer.n_bins:
+        columns["expression_bins"] = pa.ListArray.from_arrays(arrow_offsets, pa.array(bins))
+    columns["length"] = pa.array(lengths.astype(np.int32))
+    unknown = [str(g) for g, i in zip(gene_names, column_ids) if i < 0]
+    limit = None if max_length is None else max_length - 1
+    report = {
+        "cells": int(csr.shape[0]),
+        "genes_in_input": len(gene_names),
+        "genes_unknown_to_vocabulary": len(unknown),
+        "unknown_genes_examples": unknown[:10],
+        "duplicate_gene_entries_summed": 0,
+        "cells_truncated_to_max_length": 0 if limit is None else int((known_per_cell > limit).sum()),
+        "mean_genes_per_cell": float((lengths - 1).mean()),
+    }
+    return columns, report
+
+
+_WORKER_STATE: dict = {}
+
+
+def _tokenize_to_file(bounds):
+    """Tokenize one chunk and write it as an Arrow file (in the parent or in a `num_proc` worker); returns its path
+    and the tokenizer's report."""
+    import pyarrow as pa
+
+    state = _WORKER_STATE
+    table, report = _tokenize_rows(state["adata"], state["matrix"], state["tokenizer"], state["gene_names"],
+                                   *bounds, state["cells_kept"], state["obs_columns"], state["max_length"],
+                                   state["normalize"])
+    path = os.path.join(state["folder"], f"chunk-{bounds[0]:012d}.arrow")
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return path, report
+
+
 def tokenize_anndata(
     adata,
     tokenizer,
@@ -65,13 +205,20 @@ def tokenize_anndata(
     gene_column: str | None = None,
     layer: str | None = None,
     normalize: bool = True,
+    cells_kept: np.ndarray | None = None,
+    num_proc: int = 1,
     show_progress: bool = True,
 ):
-    """Tokenize every cell into a `datasets.Dataset` with `input_ids`, `expression_values`, `expression_bins`
-    (ragged, no padding), `length` and the requested `obs` columns. Works chunk by chunk over CSR rows (backed
-    AnnData too), so memory follows `chunk_size`, not the file. Returns the dataset and the tokenizer's report
-    summed over chunks."""
+    """Tokenize every cell into a `datasets.Dataset` with `input_ids`, `expression_values` (float32),
+    `expression_bins` (ragged Arrow lists, no padding), `length` and the requested `obs` columns.
+
+    Works chunk by chunk over CSR rows (backed AnnData too), so memory follows `chunk_size`, not the file.
+    `cells_kept`: boolean mask of the cells to keep (from [`qc_masks`]). `num_proc > 1` tokenizes chunks in that
+    many forked worker processes, each writing Arrow files that the dataset then memory-maps (Linux/macOS).
+    Returns the dataset and the tokenizer's report summed over chunks."""
     import datasets
+    import pyarrow as pa
+    from datasets.fingerprint import generate_random_fingerprint
 
     missing = [c for c in obs_columns if c not in adata.obs.columns]
     if missing:
@@ -82,28 +229,76 @@ def tokenize_anndata(
     matrix = adata.X if layer is None else adata.layers[layer]
     if normalize:
         check_raw_counts(matrix[: min(adata.n_obs, 1000)])
-    parts, report = [], {}
-    for start in tqdm(range(0, adata.n_obs, chunk_size), desc="tokenizing", disable=not show_progress, unit="chunk"):
-        stop = min(start + chunk_size, adata.n_obs)
-        chunk = matrix[start:stop]
-        encoded = tokenizer.encode_cells(chunk, gene_names, max_length=max_length, normalize=normalize, return_tensors="np")
-        lengths = encoded["attention_mask"].sum(1)
-        columns = {
-            name: [row[:n].tolist() for row, n in zip(encoded[name], lengths)]
-            for name in SEQUENCE_COLUMNS
-            if name in encoded
-        }
-        columns["length"] = lengths.tolist()
-        for column in obs_columns:
-            columns[column] = adata.obs[column].iloc[start:stop].astype(str).tolist()
-        parts.append(datasets.Dataset.from_dict(columns))
-        for key, value in tokenizer.last_report.items():
+    bounds = [(start, min(start + chunk_size, adata.n_obs)) for start in range(0, adata.n_obs, chunk_size)]
+    progress = tqdm(total=len(bounds), desc="tokenizing", disable=not show_progress, unit="chunk")
+    reports, tables = [], []
+    # chunks go to Arrow files that are memory-mapped back, so memory follows chunk_size, not the file; the files
+    # are unlinked at once (open maps stay valid until the dataset is gone)
+    folder = tempfile.mkdtemp(prefix="scgrn-tokenize-")
+    _WORKER_STATE.update(adata=adata, matrix=matrix, tokenizer=tokenizer, gene_names=gene_names,
+                         cells_kept=cells_kept, obs_columns=tuple(obs_columns), max_length=max_length,
+                         normalize=normalize, folder=folder)
+    try:
+        if num_proc > 1 and len(bounds) > 1:
+            import multiprocessing
+
+            pool = multiprocessing.get_context("fork").Pool(min(num_proc, len(bounds)))
+            results = pool.imap(_tokenize_to_file, bounds)
+        else:
+            pool, results = None, map(_tokenize_to_file, bounds)
+        try:
+            for path, report in results:
+                with pa.memory_map(path) as source:
+                    tables.append(pa.ipc.open_stream(source).read_all())
+                reports.append(report)
+                progress.update()
+        finally:
+            if pool is not None:
+                pool.close()
+                pool.join()
+    finally:
+        _WORKER_STATE.clear()
+        shutil.rmtree(folder, ignore_errors=True)
+    progress.close()
+    report = {}
+    for part in reports:
+        for key, value in part.items():
             if isinstance(value, (int, float)) and key not in ("genes_in_input", "genes_unknown_to_vocabulary"):
                 report[key] = report.get(key, 0) + value
             else:
                 report[key] = value
-    report["mean_genes_per_cell"] = float(np.mean([n for part in parts for n in part["length"]]) - 1)
-    return datasets.concatenate_datasets(parts), report
+    table = pa.concat_tables(tables)
+    report["mean_genes_per_cell"] = float(pa.compute.mean(table["length"]).as_py() - 1)
+    # an explicit fingerprint: deriving one would hash every byte of the table
+    return datasets.Dataset(table, fingerprint=generate_random_fingerprint()), report
+
+
+def stream_anndata(adata, tokenizer, *, obs_columns=(), max_length: int | None = 2048, chunk_size: int = 10_000,
+                   gene_column: str | None = None, layer: str | None = None, normalize: bool = True,
+                   cells_kept: np.ndarray | None = None):
+    """A `datasets.IterableDataset` that tokenizes cells chunk by chunk as it is iterated: nothing tokenized is
+    stored, for corpora that do not fit on disk once tokenized. Same columns as [`tokenize_anndata`]."""
+    import datasets
+
+    missing = [c for c in obs_columns if c not in adata.obs.columns]
+    if missing:
+        raise ValueError(f"adata.obs has no column(s) {missing}; columns are {list(adata.obs.columns)}.")
+    gene_names = list(adata.var[gene_column].astype(str)) if gene_column else list(adata.var_names)
+    matrix = adata.X if layer is None else adata.layers[layer]
+    if normalize:
+        check_raw_counts(matrix[: min(adata.n_obs, 1000)])
+
+    def cells(starts):
+        for start in starts:
+            table, _ = _tokenize_rows(adata, matrix, tokenizer, gene_names, start,
+                                      min(start + chunk_size, adata.n_obs), cells_kept, tuple(obs_columns),
+                                      max_length, normalize)
+            yield from table.to_pylist()
+
+    # one shard per chunk, so datasets can spread chunks over DataLoader workers
+    return datasets.IterableDataset.from_generator(
+        cells, gen_kwargs={"starts": list(range(0, adata.n_obs, chunk_size))}
+    )
 
 
 @contextmanager
@@ -123,10 +318,12 @@ def atomic_folder(path: str | os.PathLike):
         raise
 
 
-def save_dataset_atomically(dataset, path: str | os.PathLike, metadata: dict | None = None) -> Path:
-    """`dataset.save_to_disk` into a temporary sibling folder, then rename: a crash never leaves half a dataset."""
+def save_dataset_atomically(dataset, path: str | os.PathLike, metadata: dict | None = None,
+                            max_shard_size: str | int = "500MB") -> Path:
+    """`dataset.save_to_disk` (Arrow shards of at most `max_shard_size`) into a temporary sibling folder, then
+    rename: a crash never leaves half a dataset."""
     with atomic_folder(path) as temporary:
-        dataset.save_to_disk(str(temporary))
+        dataset.save_to_disk(str(temporary), max_shard_size=max_shard_size)
         if metadata is not None:
             (temporary / "scgrn_metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
     return Path(path)

@@ -203,8 +203,9 @@ def check_model_options(options: dict) -> dict:
     return options
 
 
-def read_cells(source: str):
-    """An AnnData from an `.h5ad` path, or scanpy's bundled `pbmc68k_reduced` (raw counts recovered) by name."""
+def read_cells(source: str, backed: bool = False):
+    """An AnnData from an `.h5ad` path, or scanpy's bundled `pbmc68k_reduced` (raw counts recovered) by name.
+    `backed=True` opens the file read-only without loading the matrix (files larger than memory)."""
     import anndata
 
     from .data import pbmc68k_reduced_counts
@@ -217,21 +218,24 @@ def read_cells(source: str):
     if path.stat().st_size == 0:
         raise ValueError(f"{path} is empty (0 bytes); re-download or re-export it.")
     try:
-        return anndata.read_h5ad(path)
+        return anndata.read_h5ad(path, backed="r" if backed else None)
     except Exception as error:  # h5py/anndata raise many types for damaged files
         raise ValueError(f"{path} could not be read as an .h5ad file ({type(error).__name__}: {error}); the file is "
                          "corrupt or truncated.") from error
 
 
-def read_cells_from(sources: str | list[str]):
+def read_cells_from(sources: str | list[str], backed: bool = False):
     """One AnnData from one or several sources (`read_cells` each); several are joined on the union of their genes
     (absent genes count 0) with a `dataset` obs column naming the source of each cell."""
     import anndata
 
     if isinstance(sources, str):
-        return read_cells(sources)
+        return read_cells(sources, backed)
     if len(sources) == 1:
-        return read_cells(sources[0])
+        return read_cells(sources[0], backed)
+    if backed:
+        raise ValueError("backed mode reads one .h5ad at a time; tokenize each file to its own folder (or join "
+                         "them in memory without --backed).")
     parts = {}
     for source in sources:
         adata = read_cells(source)
@@ -255,43 +259,66 @@ def prepare_cells(
     test_size: float = 0.2,
     validation_size: float = 0.1,
     seed: int = 0,
+    min_genes: int = 0,
+    min_cells: int = 0,
+    backed: bool = False,
+    num_proc: int = 1,
+    chunk_size: int = 10_000,
+    max_shard_size: str = "500MB",
 ) -> dict:
     """Cells -> tokenizer + tokenized train/validation/test `DatasetDict` + prior report, under `output_dir`:
-    `tokenizer/`, `dataset/` (Arrow, with `scgrn_metadata.json`: split, drops, panel), `prior/` (GRN files),
-    `prior_report.json`. Several sources are joined (`read_cells_from`). Returns the report."""
+    `tokenizer/`, `dataset/` (Arrow shards of at most `max_shard_size`, with `scgrn_metadata.json`: QC, split,
+    drops, panel), `prior/` (GRN files), `prior_report.json`. Several sources are joined (`read_cells_from`).
+
+    QC (`min_genes` per cell, `min_cells` per gene; 0 switches a filter off) drops cells and genes with counts in
+    the report. `backed=True` reads one `.h5ad` lazily (memory bounded by `chunk_size`; panel must be "all").
+    `num_proc` tokenizes chunks in parallel processes. Returns the report."""
     import datasets
 
-    from .data import save_dataset_atomically, split_cells, tokenize_anndata
+    from .data import qc_masks, save_dataset_atomically, split_cells, tokenize_anndata
     from .grn import select_gene_panel
 
-    adata = read_cells_from(source)
+    adata = read_cells_from(source, backed=backed)
+    if backed and panel != "all":
+        raise ValueError(f"panel={panel!r} needs the matrix in memory (variable genes); use panel='all' with backed "
+                         "mode, or drop backed mode.")
     columns = [c for c in (label_column, group_column, *obs_columns) if c]
     missing = [c for c in columns if c not in adata.obs.columns]
     if missing:
         raise ValueError(f"{source} has no obs column(s) {missing}; columns are {list(adata.obs.columns)}.")
     if label_column is not None and adata.obs[label_column].nunique() < 2:
         raise ValueError(f"label column {label_column!r} has a single class; classification needs at least two.")
+    cells_kept, genes_kept, qc_report = qc_masks(adata, min_genes=min_genes, min_cells=min_cells,
+                                                 chunk_size=chunk_size)
     if panel == "all":
-        genes, panel_report = list(adata.var_names.astype(str)), {"strategy": "all", "panel_genes": adata.n_vars}
+        genes = list(adata.var_names[genes_kept].astype(str))
+        panel_report = {"strategy": "all", "panel_genes": len(genes)}
     else:
-        genes, panel_report = select_gene_panel(adata, network, n_top_genes=n_top_genes, strategy=panel)
+        subset = adata[cells_kept][:, genes_kept] if not (cells_kept.all() and genes_kept.all()) else adata
+        genes, panel_report = select_gene_panel(subset, network, n_top_genes=n_top_genes, strategy=panel)
     tokenizer = ScGrnTokenizer.from_genes(genes, n_bins=n_bins)
     report = prior_report(network, genes)
     network.to_vocab_edges(tokenizer)  # fails early, with the reason, when the prior misses the panel
-    dataset, tokenize_report = tokenize_anndata(adata, tokenizer, obs_columns=tuple(columns), max_length=max_length)
-    splits = split_cells(adata.obs, label_column=label_column, group_column=group_column,
+    dataset, tokenize_report = tokenize_anndata(adata, tokenizer, obs_columns=tuple(columns), max_length=max_length,
+                                                cells_kept=None if cells_kept.all() else cells_kept,
+                                                num_proc=num_proc, chunk_size=chunk_size)
+    obs = adata.obs[cells_kept]
+    if label_column is not None and obs[label_column].nunique() < 2:
+        raise ValueError(f"after QC, label column {label_column!r} has a single class; lower min_genes.")
+    splits = split_cells(obs, label_column=label_column, group_column=group_column,
                          test_size=test_size, validation_size=validation_size, seed=seed)
     dataset_dict = datasets.DatasetDict({name: dataset.select(rows) for name, rows in splits.items()})
     output_dir = Path(output_dir)
     metadata = {
         "source": source,
-        "cells": int(adata.n_obs),
+        "cells": int(cells_kept.sum()),
+        "qc": qc_report,
         "tokenization": tokenize_report,
         "panel": panel_report,
         "split": {"seed": seed, "label_column": label_column, "group_column": group_column,
                   **{name: int(len(rows)) for name, rows in splits.items()}},
     }
-    save_dataset_atomically(dataset_dict, output_dir / "dataset", metadata)
+    save_dataset_atomically(dataset_dict, output_dir / "dataset", metadata, max_shard_size=max_shard_size)
     tokenizer.save_pretrained(output_dir / "tokenizer")
     network.restrict(genes).save(output_dir / "prior")
     (output_dir / "prior_report.json").write_text(json.dumps({"prior": report, **metadata}, indent=2, default=jsonable))

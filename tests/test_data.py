@@ -145,3 +145,54 @@ def test_failed_save_leaves_no_dataset(tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         save_dataset_atomically(dataset, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_qc_filters_count_what_they_drop(pbmc, tmp_path):
+    from modeling_scgrn.data import qc_masks
+
+    genes_per_cell = np.diff(pbmc.X.tocsr().indptr)
+    cells_per_gene = np.bincount(pbmc.X.indices, minlength=pbmc.n_vars)
+    min_genes, min_cells = int(np.median(genes_per_cell)), 20
+    cells_kept, genes_kept, report = qc_masks(pbmc, min_genes=min_genes, min_cells=min_cells, chunk_size=97)
+    assert np.array_equal(cells_kept, genes_per_cell >= min_genes)
+    assert np.array_equal(genes_kept, cells_per_gene >= min_cells)
+    assert report["cells_dropped_min_genes"] == int((genes_per_cell < min_genes).sum()) > 100
+    assert report["genes_dropped_min_cells"] == int((cells_per_gene < min_cells).sum()) > 0
+    off = qc_masks(pbmc)
+    assert off[0].all() and off[1].all()
+    with pytest.raises(ValueError, match="min_genes"):
+        qc_masks(pbmc, min_genes=10_000)
+    tokenizer = ScGrnTokenizer.from_genes(pbmc.var_names[genes_kept], n_bins=51)
+    dataset, _ = tokenize_anndata(pbmc, tokenizer, obs_columns=["bulk_labels"], cells_kept=cells_kept,
+                                  max_length=None, show_progress=False, chunk_size=100)
+    assert len(dataset) == cells_kept.sum()
+    assert dataset["bulk_labels"] == pbmc.obs["bulk_labels"][cells_kept].astype(str).tolist()
+
+
+def test_parallel_streamed_and_backed_tokenization_equal_the_plain_one(pbmc, tmp_path):
+    from modeling_scgrn.data import stream_anndata
+
+    tokenizer = ScGrnTokenizer.from_genes(pbmc.var_names, n_bins=51)
+    options = dict(obs_columns=["bulk_labels"], max_length=128, chunk_size=150, show_progress=False)
+    plain, report = tokenize_anndata(pbmc, tokenizer, **options)
+    parallel, parallel_report = tokenize_anndata(pbmc, tokenizer, num_proc=2, **options)
+    assert plain.to_dict() == parallel.to_dict() and report == parallel_report
+    assert plain.features["expression_values"].feature.dtype == "float32"
+    streamed = list(stream_anndata(pbmc, tokenizer, obs_columns=["bulk_labels"], max_length=128, chunk_size=150))
+    assert len(streamed) == 700 and streamed[0] == plain[0] and streamed[699] == plain[699]
+    pbmc.write_h5ad(tmp_path / "pbmc.h5ad")
+    backed = read_cells(str(tmp_path / "pbmc.h5ad"), backed=True)
+    assert backed.isbacked
+    from_disk, _ = tokenize_anndata(backed, tokenizer, **options)
+    assert from_disk.to_dict() == plain.to_dict()
+
+
+def test_saved_dataset_is_sharded(pbmc, tmp_path):
+    import datasets
+
+    tokenizer = ScGrnTokenizer.from_genes(pbmc.var_names, n_bins=51)
+    dataset, _ = tokenize_anndata(pbmc, tokenizer, max_length=None, show_progress=False)
+    save_dataset_atomically(dataset, tmp_path / "ds", max_shard_size="200KB")
+    shards = sorted((tmp_path / "ds").glob("data-*.arrow"))
+    assert len(shards) > 3
+    assert datasets.load_from_disk(str(tmp_path / "ds")).to_dict() == dataset.to_dict()
