@@ -196,3 +196,28 @@ def test_saved_dataset_is_sharded(pbmc, tmp_path):
     shards = sorted((tmp_path / "ds").glob("data-*.arrow"))
     assert len(shards) > 3
     assert datasets.load_from_disk(str(tmp_path / "ds")).to_dict() == dataset.to_dict()
+
+
+@pytest.mark.parametrize("vocabulary_order", ["file", "shuffled"])
+def test_compiled_encoder_equals_the_tokenizer(pbmc, vocabulary_order):
+    from modeling_scgrn.data import _encode_compiled
+
+    genes = list(pbmc.var_names)
+    if vocabulary_order == "shuffled":  # token ids no longer follow the columns: the general sort path
+        genes = list(np.random.default_rng(0).permutation(genes))
+    tokenizer = ScGrnTokenizer.from_genes(genes[:700], n_bins=51)
+    counts = pbmc.X.tocsr().copy()
+    counts.data[::50] *= 5000  # a few very large counts: the counting sort gives way to the general sort
+    subset = ad.AnnData(counts, var=pbmc.var)
+    for max_length in (None, 64):
+        columns, report = _encode_compiled(subset.X, tokenizer, list(subset.var_names), max_length)
+        direct = tokenizer(subset, max_length=max_length, return_tensors="np")
+        lengths = direct["attention_mask"].sum(1)
+        assert columns["length"].to_pylist() == lengths.tolist()
+        for cell in (0, 1, 350, 699):
+            n = lengths[cell]
+            assert columns["input_ids"][cell].as_py() == direct["input_ids"][cell, :n].tolist()
+            assert columns["expression_bins"][cell].as_py() == direct["expression_bins"][cell, :n].tolist()
+            np.testing.assert_array_equal(np.asarray(columns["expression_values"][cell].as_py(), np.float32),
+                                          direct["expression_values"][cell, :n])
+        assert report == tokenizer.last_report
