@@ -71,8 +71,16 @@ def load_real_cells(h5ad: Path, prior: Path, length: int, num_cells: int, seed: 
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process so far, MiB: VmHWM from /proc on Linux (getrusage's ru_maxrss would
+    carry over the peak of the parent that spawned us), ru_maxrss elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale / (1024 if scale == 1 else 1)
 
 
 def run_isolated(script: Path, options: list[str], timeout: float) -> dict:

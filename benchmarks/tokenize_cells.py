@@ -95,6 +95,9 @@ def main() -> None:
     from modeling_scgrn import ScGrnTokenizer
 
     files = {size: make_file(Path(args.h5ad), size, Path(args.workdir)) for size in args.sizes}
+    import gc
+
+    gc.collect()
     sample = ad.read_h5ad(args.h5ad)
     vocab = ScGrnTokenizer.from_genes(list(sample.var_names), n_bins=51).get_vocab()
     loop = per_cell_loop(sample, vocab, 51, min(args.loop_cells, sample.n_obs))

@@ -127,3 +127,18 @@ def test_structured_trains_with_attention_dropout(tokenizer, edge_tensor, batch)
     assert not torch.equal(first, second)  # dropout is active
     second.pow(2).mean().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("implementation", ["grn_structured", "sdpa"])
+def test_gradient_checkpointing_gives_the_same_gradients(tokenizer, edge_tensor, batch, implementation):
+    grads = []
+    for checkpointing in (False, True):
+        model = make(ScGrnModel, tokenizer, edge_tensor, attn_implementation=implementation).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+            assert model.layers[0].gradient_checkpointing
+        model(**batch).last_hidden_state.pow(2).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)

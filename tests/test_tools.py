@@ -85,3 +85,4 @@ def test_works_with_transformers_trainer(pbmc, classifier, tmp_path):
     result = trainer.train()
     assert result.global_step == 3 and np.isfinite(result.training_loss)
     assert not torch.equal(before, model.classifier.weight.detach())
+
