@@ -135,7 +135,7 @@ def _encode_compiled(chunk, tokenizer, gene_names, max_length):
     import scipy.sparse as sp
 
     from .fast_tokenize import encode_rows_flat
-    from .tokenization_scgrn import _check_values
+    from .tokenization_scgrn import _check_no_empty_cells, _check_values
 
     column_ids = tokenizer.gene_ids(gene_names)
     known = column_ids[column_ids >= 0]
@@ -149,13 +149,7 @@ def _encode_compiled(chunk, tokenizer, gene_names, max_length):
     if flat is None:
         return None
     offsets, ids, values, bins, known_per_cell = flat
-    empty = np.flatnonzero(known_per_cell == 0)
-    if empty.size:
-        raise ValueError(
-            f"{empty.size} of {csr.shape[0]} cells have no detected gene in the vocabulary (first rows: "
-            f"{empty[:5].tolist()}); remove them first, e.g. sc.pp.filter_cells(adata, min_genes=1) after "
-            "restricting to the vocabulary's genes."
-        )
+    _check_no_empty_cells(known_per_cell)
     arrow_offsets = pa.array(offsets.astype(np.int32))
     lengths = np.diff(offsets)
     columns = {"input_ids": pa.ListArray.from_arrays(arrow_offsets, pa.array(ids)),

@@ -183,13 +183,7 @@ class ScGrnTokenizer(PreTrainedTokenizerFast):
         values = np.log1p(data / totals[rows] * self.target_sum) if normalize else data
 
         genes_per_cell = np.bincount(rows, minlength=num_cells)
-        empty = np.flatnonzero(genes_per_cell == 0)
-        if empty.size:
-            raise ValueError(
-                f"{empty.size} of {num_cells} cells have no detected gene in the vocabulary (first rows: "
-                f"{empty[:5].tolist()}); remove them first, e.g. sc.pp.filter_cells(adata, min_genes=1) after "
-                "restricting to the vocabulary's genes."
-            )
+        _check_no_empty_cells(genes_per_cell)
 
         starts = np.concatenate([[0], np.cumsum(genes_per_cell)[:-1]])
         # within a cell, normalisation is monotonic, so ranking by count ranks by normalised value
@@ -273,6 +267,16 @@ def _as_coordinates(matrix):
         raise ValueError(f"expected a 2-D cells x genes matrix, got shape {dense.shape}.")
     rows, columns = np.nonzero(dense)
     return rows.astype(np.int64), columns.astype(np.int64), dense[rows, columns].astype(np.float64), *dense.shape
+
+
+def _check_no_empty_cells(genes_per_cell: np.ndarray) -> None:
+    empty = np.flatnonzero(genes_per_cell == 0)
+    if empty.size:
+        raise ValueError(
+            f"{empty.size} of {genes_per_cell.size} cells have no detected gene in the vocabulary (first rows: "
+            f"{empty[:5].tolist()}); remove them first, e.g. sc.pp.filter_cells(adata, min_genes=1) after "
+            "restricting to the vocabulary's genes."
+        )
 
 
 def _check_values(data: np.ndarray) -> None:

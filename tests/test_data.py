@@ -221,3 +221,12 @@ def test_compiled_encoder_equals_the_tokenizer(pbmc, vocabulary_order):
             np.testing.assert_array_equal(np.asarray(columns["expression_values"][cell].as_py(), np.float32),
                                           direct["expression_values"][cell, :n])
         assert report == tokenizer.last_report
+
+
+def test_empty_cell_is_named_by_the_compiled_path(pbmc):
+    counts = pbmc.X.tocsr().copy()
+    counts[3] = 0
+    counts.eliminate_zeros()
+    tokenizer = ScGrnTokenizer.from_genes(pbmc.var_names, n_bins=51)
+    with pytest.raises(ValueError, match="1 of 700 cells have no detected gene"):
+        tokenize_anndata(ad.AnnData(counts, var=pbmc.var), tokenizer, show_progress=False, chunk_size=1000)
