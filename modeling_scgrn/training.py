@@ -7,6 +7,8 @@ corrupt checkpoint; `resume_from_checkpoint="latest"` continues the same run.
 
 from __future__ import annotations
 
+import importlib.util
+
 import dataclasses
 import json
 import logging
@@ -442,7 +444,8 @@ def classification_metrics(model, dataset, collator, batch_size: int = 64) -> di
 
 def embedding_metrics(embeddings: np.ndarray, labels, *, seed: int = 0, resolution: float = 1.0) -> dict:
     """How well cell embeddings separate the labels: silhouette by label (cosine), and ARI/NMI between Leiden
-    clusters of the embeddings' kNN graph (scanpy) and the labels."""
+    clusters of the embeddings' kNN graph (scanpy) and the labels; where scib-metrics is installed, also its
+    rescaled label silhouette and k-means NMI/ARI (`scib_*`)."""
     import anndata
     import scanpy as sc
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
@@ -455,12 +458,21 @@ def embedding_metrics(embeddings: np.ndarray, labels, *, seed: int = 0, resoluti
     sc.pp.neighbors(adata, use_rep="X_scgrn", n_neighbors=min(15, len(labels) - 1), random_state=seed)
     sc.tl.leiden(adata, resolution=resolution, random_state=seed, flavor="igraph", n_iterations=2, directed=False)
     clusters = adata.obs["leiden"].astype(str).to_numpy()
-    return {
+    metrics = {
         "silhouette": float(silhouette_score(embeddings, labels, metric="cosine")),
         "leiden_ari": float(adjusted_rand_score(labels, clusters)),
         "leiden_nmi": float(normalized_mutual_info_score(labels, clusters)),
         "leiden_clusters": int(len(np.unique(clusters))),
     }
+    if importlib.util.find_spec("scib_metrics") is None:  # optional: pip install "scgrn[scib]" (pulls jax)
+        return metrics
+    import scib_metrics
+
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    metrics["scib_silhouette_label"] = float(scib_metrics.silhouette_label(embeddings, labels))
+    kmeans = scib_metrics.nmi_ari_cluster_labels_kmeans(embeddings, labels)
+    metrics["scib_kmeans_nmi"], metrics["scib_kmeans_ari"] = float(kmeans["nmi"]), float(kmeans["ari"])
+    return metrics
 
 
 def plot_umap(embeddings: np.ndarray, labels, path, *, title: str = "cell embeddings", seed: int = 0) -> None:

@@ -86,3 +86,20 @@ def test_works_with_transformers_trainer(pbmc, classifier, tmp_path):
     assert result.global_step == 3 and np.isfinite(result.training_loss)
     assert not torch.equal(before, model.classifier.weight.detach())
 
+
+
+def test_embedding_metrics_add_scib_scores_where_installed():
+    """Runs where the optional `scib` extra is installed (not in CI's test extra: it pulls jax)."""
+    pytest.importorskip("scib_metrics")
+    import scanpy as sc
+    from sklearn.metrics import silhouette_score
+
+    from modeling_scgrn.training import embedding_metrics
+
+    adata = sc.datasets.pbmc68k_reduced()
+    embeddings, labels = adata.obsm["X_pca"][:, :20], adata.obs["bulk_labels"].astype(str).to_numpy()
+    metrics = embedding_metrics(embeddings, labels)
+    # scib's label silhouette is the euclidean silhouette rescaled to [0, 1]
+    expected = (silhouette_score(embeddings, labels, metric="euclidean") + 1) / 2
+    assert metrics["scib_silhouette_label"] == pytest.approx(expected, abs=1e-3)
+    assert 0.2 < metrics["scib_kmeans_nmi"] <= 1 and 0 < metrics["scib_kmeans_ari"] <= 1
