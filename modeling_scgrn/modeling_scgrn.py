@@ -169,11 +169,13 @@ def grn_structured_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """Exact GRN-masked attention whose cost grows with L x (regulators in the cell), not L^2.
+    """Exact GRN-masked attention whose cost grows with the allowed pairs (about L x (regulators per gene + 2)) plus
+    a few full rows, not with L^2.
 
     `attention_mask` is a [`StructuredAttentionPlan`] (built by `ScGrnModel` when this implementation is selected):
-    every query scores only the regulators ("hubs") of its cell, itself and `[CLS]`; the few rows that may reach
-    any gene (`[CLS]`, and regulators when information flows from targets) are computed as full rows. Gives the
+    every query scores only its allowed keys (its regulators present in the cell, itself and `[CLS]`), listed as
+    pairs; the few rows that may reach any gene (`[CLS]`, and regulators when information flows from targets) are
+    computed as full rows. Gives the
     same result as `eager` with the equivalent boolean mask. A boolean tensor mask (dense layers, or mask options
     the plan does not cover) goes to `sdpa`. Registered as `attn_implementation="grn_structured"`.
     """
