@@ -9,6 +9,9 @@ the time to build it is included, once per step as in the model, where it is sha
   grn_sdpa_mask    SDPA with the boolean (batch, 1, L, L) GRN mask (exact)
   grn_eager        matmul + masked softmax (exact; skipped above 4,096 genes: L^2 probabilities per head)
   grn_structured   scgrn's prior-structured exact attention: queries x (regulators present + self + CLS)
+  grn_flex         torch flex attention (compiled) with scgrn's block mask, tokens reordered regulators-first as the
+                   model does; torch has no flex backward on CPU, so on CPU it is timed forward only against dense
+                   SDPA's forward measured in the same process (compilation happens in the warm-up)
 Prints ms per step, the ratio to dense_sdpa, peak resident memory, and the largest difference from grn_sdpa_mask.
 """
 
@@ -23,14 +26,17 @@ import torch
 
 from real_cells import default_paths, load_real_cells, peak_rss_mib, run_isolated
 
-VARIANTS = ["dense_sdpa", "grn_sdpa_mask", "grn_eager", "grn_structured"]
+VARIANTS = ["dense_sdpa", "grn_sdpa_mask", "grn_eager", "grn_structured", "grn_flex"]
 
 
 def one(variant: str, length: int, cells: int, heads: int, head_dim: int, repeats: int, h5ad, prior) -> dict:
     from types import SimpleNamespace
 
-    from modeling_scgrn.grn_prior import build_attention_mask, build_structured_plan, edge_keys
-    from modeling_scgrn.modeling_scgrn import eager_attention_forward, grn_structured_attention_forward
+    from transformers.integrations.flex_attention import flex_attention_forward
+
+    from modeling_scgrn.grn_prior import (build_attention_mask, build_block_mask, build_structured_plan, edge_keys,
+                                          regulators_first_order)
+    from modeling_scgrn.modeling_scgrn import _flex_compile_scope, eager_attention_forward, grn_structured_attention_forward
 
     tokenizer, batch, edges, _ = load_real_cells(h5ad, prior, length, cells)
     ids, valid = batch["input_ids"], batch["attention_mask"]
@@ -42,10 +48,24 @@ def one(variant: str, length: int, cells: int, heads: int, head_dim: int, repeat
     module = SimpleNamespace(training=False)
     scaling = head_dim**-0.5
     rss_before = peak_rss_mib()
+    forward_only = variant == "grn_flex" and qkv[0].device.type == "cpu"  # torch: no flex backward on CPU
+
+    def flex_step(q, k, v) -> torch.Tensor:
+        order = regulators_first_order(ids, regulators, tokenizer.cls_token_id)
+        block_mask = build_block_mask(ids.gather(1, order), valid.gather(1, order), edges, dense=False, keys=keys,
+                                      **options)
+        along = order[:, None, :, None].expand_as(q)
+        with _flex_compile_scope("flex_attention", q.device):
+            out, _ = flex_attention_forward(module, q.gather(2, along), k.gather(2, along), v.gather(2, along),
+                                            block_mask, scaling=scaling)
+        restore = torch.argsort(order, dim=1)
+        return out.gather(1, restore[:, :, None, None].expand_as(out))
 
     def step() -> torch.Tensor:
-        q, k, v = (t.detach().requires_grad_() for t in qkv)
-        if variant == "dense_sdpa":
+        q, k, v = (t.detach().requires_grad_(not forward_only) for t in qkv)
+        if variant == "grn_flex":
+            out = flex_step(q, k, v)
+        elif variant == "dense_sdpa":
             out = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)
         elif variant == "grn_structured":
             plan = build_structured_plan(ids, valid, keys=keys, regulators=regulators, **options)
@@ -56,17 +76,24 @@ def one(variant: str, length: int, cells: int, heads: int, head_dim: int, repeat
                 out, _ = eager_attention_forward(module, q, k, v, mask, scaling)
             else:
                 out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
-        out.pow(2).sum().backward()
+        if not forward_only:
+            out.pow(2).sum().backward()
         return out.detach()
 
-    out = step()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    result = {"variant": variant, "length": length, "ms": 1000 * min(times), "peak_rss_mib": peak_rss_mib(),
-              "rss_before_mib": rss_before}
+    def best_ms(run) -> float:
+        run()  # warm-up (and compilation)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        return 1000 * min(times)
+
+    out = step()
+    result = {"variant": variant, "length": length, "ms": best_ms(step), "peak_rss_mib": peak_rss_mib(),
+              "rss_before_mib": rss_before, "forward_only": forward_only}
+    if forward_only:
+        result["dense_forward_ms"] = best_ms(lambda: torch.nn.functional.scaled_dot_product_attention(*qkv))
     if variant != "grn_sdpa_mask":
         mask = build_attention_mask(ids, valid, edges, dense=False, keys=keys, **options)
         q, k, v = qkv
@@ -117,8 +144,11 @@ def main() -> None:
                 print(f"| {length} | {variant} | {r['error']} | | | |")
                 continue
             ratio = f"{r['ms'] / base:.2f}x" if base else "-"
+            if r.get("forward_only"):
+                ratio = f"{r['ms'] / r['dense_forward_ms']:.2f}x of dense forward ({r['dense_forward_ms']:.1f} ms)"
             diff = r.get("max_abs_diff_vs_mask")
-            print(f"| {length} | {variant} | {r['ms']:.1f} | {ratio} | {r['peak_rss_mib']:.0f} "
+            label = f"{variant} (forward only)" if r.get("forward_only") else variant
+            print(f"| {length} | {label} | {r['ms']:.1f} | {ratio} | {r['peak_rss_mib']:.0f} "
                   f"(+{r['peak_rss_mib'] - r['rss_before_mib']:.0f}) | "
                   f"{'-' if diff is None else f'{diff:.1e}'} |")
         if info:

@@ -346,3 +346,121 @@ def build_structured_plan(
         heavy_mask=rows[:, None],
         length=length,
     )
+
+
+def regulators_first_order(
+    input_ids: torch.Tensor, regulators: torch.Tensor, cls_token_id: int
+) -> torch.Tensor:
+    """`(batch, L)` token order that puts `[CLS]` first, then the cell's regulators, then every other token, each
+    group in its original order.
+
+    scgrn has no positional encodings, so reordering a cell's tokens changes nothing but the layout. With
+    regulators first, a target's allowed keys (its regulators, itself, `[CLS]`) fall in the first few key blocks and
+    its own diagonal block, which is what makes a flex-attention block mask sparse."""
+    group = torch.where(torch.isin(input_ids, regulators), 1, 2)
+    group = torch.where(input_ids == cls_token_id, 0, group)
+    return torch.sort(group, dim=1, stable=True).indices
+
+
+def build_block_mask(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    grn_edges: torch.Tensor | None,
+    *,
+    vocab_size: int,
+    cls_token_id: int,
+    special_token_ids: tuple[int, ...],
+    dense: bool,
+    direction: str = "regulator_to_target",
+    self_loops: bool = True,
+    cls_attends_all: bool = True,
+    all_attend_cls: bool = True,
+    isolated_genes: str = "self",
+    hops: int = 1,
+    keys: torch.Tensor | None = None,
+    block_size: int = 128,
+):
+    """The mask of [`build_attention_mask`] (same arguments and rules) as a flex-attention `BlockMask`, shape
+    `(batch, 1, L, L)`, for `attn_implementation="flex_attention"`.
+
+    Its `mask_mod` looks the batch's gene ids up: each token's column among the batch's genes and, for regulators,
+    its row among the batch's regulators index a `(regulators in batch + 1, genes in batch + 1)` boolean edge table
+    (the extra row and column are all-False sinks for non-regulators and special tokens). No L x L tensor is kept.
+    With `hops > 1` or `isolated_genes="dense"`, whose rows depend on the whole cell, `mask_mod` reads the boolean
+    mask of [`build_attention_mask`] instead (exact, O(L^2) memory)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    batch, length = input_ids.shape
+    device = input_ids.device
+    options = dict(
+        vocab_size=vocab_size, cls_token_id=cls_token_id, special_token_ids=special_token_ids, dense=dense,
+        direction=direction, self_loops=self_loops, cls_attends_all=cls_attends_all, all_attend_cls=all_attend_cls,
+    )
+    if not dense and not structured_plan_supported(hops, isolated_genes, dense):
+        boolean = build_attention_mask(
+            input_ids, attention_mask, grn_edges, isolated_genes=isolated_genes, hops=hops, keys=keys, **options
+        )[:, 0]
+
+        def mask_mod(b, h, q, k):
+            return boolean[b, q, k]
+
+        return create_block_mask(mask_mod, batch, None, length, length, device=device, BLOCK_SIZE=block_size)
+
+    valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    is_cls = (input_ids == cls_token_id) & valid
+    is_gene = valid & ~torch.isin(input_ids, torch.tensor(special_token_ids, device=device))
+    reads_regulators = direction in ("regulator_to_target", "both")
+    reads_targets = direction in ("target_to_regulator", "both")
+    if not dense:
+        if keys is None:
+            keys = edge_keys(grn_edges.to(device), vocab_size)
+        batch_genes = torch.unique(input_ids[is_gene])
+        regulator, target = torch.div(keys, vocab_size, rounding_mode="floor"), keys % vocab_size
+        in_batch = torch.isin(regulator, batch_genes) & torch.isin(target, batch_genes)
+        regulator, target = regulator[in_batch], target[in_batch]
+        batch_regulators = torch.unique(regulator)
+        column = _rank_in(batch_genes, input_ids, is_gene)  # (batch, L), sink = len(batch_genes)
+        row = _rank_in(batch_regulators, input_ids, is_gene)  # (batch, L), sink = len(batch_regulators)
+        table = torch.zeros(batch_regulators.numel() + 1, batch_genes.numel() + 1, dtype=torch.bool, device=device)
+        table[torch.searchsorted(batch_regulators, regulator), torch.searchsorted(batch_genes, target)] = True
+
+    def mask_mod(b, h, q, k):
+        same = q == k
+        gene_q, gene_k, cls_q, valid_k = is_gene[b, q], is_gene[b, k], is_cls[b, q], valid[b, k]
+        if dense:
+            allowed = gene_q & gene_k
+        else:
+            link = same & ~same  # all False, shaped like the pair
+            if reads_regulators:  # query = target, key = its regulator
+                link = link | table[row[b, k], column[b, q]]
+            if reads_targets:  # query = regulator, key = its target
+                link = link | table[row[b, q], column[b, k]]
+            allowed = link & gene_q & gene_k & ~same
+        if self_loops or dense:
+            allowed = allowed | (same & gene_q)
+        allowed = allowed | (cls_q & (valid_k if cls_attends_all else same)) | (cls_q & same)
+        if all_attend_cls or dense:
+            allowed = allowed | (gene_q & is_cls[b, k])
+        return (allowed & valid_k) | (same & ~valid[b, q])
+
+    return create_block_mask(mask_mod, batch, None, length, length, device=device, BLOCK_SIZE=block_size)
+
+
+def _rank_in(sorted_ids: torch.Tensor, input_ids: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
+    """Index of each token's id in `sorted_ids` where `eligible` and present, else `len(sorted_ids)` (a sink)."""
+    size = sorted_ids.numel()
+    if size == 0:
+        return torch.zeros_like(input_ids)
+    rank = torch.searchsorted(sorted_ids, input_ids).clamp_(max=size - 1)
+    found = eligible & (sorted_ids[rank] == input_ids)
+    return torch.where(found, rank, torch.full_like(rank, size))
+
+
+def block_mask_to_dense(block_mask) -> torch.Tensor:
+    """The exact `(batch, 1, L, L)` boolean mask a `BlockMask` from [`build_block_mask`] applies (its `mask_mod`
+    evaluated on every pair; for tests and inspection, O(L^2))."""
+    batch, _, length, _ = block_mask.shape
+    device = block_mask.kv_num_blocks.device
+    cells = torch.arange(batch, device=device)[:, None, None]
+    positions = torch.arange(length, device=device)
+    return block_mask.mask_mod(cells, 0, positions[None, :, None], positions[None, None, :])[:, None]

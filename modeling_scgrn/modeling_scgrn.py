@@ -7,6 +7,7 @@ sibling files.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,10 +22,13 @@ from transformers.utils import ModelOutput
 from .configuration_scgrn import ScGrnConfig
 from .grn_prior import (
     StructuredAttentionPlan,
+    block_mask_to_dense,
     build_attention_mask,
+    build_block_mask,
     build_structured_plan,
     control_edges,
     edge_keys,
+    regulators_first_order,
     structured_plan_supported,
 )
 
@@ -323,12 +327,13 @@ class ScGrnPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["ScGrnLayer"]
     _supports_sdpa = True
+    _supports_flex_attn = True
     _supports_attention_backend = True
 
     def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
         """Without an explicit choice, use the prior-structured exact attention (`"grn_structured"`, which hands
-        dense blocks and mask options it does not cover to `sdpa`); `"eager"`, `"sdpa"`, `"flex_attention"` and
-        any registered function stay selectable by `attn_implementation`."""
+        dense blocks and mask options it does not cover to `sdpa`); `"eager"`, `"sdpa"`, `"flex_attention"` (with a
+        block mask built from the prior) and any registered function stay selectable by `attn_implementation`."""
         if requested_attention is None:
             return "grn_structured"
         return super().get_correct_attn_implementation(requested_attention, is_init_check)
@@ -401,10 +406,11 @@ class ScGrnModel(ScGrnPreTrainedModel):
 
     def build_attention_masks(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, boolean: bool = True
-    ) -> list[torch.Tensor | StructuredAttentionPlan]:
+    ) -> list:
         """The boolean `(batch, 1, L, L)` mask of each block (the same object where blocks share a mask). With
         `boolean=False`, what each block's attention receives: with `attn_implementation="grn_structured"`, GRN
-        blocks get the equivalent [`StructuredAttentionPlan`] instead (never materialised as L x L)."""
+        blocks get the equivalent [`StructuredAttentionPlan`] instead (never materialised as L x L); with
+        `"flex_attention"`, every block gets the equivalent flex `BlockMask`."""
         c = self.config
         common = dict(
             vocab_size=c.vocab_size,
@@ -414,10 +420,12 @@ class ScGrnModel(ScGrnPreTrainedModel):
             cls_attends_all=c.cls_attends_all,
             all_attend_cls=c.all_attend_cls,
         )
-        num_grn = 0 if c.grn_mode == "dense" else c.num_hidden_layers - c.grn_dense_last_layers
+        # transformers' flex function would add a boolean tensor to the scores, so flex blocks all get BlockMasks
+        build_mask = build_block_mask if not boolean and c._attn_implementation == "flex_attention" else build_attention_mask
+        num_grn = self.num_grn_layers
         dense = []
         if num_grn < c.num_hidden_layers:
-            dense = [build_attention_mask(input_ids, attention_mask, None, dense=True, **common)]
+            dense = [build_mask(input_ids, attention_mask, None, dense=True, **common)]
         if num_grn == 0:
             return dense * c.num_hidden_layers
         if self.grn_edges.shape[1] == 0:
@@ -441,7 +449,7 @@ class ScGrnModel(ScGrnPreTrainedModel):
                 **common,
             )
         else:
-            grn = build_attention_mask(
+            grn = build_mask(
                 input_ids,
                 attention_mask,
                 edges,
@@ -453,6 +461,12 @@ class ScGrnModel(ScGrnPreTrainedModel):
                 **common,
             )
         return [grn] * num_grn + dense * c.grn_dense_last_layers
+
+    @property
+    def num_grn_layers(self) -> int:
+        """How many blocks (the first ones) follow the prior; the rest are dense."""
+        c = self.config
+        return 0 if c.grn_mode == "dense" else c.num_hidden_layers - c.grn_dense_last_layers
 
     def forward(
         self,
@@ -488,24 +502,35 @@ class ScGrnModel(ScGrnPreTrainedModel):
             )
         if attention_mask is None:
             attention_mask = (input_ids != self.config.pad_token_id).long()
-        masks = self.build_attention_masks(input_ids, attention_mask, boolean=False)
-        hidden_states = self.embeddings(input_ids, expression_values, expression_bins)
+        token_inputs = (input_ids, attention_mask, expression_values, expression_bins)
+        order = None
+        if self.config._attn_implementation == "flex_attention" and self.num_grn_layers > 0:
+            # regulators first makes the flex block mask sparse; outputs are put back in the input order below
+            order = regulators_first_order(input_ids, self.grn_edges[0].to(input_ids.device), self.config.cls_token_id)
+            token_inputs = tuple(None if t is None else t.gather(1, order) for t in token_inputs)
+        masks = self.build_attention_masks(token_inputs[0], token_inputs[1], boolean=False)
+        hidden_states = self.embeddings(token_inputs[0], *token_inputs[2:])
         all_hidden = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
-        for layer, mask in zip(self.layers, masks):
-            hidden_states, weights = layer(hidden_states, mask, output_attentions)
-            if output_hidden_states:
-                all_hidden += (hidden_states,)
-            if output_attentions:
-                all_attentions += (weights,)
+        with _flex_compile_scope(self.config._attn_implementation, hidden_states.device):
+            for layer, mask in zip(self.layers, masks):
+                hidden_states, weights = layer(hidden_states, mask, output_attentions)
+                if output_hidden_states:
+                    all_hidden += (hidden_states,)
+                if output_attentions:
+                    all_attentions += (weights,)
         hidden_states = self.norm(hidden_states)
+        restore = None if order is None else torch.argsort(order, dim=1)
+        if restore is not None:
+            hidden_states = _gather_tokens(hidden_states, restore)
+            all_hidden = None if all_hidden is None else tuple(_gather_tokens(h, restore) for h in all_hidden)
         pooled = self.pool(hidden_states, input_ids, attention_mask)
         output = ScGrnModelOutput(
             last_hidden_state=hidden_states,
             pooler_output=pooled,
             hidden_states=all_hidden,
             attentions=all_attentions,
-            attention_masks=tuple(_boolean_masks(masks)) if output_attention_masks else None,
+            attention_masks=tuple(_boolean_masks(masks, restore)) if output_attention_masks else None,
         )
         return output if return_dict else output.to_tuple()
 
@@ -517,9 +542,38 @@ class ScGrnModel(ScGrnPreTrainedModel):
         return (hidden_states * genes).sum(1) / genes.sum(1).clamp(min=1.0)
 
 
-def _boolean_masks(masks: list) -> list[torch.Tensor]:
+def _flex_compile_scope(attn_implementation: str, device: torch.device):
+    """On CPU, compiled flex attention must not switch to dynamic shapes: torch 2.13's inductor emits C++ that does
+    not compile for a CPU flex kernel whose `mask_mod` reads per-token tensors under dynamic shapes. Each new cell
+    length then compiles once, statically. Elsewhere (and for other implementations) nothing changes."""
+    if attn_implementation == "flex_attention" and device.type == "cpu":
+        return torch._dynamo.config.patch(automatic_dynamic_shapes=False)
+    return contextlib.nullcontext()
+
+
+def _gather_tokens(states: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """`states[b, order[b, i]]` for `(batch, L, ...)` states and a `(batch, L)` order."""
+    return states.gather(1, order.view(*order.shape, *[1] * (states.ndim - 2)).expand_as(states))
+
+
+def _boolean_masks(masks: list, restore: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """The `(batch, 1, L, L)` boolean mask of each block, in the input's token order (`restore` undoes the token
+    order the masks were built in)."""
     converted = {}
-    return [m if isinstance(m, torch.Tensor) else converted.setdefault(id(m), m.to_dense_mask()) for m in masks]
+
+    def dense(mask) -> torch.Tensor:
+        if isinstance(mask, torch.Tensor):
+            boolean = mask
+        elif isinstance(mask, StructuredAttentionPlan):
+            boolean = mask.to_dense_mask()
+        else:
+            boolean = block_mask_to_dense(mask)
+        if restore is not None:
+            rows = restore[:, None, :, None].expand_as(boolean)
+            boolean = boolean.gather(2, rows).gather(3, restore[:, None, None, :].expand_as(boolean))
+        return boolean
+
+    return [converted[id(m)] if id(m) in converted else converted.setdefault(id(m), dense(m)) for m in masks]
 
 
 class ScGrnForMaskedExpressionModeling(ScGrnPreTrainedModel):

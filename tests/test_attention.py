@@ -142,3 +142,64 @@ def test_gradient_checkpointing_gives_the_same_gradients(tokenizer, edge_tensor,
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
+
+
+FLEX_OPTIONS = [
+    dict(),
+    dict(grn_direction="target_to_regulator", grn_self_loops=False),
+    dict(grn_direction="both", cls_attends_all=False, all_attend_cls=False),
+    dict(grn_dense_last_layers=1),
+    dict(grn_hops=2),  # rows that depend on the whole cell: mask_mod reads the boolean mask
+    dict(grn_mode="dense"),
+]
+
+
+@pytest.mark.parametrize("options", FLEX_OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+def test_flex_attention_matches_eager_and_applies_the_prior(tokenizer, edge_tensor, batch, options):
+    eager = make(ScGrnModel, tokenizer, edge_tensor, attn_implementation="eager", **options)
+    flex = make(ScGrnModel, tokenizer, edge_tensor, attn_implementation="flex_attention", **options)
+    assert flex.config._attn_implementation == "flex_attention"
+    masks = flex.build_attention_masks(batch["input_ids"], batch["attention_mask"], boolean=False)
+    assert all(type(m).__name__ == "BlockMask" for m in masks)  # never a boolean tensor added to the scores
+    with torch.no_grad():
+        want = eager(**batch, output_hidden_states=True, output_attention_masks=True)
+        got = flex(**batch, output_hidden_states=True, output_attention_masks=True)
+    real = batch["attention_mask"].bool()
+    for a, b in zip(got.hidden_states + (got.last_hidden_state,), want.hidden_states + (want.last_hidden_state,)):
+        torch.testing.assert_close(a[real], b[real], atol=1e-5, rtol=1e-5)  # outputs back in the input's order
+    torch.testing.assert_close(got.pooler_output, want.pooler_output, atol=1e-5, rtol=1e-5)
+    for a, b in zip(got.attention_masks, want.attention_masks):
+        assert torch.equal(a, b)
+
+
+def test_flex_attention_on_real_cells_is_exact_and_block_sparse(real_cells):
+    from modeling_scgrn.grn_prior import block_mask_to_dense, build_block_mask, regulators_first_order
+
+    tokenizer, batch, edges = real_cells
+    ids, valid = batch["input_ids"][:2, :1024], batch["attention_mask"][:2, :1024]
+    options = dict(vocab_size=len(tokenizer), cls_token_id=tokenizer.cls_token_id,
+                   special_token_ids=tuple(tokenizer.all_special_ids), dense=False)
+    reference = build_attention_mask(ids, valid, edges, **options)
+    in_expression_order = build_block_mask(ids, valid, edges, **options)
+    assert torch.equal(block_mask_to_dense(in_expression_order), reference)
+    order = regulators_first_order(ids, torch.unique(edges[0]), tokenizer.cls_token_id)
+    assert torch.all(ids.gather(1, order)[:, 0] == tokenizer.cls_token_id)
+    regulators_first = build_block_mask(ids.gather(1, order), valid.gather(1, order), edges, **options)
+    # the same mask, only the layout differs; with regulators first most 128 x 128 blocks are empty
+    restore = torch.argsort(order, dim=1)[:, None]
+    moved = block_mask_to_dense(regulators_first)
+    moved = moved.gather(2, restore[..., None].expand_as(moved)).gather(3, restore[:, :, None].expand_as(moved))
+    assert torch.equal(moved, reference)
+    assert regulators_first.sparsity() > 50 > in_expression_order.sparsity() + 25
+
+    model = ScGrnModel(tiny_config(tokenizer, attn_implementation="flex_attention", hidden_size=64,
+                                   num_attention_heads=4)).eval()
+    model.set_grn_edges(edges)
+    reference_model = ScGrnModel(tiny_config(tokenizer, attn_implementation="sdpa", hidden_size=64,
+                                             num_attention_heads=4)).eval()
+    reference_model.set_grn_edges(edges)
+    reference_model.load_state_dict(model.state_dict())
+    inputs = {k: v[:2, :1024] for k, v in batch.items()}
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).last_hidden_state, reference_model(**inputs).last_hidden_state,
+                                   atol=1e-5, rtol=1e-5)
