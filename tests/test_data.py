@@ -230,3 +230,18 @@ def test_empty_cell_is_named_by_the_compiled_path(pbmc):
     tokenizer = ScGrnTokenizer.from_genes(pbmc.var_names, n_bins=51)
     with pytest.raises(ValueError, match="1 of 700 cells have no detected gene"):
         tokenize_anndata(ad.AnnData(counts, var=pbmc.var), tokenizer, show_progress=False, chunk_size=1000)
+
+
+def test_single_class_label_column_is_refused_before_anything_is_written(pbmc, tmp_path):
+    from modeling_scgrn.grn import GeneRegulatoryNetwork
+    from modeling_scgrn.pipeline import prepare_cells
+
+    one_type = pbmc[:50].copy()
+    one_type.obs["cell_type"] = "CD4+/CD45RA+/CD25- Naive T"
+    source = tmp_path / "one_type.h5ad"
+    one_type.write_h5ad(source)
+    network = GeneRegulatoryNetwork.from_dataframe(
+        pd.DataFrame({"source": ["SPI1", "CEBPB"], "target": ["CD14", "LYZ"], "weight": [1.0, 1.0]}))
+    with pytest.raises(ValueError, match="label column 'cell_type' has a single class"):
+        prepare_cells(str(source), network, tmp_path / "out", label_column="cell_type")
+    assert not (tmp_path / "out").exists()

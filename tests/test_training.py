@@ -192,3 +192,23 @@ def test_cpu_smoke_config_learns_beyond_each_genes_mean(tmp_path):
     assert validation["pearson_r"] > 0.6
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()
     assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents*"))  # TensorBoard by default
+
+
+def test_bf16_mixed_precision_trains_on_cpu(prepared, tmp_path):
+    # Accelerate's precision is fixed once per process, so each precision trains in a process of its own
+    weights = {}
+    for precision in ("no", "bf16"):
+        code = ("import json, sys; from modeling_scgrn.pipeline import run_pretraining; "
+                "run_pretraining(sys.argv[1], sys.argv[2], model_options=json.loads(sys.argv[3]), "
+                "training_options=json.loads(sys.argv[4]))")
+        options = quiet(max_steps=3, mixed_precision=precision)
+        result = subprocess.run([sys.executable, "-c", code, str(prepared), str(tmp_path / precision),
+                                 json.dumps(TINY_MODEL), json.dumps(options)],
+                                env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, result.stderr[-4000:]
+        weights[precision] = final_weights(tmp_path / precision)
+    name = "scgrn.layers.0.self_attn.q_proj.weight"
+    assert weights["bf16"][name].dtype == torch.float32  # float32 master weights, bf16 only inside autocast
+    assert all(torch.isfinite(w).all() for w in weights["bf16"].values())
+    assert not torch.equal(weights["bf16"][name], weights["no"][name])  # autocast really ran in bf16
