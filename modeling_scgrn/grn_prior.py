@@ -22,6 +22,16 @@ def edge_keys(grn_edges: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return torch.unique(keys)  # unique() also sorts
 
 
+def token_roles(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cls_token_id: int, special_token_ids: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(valid, is_cls, is_gene)`, each `(batch, L)` bool: real tokens, the real `[CLS]` token, real gene tokens."""
+    valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    is_cls = (input_ids == cls_token_id) & valid
+    is_gene = valid & ~torch.isin(input_ids, torch.tensor(special_token_ids, device=input_ids.device))
+    return valid, is_cls, is_gene
+
+
 def lookup_pairs(keys: torch.Tensor, query_ids: torch.Tensor, key_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """`out[..., i, j]` is True where the edge `key_ids[..., j] -> query_ids[..., i]` is among `keys`.
 
@@ -67,9 +77,7 @@ def build_attention_mask(
     """
     batch, length = input_ids.shape
     device = input_ids.device
-    valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    is_cls = (input_ids == cls_token_id) & valid
-    is_gene = valid & ~torch.isin(input_ids, torch.tensor(special_token_ids, device=device))
+    valid, is_cls, is_gene = token_roles(input_ids, attention_mask, cls_token_id, special_token_ids)
     eye = torch.eye(length, dtype=torch.bool, device=device)[None]
     gene_pair = is_gene[:, :, None] & is_gene[:, None, :]
 
@@ -262,9 +270,7 @@ def build_structured_plan(
     """
     batch, length = input_ids.shape
     device = input_ids.device
-    valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    is_cls = (input_ids == cls_token_id) & valid
-    is_gene = valid & ~torch.isin(input_ids, torch.tensor(special_token_ids, device=device))
+    valid, is_cls, is_gene = token_roles(input_ids, attention_mask, cls_token_id, special_token_ids)
     reads_regulators = direction in ("regulator_to_target", "both")
     reads_targets = direction in ("target_to_regulator", "both")
     positions = torch.arange(length, device=device)
@@ -406,9 +412,7 @@ def build_block_mask(
 
         return create_block_mask(mask_mod, batch, None, length, length, device=device, BLOCK_SIZE=block_size)
 
-    valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    is_cls = (input_ids == cls_token_id) & valid
-    is_gene = valid & ~torch.isin(input_ids, torch.tensor(special_token_ids, device=device))
+    valid, is_cls, is_gene = token_roles(input_ids, attention_mask, cls_token_id, special_token_ids)
     reads_regulators = direction in ("regulator_to_target", "both")
     reads_targets = direction in ("target_to_regulator", "both")
     if not dense:
