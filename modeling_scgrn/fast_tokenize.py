@@ -15,13 +15,23 @@ except ImportError:  # pragma: no cover - scanpy requires numba
 
 def _kernel(indptr, indices, data, column_ids, target_sum, n_bins, limit, cls_id, vocab_size, ids_ascending):
     num_cells = indptr.size - 1
+    # one pass over the chunk: per cell, genes known to the vocabulary, total counts and the largest count
     known_per_cell = np.zeros(num_cells, dtype=np.int64)
+    totals = np.zeros(num_cells, dtype=np.float64)
+    tops = np.zeros(num_cells, dtype=np.int64)
     for row in range(num_cells):
         count = 0
+        total = 0.0
+        top = 0
         for k in range(indptr[row], indptr[row + 1]):
+            total += np.float64(data[k])
             if data[k] > 0 and column_ids[indices[k]] >= 0:
                 count += 1
+                if np.int64(data[k]) > top:
+                    top = np.int64(data[k])
         known_per_cell[row] = count
+        totals[row] = total
+        tops[row] = top
     lengths = np.empty(num_cells, dtype=np.int64)
     for row in range(num_cells):
         kept = known_per_cell[row]
@@ -35,52 +45,58 @@ def _kernel(indptr, indices, data, column_ids, target_sum, n_bins, limit, cls_id
     out_ids = np.empty(total_tokens, dtype=np.int32)
     out_values = np.empty(total_tokens, dtype=np.float32)
     out_bins = np.empty(total_tokens, dtype=np.int32)
+    # buffers shared by all cells of the chunk
+    widest = 1
+    highest = 0
+    for row in range(num_cells):
+        widest = max(widest, known_per_cell[row])
+        highest = max(highest, tops[row])
+    counts = np.empty(widest, dtype=np.int64)
+    ids = np.empty(widest, dtype=np.int64)
+    order = np.empty(widest, dtype=np.int64)
+    histogram = np.zeros(min(highest, 4 * widest + 1024) + 2, dtype=np.int64)
     for row in range(num_cells):
         start, stop = indptr[row], indptr[row + 1]
-        total = 0.0
-        for k in range(start, stop):
-            total += np.float64(data[k])
+        total = totals[row]
         n = known_per_cell[row]
-        counts = np.empty(n, dtype=np.int64)
-        ids = np.empty(n, dtype=np.int64)
+        top = tops[row]
         j = 0
-        top = 0
         for k in range(start, stop):
             token = column_ids[indices[k]]
             if data[k] > 0 and token >= 0:
                 counts[j] = np.int64(data[k])
                 ids[j] = token
-                if counts[j] > top:
-                    top = counts[j]
                 j += 1
         if ids_ascending and top <= 4 * n + 1024:
             # entries already run in token-id order: a stable counting sort by count descending gives
             # (count descending, id ascending) in O(n + top)
-            histogram = np.zeros(top + 2, dtype=np.int64)
+            histogram[: top + 2] = 0
             for e in range(n):
                 histogram[top - counts[e] + 1] += 1
             for c in range(1, top + 2):
                 histogram[c] += histogram[c - 1]
-            order = np.empty(n, dtype=np.int64)
             for e in range(n):
                 slot = top - counts[e]
                 order[histogram[slot]] = e
                 histogram[slot] += 1
         else:
-            keys = (top - counts) * vocab_size + ids  # count descending, then token id ascending (ids are unique)
-            order = np.argsort(keys)
+            keys = (top - counts[:n]) * vocab_size + ids[:n]  # count descending, then token id ascending (ids unique)
+            order[:n] = np.argsort(keys)
         base = offsets[row]
         out_ids[base] = cls_id
         out_values[base] = 0.0
         out_bins[base] = 0
         keep = lengths[row] - 1
         group_start = 0
+        value = 0.0
         for rank in range(keep):
             e = order[rank]
-            if rank > 0 and counts[e] != counts[order[rank - 1]]:
+            if rank == 0 or counts[e] != counts[order[rank - 1]]:
+                # genes with equal counts share their value and bin: computed once per group of equal counts
                 group_start = rank
+                value = np.log1p(counts[e] / total * target_sum)
             out_ids[base + 1 + rank] = ids[e]
-            out_values[base + 1 + rank] = np.log1p(counts[e] / total * target_sum)
+            out_values[base + 1 + rank] = value
             if n_bins > 0:
                 out_bins[base + 1 + rank] = n_bins - (group_start * n_bins) // n
             else:
