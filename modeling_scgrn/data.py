@@ -135,14 +135,13 @@ def _encode_compiled(chunk, tokenizer, gene_names, max_length):
     import scipy.sparse as sp
 
     from .fast_tokenize import encode_rows_flat
-    from .tokenization_scgrn import _check_no_empty_cells, _check_values
+    from .tokenization_scgrn import _check_no_empty_cells
 
     column_ids = tokenizer.gene_ids(gene_names)
     known = column_ids[column_ids >= 0]
     if known.size == 0 or np.unique(known).size < known.size or not sp.issparse(chunk):
         return None
     csr = chunk.tocsr()
-    _check_values(np.asarray(csr.data))
     flat = encode_rows_flat(csr, column_ids, target_sum=tokenizer.target_sum, n_bins=tokenizer.n_bins,
                             max_length=max_length, cls_token_id=tokenizer.cls_token_id,
                             vocab_size=tokenizer.vocab_size)

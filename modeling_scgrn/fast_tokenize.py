@@ -13,25 +13,47 @@ except ImportError:  # pragma: no cover - scanpy requires numba
     numba = None
 
 
+OK, BAD_VALUES, NOT_COUNTS = 0, 1, 2  # status of a chunk
+
+
+def _stopped(status, known_per_cell):
+    """What the kernel returns for a chunk it does not encode (same types as a full result, empty arrays)."""
+    return (status, np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.int32), np.empty(0, dtype=np.float32),
+            np.empty(0, dtype=np.int32), known_per_cell)
+
+
 def _kernel(indptr, indices, data, column_ids, target_sum, n_bins, limit, cls_id, vocab_size, ids_ascending):
     num_cells = indptr.size - 1
-    # one pass over the chunk: per cell, genes known to the vocabulary, total counts and the largest count
+    # one pass over the chunk: per cell, genes known to the vocabulary, total counts and the largest count; the
+    # same pass checks the values (finite, non-negative, integer) and that each row's columns are sorted
     known_per_cell = np.zeros(num_cells, dtype=np.int64)
     totals = np.zeros(num_cells, dtype=np.float64)
     tops = np.zeros(num_cells, dtype=np.int64)
+    status = OK
+    rows_sorted = True
     for row in range(num_cells):
         count = 0
         total = 0.0
         top = 0
         for k in range(indptr[row], indptr[row + 1]):
-            total += np.float64(data[k])
-            if data[k] > 0 and column_ids[indices[k]] >= 0:
+            value = np.float64(data[k])
+            if value != value or value == np.inf or value < 0:
+                return _stopped(BAD_VALUES, known_per_cell)
+            if value != np.floor(value):
+                status = NOT_COUNTS
+            if k > indptr[row] and indices[k] <= indices[k - 1]:
+                rows_sorted = False
+            total += value
+            if value > 0 and column_ids[indices[k]] >= 0:
                 count += 1
-                if np.int64(data[k]) > top:
-                    top = np.int64(data[k])
+                if np.int64(value) > top:
+                    top = np.int64(value)
         known_per_cell[row] = count
         totals[row] = total
         tops[row] = top
+    if status != OK:
+        return _stopped(status, known_per_cell)
+    ids_ascending = ids_ascending and rows_sorted
     lengths = np.empty(num_cells, dtype=np.int64)
     for row in range(num_cells):
         kept = known_per_cell[row]
@@ -101,25 +123,33 @@ def _kernel(indptr, indices, data, column_ids, target_sum, n_bins, limit, cls_id
                 out_bins[base + 1 + rank] = n_bins - (group_start * n_bins) // n
             else:
                 out_bins[base + 1 + rank] = 0
-    return offsets, out_ids, out_values, out_bins, known_per_cell
+    return OK, offsets, out_ids, out_values, out_bins, known_per_cell
 
 
-_compiled = numba.njit(cache=True, nogil=True)(_kernel) if numba is not None else None
+if numba is not None:
+    _stopped = numba.njit(cache=True)(_stopped)
+    _compiled = numba.njit(cache=True, nogil=True)(_kernel)
+else:  # pragma: no cover - scanpy requires numba
+    _compiled = None
 
 
 def encode_rows_flat(csr, column_ids: np.ndarray, *, target_sum: float, n_bins: int, max_length: int | None,
                      cls_token_id: int, vocab_size: int):
     """Flat encoding of a CSR chunk of integer counts: `(offsets, ids, values, bins, known_genes_per_cell)`.
-    Returns None where the compiled path does not apply (no numba, or non-integer counts)."""
+    Returns None where the compiled path does not apply (no numba, or non-integer counts). Raises the tokenizer's
+    ValueError for NaN, infinite or negative values (checked in the encoder's own pass over the chunk)."""
     if _compiled is None:
-        return None
-    data = csr.data
-    if data.size and not np.array_equal(data, np.floor(data)):
         return None
     limit = -1 if max_length is None else max_length - 1
     known = column_ids[column_ids >= 0]
-    ids_ascending = bool(csr.has_sorted_indices and np.all(np.diff(known) > 0))
+    ids_ascending = bool(np.all(np.diff(known) > 0))  # the kernel also checks each row's columns are sorted
     # indices and data keep their dtypes (numba compiles one version per dtype): no copies of the chunk
-    return _compiled(csr.indptr.astype(np.int64), csr.indices, data,
-                     column_ids.astype(np.int64), float(target_sum), int(n_bins or 0), int(limit),
-                     int(cls_token_id), int(vocab_size), ids_ascending)
+    status, *flat = _compiled(csr.indptr.astype(np.int64), csr.indices, csr.data,
+                              column_ids.astype(np.int64), float(target_sum), int(n_bins or 0), int(limit),
+                              int(cls_token_id), int(vocab_size), ids_ascending)
+    if status == BAD_VALUES:
+        from .tokenization_scgrn import _check_values
+
+        _check_values(np.asarray(csr.data))  # raises, naming how many NaN / infinite / negative entries
+        raise AssertionError("the encoder found bad values that the tokenizer's check did not")  # pragma: no cover
+    return None if status == NOT_COUNTS else tuple(flat)

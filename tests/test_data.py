@@ -242,3 +242,40 @@ def test_single_class_label_column_is_refused_before_anything_is_written(pbmc, t
     with pytest.raises(ValueError, match="label column 'cell_type' has a single class"):
         prepare_cells(str(source), network, tmp_path / "out", label_column="cell_type")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("bad,message", [(np.nan, "1 NaN"), (np.inf, "1 infinite"), (-3.0, "1 negative")])
+def test_compiled_path_names_bad_values(pbmc, bad, message):
+    from modeling_scgrn.data import _encode_compiled
+
+    counts = pbmc.X.tocsr().astype(np.float32)
+    counts.data[12345] = bad  # one entry deep inside the chunk, found by the encoder's own pass
+    tokenizer = ScGrnTokenizer.from_genes(pbmc.var_names, n_bins=51)
+    with pytest.raises(ValueError, match=message):
+        _encode_compiled(counts, tokenizer, list(pbmc.var_names), None)
+
+
+def test_compiled_path_leaves_non_integer_values_to_the_tokenizer(pbmc):
+    from modeling_scgrn.data import _encode_compiled
+
+    counts = pbmc.X.tocsr().astype(np.float32)
+    counts.data[-1] += 0.5
+    tokenizer = ScGrnTokenizer.from_genes(pbmc.var_names, n_bins=51)
+    assert _encode_compiled(counts, tokenizer, list(pbmc.var_names), None) is None
+    assert _encode_compiled(pbmc.X.tocsr(), tokenizer, list(pbmc.var_names), None) is not None
+
+
+def test_compiled_encoder_with_unsorted_columns_equals_the_tokenizer(pbmc):
+    from modeling_scgrn.data import _encode_compiled
+
+    counts = pbmc.X.tocsr().copy()
+    for row in range(counts.shape[0]):  # each row's entries in reverse column order: still a valid CSR matrix
+        start, stop = counts.indptr[row], counts.indptr[row + 1]
+        counts.indices[start:stop] = counts.indices[start:stop][::-1].copy()
+        counts.data[start:stop] = counts.data[start:stop][::-1].copy()
+    tokenizer = ScGrnTokenizer.from_genes(pbmc.var_names, n_bins=51)
+    columns, _ = _encode_compiled(counts, tokenizer, list(pbmc.var_names), None)
+    direct = tokenizer(pbmc, return_tensors="np")
+    real = np.arange(direct["input_ids"].shape[1])[None, :] < direct["attention_mask"].sum(1)[:, None]
+    for name in ("input_ids", "expression_bins", "expression_values"):
+        np.testing.assert_array_equal(columns[name].flatten().to_numpy(), direct[name][real], err_msg=name)
