@@ -1,6 +1,6 @@
 """Tokenization throughput and memory at atlas scale: the real 559-cell x 32,786-gene celltypist sample replicated
 to 50,000 and 200,000 cells (written once as .h5ad files, read back in backed mode), tokenized with all detected
-genes per cell by `tokenize_anndata` with 1 and 2 processes, next to the simplest correct per-cell Python loop,
+genes per cell by `tokenize_anndata` with 1 process (2 threads: I/O overlaps encoding) and 2 processes, next to the simplest correct per-cell Python loop,
 measured in the same run. Each measurement runs in its own process, so its peak resident memory is its own.
 
     python benchmarks/tokenize_cells.py [--sizes 50000 200000] [--workdir /tmp/scgrn-tokenize-bench]
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -106,6 +107,7 @@ def main() -> None:
           "(+ over start) |\n|---|---|---|---|---|---|---|")
     for size, path in files.items():
         for num_proc in args.num_proc:
+            os.sync()  # each measurement starts with no pending writes of the previous one (they throttle I/O)
             r = run_isolated(Path(__file__), ["--one", str(path), str(num_proc), "--chunk_size", str(args.chunk_size)],
                              timeout=3600)
             if "error" in r:

@@ -209,6 +209,8 @@ def tokenize_anndata(
     `cells_kept`: boolean mask of the cells to keep (from [`qc_masks`]). `num_proc > 1` tokenizes chunks in that
     many forked worker processes, each writing Arrow files that the dataset then memory-maps (Linux/macOS).
     Returns the dataset and the tokenizer's report summed over chunks."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import datasets
     import pyarrow as pa
     from datasets.fingerprint import generate_random_fingerprint
@@ -238,7 +240,10 @@ def tokenize_anndata(
             pool = multiprocessing.get_context("fork").Pool(min(num_proc, len(bounds)))
             results = pool.imap(_tokenize_to_file, bounds)
         else:
-            pool, results = None, map(_tokenize_to_file, bounds)
+            # two threads in this process: one chunk is read (h5py) or written (Arrow) while the other is encoded
+            # (the compiled encoder releases the GIL), so I/O overlaps encoding; at most two chunks in memory
+            pool = ThreadPoolExecutor(max_workers=min(2, len(bounds)))
+            results = pool.map(_tokenize_to_file, bounds)
         try:
             for path, report in results:
                 with pa.memory_map(path) as source:
@@ -246,7 +251,9 @@ def tokenize_anndata(
                 reports.append(report)
                 progress.update()
         finally:
-            if pool is not None:
+            if isinstance(pool, ThreadPoolExecutor):
+                pool.shutdown(cancel_futures=True)
+            else:
                 pool.close()
                 pool.join()
     finally:
