@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,22 @@ def _mixed_precision(requested: str) -> str:
     return "no"
 
 
+def _warn_unapplied_sharding(accelerator) -> None:
+    """Accelerate applies FSDP and DeepSpeed only on GPUs (and similar accelerators); on CPU processes it runs plain
+    data parallel without a word. Say so, since the memory the user planned for is not what they get."""
+    from accelerate.utils import DistributedType
+
+    for variable, kind, name in (("ACCELERATE_USE_FSDP", DistributedType.FSDP, "FSDP"),
+                                 ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED, "DeepSpeed")):
+        if os.environ.get(variable, "false").lower() == "true" and accelerator.distributed_type != kind:
+            warnings.warn(
+                f"{name} was requested (accelerate config) but Accelerate runs this job as "
+                f"{accelerator.distributed_type.value} on {accelerator.device}: it applies {name} only on GPUs, so "
+                "every process holds the whole model (plain data parallel). Use a GPU machine for sharding.",
+                stacklevel=3,
+            )
+
+
 def _checkpoints(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("step_*") if p.is_dir())
 
@@ -174,6 +191,7 @@ def train(
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
     set_seed(config.seed, device_specific=True)  # ranks draw different masks and dropout; DDP syncs the weights
+    _warn_unapplied_sharding(accelerator)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if config.torch_compile:

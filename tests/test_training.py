@@ -212,3 +212,11 @@ def test_bf16_mixed_precision_trains_on_cpu(prepared, tmp_path):
     assert weights["bf16"][name].dtype == torch.float32  # float32 master weights, bf16 only inside autocast
     assert all(torch.isfinite(w).all() for w in weights["bf16"].values())
     assert not torch.equal(weights["bf16"][name], weights["no"][name])  # autocast really ran in bf16
+
+
+def test_sharding_that_accelerate_does_not_apply_on_cpu_is_named(prepared, tmp_path, monkeypatch):
+    # what `accelerate launch --config_file pretrain/configs/accelerate/fsdp_8gpu.yaml` sets, here without a GPU
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.warns(UserWarning, match="FSDP was requested .* applies FSDP only on GPUs"):
+        run_pretraining(prepared, tmp_path / "fsdp", model_options=dict(TINY_MODEL),
+                        training_options=quiet(max_steps=1))
