@@ -101,8 +101,7 @@ def one(variant: str, length: int, cells: int, heads: int, head_dim: int, repeat
         result["max_abs_diff_vs_mask"] = float((out - reference).abs().max()) if variant != "dense_sdpa" else None
         plan = build_structured_plan(ids, valid, keys=keys, regulators=regulators, **options)
         result["regulators_per_cell"] = float(torch.isin(ids, regulators).sum(-1).float().mean())
-        result["scored_pair_share"] = (plan.pair_query.numel() + int(plan.heavy_valid.sum()) * length) / (
-            cells * length**2)
+        result["scored_pair_share"] = plan.scored_pairs / (cells * length**2)
         result["allowed_pair_share"] = float(mask.float().mean())
     return result
 

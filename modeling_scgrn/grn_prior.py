@@ -198,14 +198,18 @@ class StructuredAttentionPlan:
     """What the prior-structured attention needs for one batch; exactly the mask of [`build_attention_mask`].
 
     Most rows of a GRN mask hold a handful of keys: a gene reads its regulators present in the cell, itself and
-    `[CLS]`. Those "light" rows are given as a list of allowed (query, key) pairs, P of them, about
-    L x (regulators per gene + 2) instead of L^2. The few rows that may reach any gene (`[CLS]` with
-    `cls_attends_all`; regulators when information flows from targets to regulators) are "heavy" and kept as
-    full boolean rows, `(batch, R, L)` with R <= regulators present + 1.
+    `[CLS]`. For those "light" rows the self pair and the `[CLS]` pair have a fixed structure (the diagonal, one
+    column per cell) and are given as flags; the prior's edges are a list of P allowed (query, key) pairs, about
+    L x (regulators per gene) instead of L^2. The few rows that may reach any gene (`[CLS]` with `cls_attends_all`;
+    regulators when information flows from targets to regulators) are "heavy" and kept as full boolean rows,
+    `(batch, R, L)` with R <= regulators present + 1.
 
     Fields:
-        pair_query, pair_key: `(P,)` int64 flat token indices (`cell * L + position`) of every allowed pair of the
-            light rows.
+        pair_query, pair_key: `(P,)` int64 flat token indices (`cell * L + position`) of the prior-edge pairs of
+            the light rows (never a self or `[CLS]` pair).
+        self_allowed: `(batch, L)` bool, light rows that attend to themselves.
+        cls_allowed: `(batch, L)` bool, light rows that attend to their cell's `[CLS]` (other than `[CLS]` itself).
+        cls_position: `(batch,)` position of each cell's `[CLS]` (0 in a cell without one; no row reads it then).
         heavy_positions: `(batch, R)` positions of heavy rows (0 where `heavy_valid` is False).
         heavy_valid: `(batch, R)` bool.
         heavy_mask: `(batch, 1, R, L)` bool; the full mask row of each heavy query.
@@ -214,17 +218,30 @@ class StructuredAttentionPlan:
 
     pair_query: torch.Tensor
     pair_key: torch.Tensor
+    self_allowed: torch.Tensor
+    cls_allowed: torch.Tensor
+    cls_position: torch.Tensor
     heavy_positions: torch.Tensor
     heavy_valid: torch.Tensor
     heavy_mask: torch.Tensor
     length: int
 
+    @property
+    def scored_pairs(self) -> int:
+        """How many (query, key) scores the attention computes for this plan."""
+        return (self.pair_query.numel() + int(self.self_allowed.sum()) + int(self.cls_allowed.sum())
+                + int(self.heavy_valid.sum()) * self.length)
+
     def to_dense_mask(self) -> torch.Tensor:
         """The `(batch, 1, L, L)` boolean mask this plan computes (for tests and inspection; O(L^2))."""
         batch, length = self.heavy_valid.shape[0], self.length
-        dense = torch.zeros(batch * length * length, dtype=torch.bool, device=self.pair_query.device)
+        device = self.pair_query.device
+        dense = torch.zeros(batch * length * length, dtype=torch.bool, device=device)
         dense[self.pair_query * length + self.pair_key % length] = True
         dense = dense.view(batch, length, length)
+        positions = torch.arange(length, device=device)
+        dense |= torch.diag_embed(self.self_allowed)
+        dense |= self.cls_allowed[:, :, None] & (positions[None, None, :] == self.cls_position[:, None, None])
         rows_b, rows_s = self.heavy_valid.nonzero(as_tuple=True)
         dense[rows_b, self.heavy_positions[rows_b, rows_s]] = self.heavy_mask[rows_b, 0, rows_s]
         return dense[:, None]
@@ -309,22 +326,13 @@ def build_structured_plan(
     edge_cell = torch.div(edge_query, length, rounding_mode="floor")
     edge_pairs = (edge_query, edge_cell * length + edge_key)  # flat query, flat key
 
-    # light rows: prior edges, self, [CLS]; heavy rows are computed as full rows instead
+    # light rows: prior edges as pairs, self and [CLS] as flags; heavy rows are computed as full rows instead
     flat_heavy = heavy.flatten()
     keep = ~flat_heavy[edge_pairs[0]]
-    queries, keys_of = [edge_pairs[0][keep]], [edge_pairs[1][keep]]
-    self_rows = (is_cls | ~valid | (is_gene & self_loops)).flatten() & ~flat_heavy
-    self_index = self_rows.nonzero().squeeze(1)
-    queries.append(self_index)
-    keys_of.append(self_index)
+    self_allowed = (is_cls | ~valid | (is_gene & self_loops)) & ~heavy
     has_cls = is_cls.any(-1)
     cls_position = torch.where(has_cls, is_cls.to(torch.int8).argmax(-1), torch.zeros_like(positions[:batch]))
-    if all_attend_cls:
-        cls_rows = (is_gene & has_cls[:, None]).flatten() & ~flat_heavy
-        cls_index = cls_rows.nonzero().squeeze(1)
-        queries.append(cls_index)
-        keys_of.append(torch.div(cls_index, length, rounding_mode="floor") * length
-                       + cls_position[torch.div(cls_index, length, rounding_mode="floor")])
+    cls_allowed = is_gene & has_cls[:, None] & ~heavy & all_attend_cls
 
     # heavy rows: full boolean rows, from the same edge list
     heavy_positions, heavy_valid = _pad_positions(heavy)
@@ -345,8 +353,11 @@ def build_structured_plan(
         rows |= heavy_is_gene[:, :, None] & is_cls[:, None, :]
     rows &= valid[:, None, :] & heavy_valid[:, :, None]
     return StructuredAttentionPlan(
-        pair_query=torch.cat(queries),
-        pair_key=torch.cat(keys_of),
+        pair_query=edge_pairs[0][keep],
+        pair_key=edge_pairs[1][keep],
+        self_allowed=self_allowed,
+        cls_allowed=cls_allowed,
+        cls_position=cls_position,
         heavy_positions=heavy_positions,
         heavy_valid=heavy_valid,
         heavy_mask=rows[:, None],

@@ -113,54 +113,90 @@ def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype
     return probs.masked_fill(~mask, 0.0)
 
 
-class _PairAttention(torch.autograd.Function):
-    """Softmax attention over an explicit list of (query, key) pairs of `(tokens, heads, head_dim)` states.
+class _StructuredAttention(torch.autograd.Function):
+    """Exact softmax attention over three kinds of allowed keys of `(batch, L, heads, head_dim)` states: each token
+    itself (where `self_allowed`), its cell's `[CLS]` (where `cls_allowed`), and an explicit list of (query, key)
+    pairs (the prior's edges; flat `cell * L + position` indices).
 
-    Forward and backward gather the pairs' states on the fly and keep only the `(pairs, heads)` probabilities for
-    the backward pass, so memory grows with the number of allowed pairs times heads, not times head_dim."""
+    Self and `[CLS]` scores are elementwise products over all tokens (no gather); only the edge pairs are gathered.
+    The backward pass keeps the `(tokens or pairs, heads)` probabilities, not `head_dim`-sized states. A row with
+    nothing allowed gives zeros (as eager does with exact-zero probabilities)."""
 
     @staticmethod
-    def forward(ctx, query, key, value, pair_query, pair_key, scaling: float, dropout: float):
-        tokens, heads, _ = query.shape
+    def forward(ctx, query, key, value, pair_query, pair_key, self_allowed, cls_allowed, cls_position,
+                scaling: float, dropout: float):
+        batch, length, heads, head_dim = query.shape
+        tokens = batch * length
         accumulate = torch.promote_types(query.dtype, torch.float32)  # softmax in float32 at least
-        scores = (query.index_select(0, pair_query) * key.index_select(0, pair_key)).sum(-1).to(accumulate) * scaling
-        shift = torch.full((tokens, heads), -torch.inf, device=scores.device, dtype=accumulate)
-        shift = shift.scatter_reduce(0, pair_query[:, None].expand_as(scores), scores, "amax")
-        weights = torch.exp(scores - shift.index_select(0, pair_query))
-        total = torch.zeros(tokens, heads, device=scores.device, dtype=accumulate).index_add_(0, pair_query, weights)
-        probs = weights / total.index_select(0, pair_query)  # (pairs, heads)
-        keep = None
-        used = probs
-        if dropout > 0:
-            keep = torch.rand_like(probs) >= dropout
-            used = probs * keep / (1 - dropout)
-        output = torch.zeros_like(query).index_add_(
-            0, pair_query, used.to(query.dtype)[..., None] * value.index_select(0, pair_key)
-        )
-        ctx.save_for_backward(query, key, value, pair_query, pair_key, probs, keep)
+        cells = torch.arange(batch, device=query.device)
+        key_cls, value_cls = key[cells, cls_position], value[cells, cls_position]  # (batch, heads, head_dim)
+        flat_query, flat_key, flat_value = (t.view(tokens, heads, head_dim) for t in (query, key, value))
+        score_self = ((query * key).sum(-1).to(accumulate) * scaling).masked_fill(~self_allowed[..., None], -torch.inf)
+        score_cls = ((query * key_cls[:, None]).sum(-1).to(accumulate) * scaling).masked_fill(
+            ~cls_allowed[..., None], -torch.inf)
+        score_pair = (flat_query.index_select(0, pair_query) * flat_key.index_select(0, pair_key)).sum(-1).to(
+            accumulate) * scaling  # (pairs, heads)
+        shift = torch.maximum(score_self, score_cls).view(tokens, heads)
+        shift = shift.scatter_reduce(0, pair_query[:, None].expand_as(score_pair), score_pair, "amax")
+        shift = torch.where(torch.isinf(shift), torch.zeros_like(shift), shift)  # rows with nothing allowed
+        cell_shift = shift.view(batch, length, heads)
+        weight_self, weight_cls = torch.exp(score_self - cell_shift), torch.exp(score_cls - cell_shift)
+        weight_pair = torch.exp(score_pair - shift.index_select(0, pair_query))
+        total = (weight_self + weight_cls).view(tokens, heads).index_add(0, pair_query, weight_pair)
+        total = torch.where(total > 0, total, torch.ones_like(total))
+        probs = (weight_self / total.view(batch, length, heads), weight_cls / total.view(batch, length, heads),
+                 weight_pair / total.index_select(0, pair_query))
+        keeps = tuple(torch.rand_like(p) >= dropout for p in probs) if dropout > 0 else ()
+        used_self, used_cls, used_pair = _dropped(probs, keeps, dropout, query.dtype)
+        output = used_self[..., None] * value + used_cls[..., None] * value_cls[:, None]
+        output.view(tokens, heads, head_dim).index_add_(
+            0, pair_query, used_pair[..., None] * flat_value.index_select(0, pair_key))
+        ctx.save_for_backward(query, key, value, pair_query, pair_key, cls_position, *probs, *keeps)
         ctx.scaling, ctx.dropout = scaling, dropout
         return output
 
     @staticmethod
     def backward(ctx, grad_output):
-        query, key, value, pair_query, pair_key, probs, keep = ctx.saved_tensors
-        tokens, heads, _ = query.shape
-        used = probs if keep is None else probs * keep / (1 - ctx.dropout)
-        grad_rows = grad_output.index_select(0, pair_query)  # (pairs, heads, head_dim)
-        grad_value = torch.zeros_like(value).index_add_(0, pair_key, used.to(value.dtype)[..., None] * grad_rows)
-        grad_probs = (grad_rows * value.index_select(0, pair_key)).sum(-1).to(probs.dtype)
+        query, key, value, pair_query, pair_key, cls_position, *saved = ctx.saved_tensors
+        probs, keeps = tuple(saved[:3]), tuple(saved[3:])
+        prob_self, prob_cls, prob_pair = probs
+        batch, length, heads, head_dim = query.shape
+        tokens = batch * length
+        cells = torch.arange(batch, device=query.device)
+        key_cls, value_cls = key[cells, cls_position], value[cells, cls_position]
+        flat_query, flat_key, flat_value = (t.view(tokens, heads, head_dim) for t in (query, key, value))
+        grad = grad_output.contiguous()
+        grad_rows = grad.view(tokens, heads, head_dim).index_select(0, pair_query)  # (pairs, heads, head_dim)
+        used_self, used_cls, used_pair = _dropped(probs, keeps, ctx.dropout, query.dtype)
+        grad_value = used_self[..., None] * grad
+        grad_value[cells, cls_position] += (used_cls[..., None] * grad).sum(1)
+        grad_value.view(tokens, heads, head_dim).index_add_(0, pair_key, used_pair[..., None] * grad_rows)
+        grad_probs = ((grad * value).sum(-1), (grad * value_cls[:, None]).sum(-1),
+                      (grad_rows * flat_value.index_select(0, pair_key)).sum(-1))
         del grad_rows
-        if keep is not None:
-            grad_probs = grad_probs * keep / (1 - ctx.dropout)
-        row_sum = torch.zeros(
-            tokens, heads, device=probs.device, dtype=probs.dtype
-        ).index_add_(0, pair_query, probs * grad_probs)
-        grad_scores = (probs * (grad_probs - row_sum.index_select(0, pair_query)) * ctx.scaling).to(query.dtype)
-        grad_query = torch.zeros_like(query).index_add_(
-            0, pair_query, grad_scores[..., None] * key.index_select(0, pair_key)
-        )
-        grad_key = torch.zeros_like(key).index_add_(0, pair_key, grad_scores[..., None] * query.index_select(0, pair_query))
-        return grad_query, grad_key, grad_value, None, None, None, None
+        grad_self, grad_cls, grad_pair = _dropped(grad_probs, keeps, ctx.dropout, prob_self.dtype)
+        row = (prob_self * grad_self + prob_cls * grad_cls).view(tokens, heads).index_add(
+            0, pair_query, prob_pair * grad_pair)
+        cell_row = row.view(batch, length, heads)
+        scale = ctx.scaling
+        grad_score_self = (prob_self * (grad_self - cell_row) * scale).to(query.dtype)
+        grad_score_cls = (prob_cls * (grad_cls - cell_row) * scale).to(query.dtype)
+        grad_score_pair = (prob_pair * (grad_pair - row.index_select(0, pair_query)) * scale).to(query.dtype)
+        grad_query = grad_score_self[..., None] * key + grad_score_cls[..., None] * key_cls[:, None]
+        grad_query.view(tokens, heads, head_dim).index_add_(
+            0, pair_query, grad_score_pair[..., None] * flat_key.index_select(0, pair_key))
+        grad_key = grad_score_self[..., None] * query
+        grad_key[cells, cls_position] += (grad_score_cls[..., None] * query).sum(1)
+        grad_key.view(tokens, heads, head_dim).index_add_(
+            0, pair_key, grad_score_pair[..., None] * flat_query.index_select(0, pair_query))
+        return grad_query, grad_key, grad_value, None, None, None, None, None, None, None
+
+
+def _dropped(values: tuple, keeps: tuple, dropout: float, dtype: torch.dtype) -> tuple:
+    """`values` with attention dropout applied (`keeps` are the kept-entry masks; empty without dropout)."""
+    if keeps:
+        values = tuple(v * k / (1 - dropout) for v, k in zip(values, keeps))
+    return tuple(v.to(dtype) for v in values)
 
 
 def grn_structured_attention_forward(
@@ -190,12 +226,12 @@ def grn_structured_attention_forward(
     plan = attention_mask
     batch, heads, length, head_dim = query.shape
     training = module.training and dropout > 0
-    # (batch * L, heads, head_dim) token-major views; every allowed pair is scored once, nothing else is
-    flat_query, flat_key, flat_value = (t.transpose(1, 2).reshape(batch * length, heads, head_dim) for t in (query, key, value))
-    output = _PairAttention.apply(
-        flat_query, flat_key, flat_value, plan.pair_query, plan.pair_key, scaling, dropout if training else 0.0
+    # (batch, L, heads, head_dim) token-major states; every allowed score is computed once, nothing else is
+    token_query, token_key, token_value = (t.transpose(1, 2).contiguous() for t in (query, key, value))
+    output = _StructuredAttention.apply(
+        token_query, token_key, token_value, plan.pair_query, plan.pair_key, plan.self_allowed, plan.cls_allowed,
+        plan.cls_position, scaling, dropout if training else 0.0,
     )
-    output = output.view(batch, length, heads, head_dim)
     if plan.heavy_valid.any():
         index = plan.heavy_positions[:, None, :, None].expand(batch, heads, plan.heavy_positions.shape[1], head_dim)
         heavy_queries = torch.gather(query, 2, index)

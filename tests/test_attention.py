@@ -7,6 +7,7 @@ import anndata as ad
 import torch
 
 from modeling_scgrn import ScGrnModel, ScGrnTokenizer
+from modeling_scgrn.modeling_scgrn import eager_attention_forward
 from modeling_scgrn.grn import GeneRegulatoryNetwork
 from modeling_scgrn.grn_prior import build_attention_mask, build_structured_plan, edge_keys
 
@@ -101,22 +102,39 @@ def test_plan_is_the_reference_mask_on_real_cells_and_collectri(real_cells, dire
     assert torch.equal(plan.to_dense_mask(), reference)
     # the point of the plan: far fewer scored pairs than L^2
     length = batch["input_ids"].shape[1]
-    scored = plan.pair_query.numel() + int(plan.heavy_valid.sum()) * length
+    scored = plan.scored_pairs
     assert scored < reference.shape[0] * length**2 / 20
 
 
-def test_pair_attention_gradients_are_exact():
-    from modeling_scgrn.modeling_scgrn import _PairAttention
+def test_structured_attention_gradients_are_exact():
+    from modeling_scgrn.modeling_scgrn import _StructuredAttention
 
     generator = torch.Generator().manual_seed(0)
-    tokens, heads, dim = 7, 2, 3
-    q, k, v = (torch.randn(tokens, heads, dim, dtype=torch.float64, generator=generator, requires_grad=True)
+    batch, length, heads, dim = 2, 5, 2, 3
+    q, k, v = (torch.randn(batch, length, heads, dim, dtype=torch.float64, generator=generator, requires_grad=True)
                for _ in range(3))
-    pair_query = torch.tensor([0, 0, 1, 2, 2, 2, 4, 5, 6, 6])  # token 3 has no pair: its output stays zero
-    pair_key = torch.tensor([0, 3, 1, 0, 2, 5, 4, 1, 6, 2])
-    assert torch.autograd.gradcheck(lambda a, b, c: _PairAttention.apply(a, b, c, pair_query, pair_key, 0.7, 0.0),
-                                     (q, k, v))
-    assert torch.all(_PairAttention.apply(q, k, v, pair_query, pair_key, 0.7, 0.0)[3] == 0)
+    cls_position = torch.tensor([0, 2])  # [CLS] need not be first
+    self_allowed = torch.tensor([[1, 1, 0, 1, 0], [1, 0, 1, 1, 1]], dtype=torch.bool)
+    cls_allowed = torch.tensor([[0, 1, 0, 0, 0], [1, 1, 0, 0, 1]], dtype=torch.bool)
+    # edge pairs (flat cell * L + position; never a self or [CLS] pair, as in a plan): cell 0 row 2 reads only
+    # edges, cell 0 row 4 reads nothing at all
+    pair_query = torch.tensor([1, 2, 2, 3, 5, 6, 6, 9])
+    pair_key = torch.tensor([3, 1, 3, 1, 8, 9, 8, 6])
+
+    def attend(a, b, c):
+        return _StructuredAttention.apply(a, b, c, pair_query, pair_key, self_allowed, cls_allowed, cls_position,
+                                          0.7, 0.0)
+
+    assert torch.autograd.gradcheck(attend, (q, k, v))
+    out = attend(q, k, v)
+    assert torch.all(out[0, 4] == 0)  # nothing allowed: zeros, as eager gives
+    # the same numbers as eager with the equivalent boolean mask
+    mask = torch.diag_embed(self_allowed)
+    mask |= cls_allowed[:, :, None] & (torch.arange(length)[None, None, :] == cls_position[:, None, None])
+    mask.view(-1)[(pair_query * length + pair_key % length)] = True
+    want, _ = eager_attention_forward(torch.nn.Module().eval(), q.transpose(1, 2), k.transpose(1, 2),
+                                      v.transpose(1, 2), mask[:, None], 0.7)
+    torch.testing.assert_close(out, want)
 
 
 def test_structured_trains_with_attention_dropout(tokenizer, edge_tensor, batch):
