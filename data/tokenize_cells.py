@@ -36,6 +36,9 @@ def main() -> None:
     parser.add_argument("--num_proc", type=int, default=1, help="tokenizing processes")
     parser.add_argument("--chunk_size", type=int, default=10_000, help="cells read and tokenized at a time")
     parser.add_argument("--max_shard_size", default="500MB", help="largest Arrow shard of the saved dataset")
+    parser.add_argument("--tokenizer", default=None, help="a folder with a tokenizer (e.g. a pretrained model): "
+                        "tokenize with its vocabulary, so the data can finetune that model (genes outside it are "
+                        "dropped and counted; --panel all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
@@ -46,6 +49,7 @@ def main() -> None:
         max_length=args.max_length, n_bins=args.n_bins, panel=args.panel, n_top_genes=args.n_top_genes,
         seed=args.seed, min_genes=args.min_genes, min_cells=args.min_cells, backed=args.backed,
         num_proc=args.num_proc, chunk_size=args.chunk_size, max_shard_size=args.max_shard_size,
+        tokenizer=args.tokenizer,
     )
     prior = {k: v for k, v in report["prior"].items() if k not in ("out_degree", "in_degree")}
     print(json.dumps({"prior": prior, "qc": report["qc"], "tokenization": report["tokenization"],

@@ -3,7 +3,10 @@
     accelerate launch finetune/run.py --config finetune/configs/pbmc68k.yaml --data runs/pbmc68k/data \
         --pretrained runs/pbmc68k/pretrain/model --label_column bulk_labels --output_dir runs/pbmc68k/finetune
 
-Without `--pretrained` the model trains from scratch (a comparison baseline). Prints held-out accuracy and
+A new dataset can come as an `.h5ad` instead of `--data`: `--h5ad FILE --prior TABLE [--group_column donor]`
+tokenizes it first into OUTPUT_DIR/data, with the pretrained model's own vocabulary (genes it does not know are
+dropped and counted), split by donor when `--group_column` is given. Without `--pretrained` the model trains from
+scratch (a comparison baseline). Prints held-out accuracy and
 macro-F1 next to the majority-class baseline; writes `model/` (weights, tokenizer, GRN files, model card),
 `confusion_matrix.png` and `training_curves.png`.
 """
@@ -11,13 +14,23 @@ macro-F1 next to the majority-class baseline; writes `model/` (weights, tokenize
 import argparse
 import json
 
-from modeling_scgrn.pipeline import add_config_arguments, run_finetuning, script_options
+from modeling_scgrn.grn import GeneRegulatoryNetwork
+from modeling_scgrn.pipeline import add_config_arguments, prepare_cells, run_finetuning, script_options
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
-    parser.add_argument("--data", required=True, help="folder from data/tokenize_cells.py (with --label_column)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="folder from data/tokenize_cells.py (with --label_column)")
+    source.add_argument("--h5ad", action="append", help="raw-count .h5ad file(s) (or pbmc68k_reduced) to tokenize "
+                        "first into OUTPUT_DIR/data (needs --prior)")
+    parser.add_argument("--prior", default=None, help="with --h5ad: OmniPath table or source,target network file")
+    parser.add_argument("--resource", default="collectri", help="with --h5ad and the OmniPath table: collectri or "
+                        "dorothea")
+    parser.add_argument("--group_column", default=None, help="with --h5ad: obs column of donors/samples; the split "
+                        "keeps each group in one split")
+    parser.add_argument("--max_length", type=int, default=1024, help="with --h5ad: tokens per cell")
     parser.add_argument("--pretrained", default=None, help="a pretrained scgrn model folder")
     parser.add_argument("--label_column", required=True, help="obs column with the cell types")
     parser.add_argument("--output_dir", required=True, help="checkpoints, logs, plots and model/ go here")
@@ -26,7 +39,15 @@ def main() -> None:
     options = script_options(args.config, args.overrides, {"model": None, "training": None})
     if args.resume_from_checkpoint:
         options["training"]["resume_from_checkpoint"] = args.resume_from_checkpoint
-    evaluation = run_finetuning(args.data, args.output_dir, label_column=args.label_column,
+    data = args.data
+    if args.h5ad:
+        if not args.prior:
+            parser.error("--h5ad needs --prior (run data/fetch_prior.py for the OmniPath table)")
+        data = f"{args.output_dir}/data"
+        prepare_cells(args.h5ad, GeneRegulatoryNetwork.read(args.prior, args.resource), data,
+                      label_column=args.label_column, group_column=args.group_column, max_length=args.max_length,
+                      tokenizer=args.pretrained)
+    evaluation = run_finetuning(data, args.output_dir, label_column=args.label_column,
                                 pretrained=args.pretrained, model_options=options["model"],
                                 training_options=options["training"])
     headline = {k: v for k, v in evaluation.items() if k not in ("per_class", "confusion_matrix")}

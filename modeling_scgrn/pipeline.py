@@ -265,6 +265,7 @@ def prepare_cells(
     num_proc: int = 1,
     chunk_size: int = 10_000,
     max_shard_size: str = "500MB",
+    tokenizer: "ScGrnTokenizer | str | os.PathLike | None" = None,
 ) -> dict:
     """Cells -> tokenizer + tokenized train/validation/test `DatasetDict` + prior report, under `output_dir`:
     `tokenizer/`, `dataset/` (Arrow shards of at most `max_shard_size`, with `scgrn_metadata.json`: QC, split,
@@ -272,7 +273,10 @@ def prepare_cells(
 
     QC (`min_genes` per cell, `min_cells` per gene; 0 switches a filter off) drops cells and genes with counts in
     the report. `backed=True` reads one `.h5ad` lazily (memory bounded by `chunk_size`; panel must be "all").
-    `num_proc` tokenizes chunks in parallel processes. Returns the report."""
+    `num_proc` tokenizes chunks in parallel processes. `tokenizer` (a tokenizer, or a folder holding one, such as
+    a pretrained model's) fixes the vocabulary instead of building one from the data's genes, so the dataset can
+    finetune that model: genes outside it are dropped and counted (an error when none is left, a warning below half
+    of the vocabulary); panel must be "all" and `min_cells` 0 then. Returns the report."""
     import datasets
 
     from .data import qc_masks, save_dataset_atomically, split_cells, tokenize_anndata
@@ -288,15 +292,26 @@ def prepare_cells(
         raise ValueError(f"{source} has no obs column(s) {missing}; columns are {list(adata.obs.columns)}.")
     if label_column is not None and adata.obs[label_column].nunique() < 2:
         raise ValueError(f"label column {label_column!r} has a single class; classification needs at least two.")
+    if tokenizer is not None:
+        if not isinstance(tokenizer, ScGrnTokenizer):
+            tokenizer = ScGrnTokenizer.from_pretrained(tokenizer)
+        if panel != "all" or min_cells:
+            raise ValueError("with a given tokenizer its vocabulary is the gene panel: use panel='all' and "
+                             "min_cells=0 (genes outside the vocabulary are dropped and counted).")
     cells_kept, genes_kept, qc_report = qc_masks(adata, min_genes=min_genes, min_cells=min_cells,
                                                  chunk_size=chunk_size)
-    if panel == "all":
+    if tokenizer is not None:
+        genes = tokenizer.convert_ids_to_tokens(tokenizer.gene_vocab_ids.tolist())
+        panel_report = {"strategy": "tokenizer", "panel_genes": len(genes),
+                        "vocabulary_genes_in_data": tokenizer.check_coverage(list(adata.var_names.astype(str)))}
+    elif panel == "all":
         genes = list(adata.var_names[genes_kept].astype(str))
         panel_report = {"strategy": "all", "panel_genes": len(genes)}
     else:
         subset = adata[cells_kept][:, genes_kept] if not (cells_kept.all() and genes_kept.all()) else adata
         genes, panel_report = select_gene_panel(subset, network, n_top_genes=n_top_genes, strategy=panel)
-    tokenizer = ScGrnTokenizer.from_genes(genes, n_bins=n_bins)
+    if tokenizer is None:
+        tokenizer = ScGrnTokenizer.from_genes(genes, n_bins=n_bins)
     report = prior_report(network, genes)
     network.to_vocab_edges(tokenizer)  # fails early, with the reason, when the prior misses the panel
     dataset, tokenize_report = tokenize_anndata(adata, tokenizer, obs_columns=tuple(columns), max_length=max_length,

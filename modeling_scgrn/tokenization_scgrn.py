@@ -102,6 +102,25 @@ class ScGrnTokenizer(PreTrainedTokenizerFast):
         self._gene_ids_cache = (key, len(self), out)
         return out
 
+    def check_coverage(self, gene_names: Sequence[str], *, warn_below: float = 0.5) -> int:
+        """How many of the vocabulary's genes a dataset with these gene names provides. Raises when none (the
+        usual cause: symbols vs Ensembl IDs); warns, with the counts, when fewer than `warn_below` of them."""
+        import warnings
+
+        known = int((self.gene_ids(gene_names) >= 0).sum())
+        vocabulary = len(self.gene_vocab_ids)
+        if known == 0:
+            raise ValueError(
+                f"none of the {len(gene_names)} genes of the data is in the model's vocabulary of {vocabulary} "
+                "genes; check the identifier type (symbols vs Ensembl IDs)."
+            )
+        if known < warn_below * vocabulary:
+            warnings.warn(
+                f"the data cover only {known} of the model's {vocabulary} vocabulary genes; predictions may "
+                "degrade.", stacklevel=3,
+            )
+        return known
+
     def __call__(self, cells=None, *args, gene_names: Sequence[str] | None = None, **kwargs):
         if cells is not None and hasattr(cells, "var_names") and hasattr(cells, "X"):
             return self.encode_anndata(cells, **kwargs)

@@ -19,17 +19,7 @@ logger = logging.getLogger(__name__)
 
 def _batches(adata, tokenizer, *, max_length, gene_column, layer, normalize, chunk_size):
     gene_names = list(adata.var[gene_column].astype(str)) if gene_column else list(adata.var_names)
-    known = (tokenizer.gene_ids(gene_names) >= 0).sum()
-    if known == 0:
-        raise ValueError(
-            f"none of the {len(gene_names)} genes of the data is in the model's vocabulary of "
-            f"{len(tokenizer.gene_vocab_ids)} genes; check the identifier type (symbols vs Ensembl IDs)."
-        )
-    if known < 0.5 * len(tokenizer.gene_vocab_ids):
-        warnings.warn(
-            f"the data cover only {known} of the model's {len(tokenizer.gene_vocab_ids)} vocabulary genes; "
-            "predictions may degrade.", stacklevel=3,
-        )
+    tokenizer.check_coverage(gene_names)
     matrix = adata.X if layer is None else adata.layers[layer]
     for start in range(0, adata.n_obs, chunk_size):
         yield tokenizer.encode_cells(matrix[start : start + chunk_size], gene_names, max_length=max_length,

@@ -35,7 +35,9 @@ def main() -> None:
         if not args.prior:
             parser.error("--h5ad needs --prior (run data/fetch_prior.py for the OmniPath table)")
         data = f"{args.output_dir}/data"
-        prepare_cells(args.h5ad, GeneRegulatoryNetwork.read(args.prior), data, max_length=args.max_length)
+        # continuing a model: tokenize with its vocabulary
+        prepare_cells(args.h5ad, GeneRegulatoryNetwork.read(args.prior), data, max_length=args.max_length,
+                      tokenizer=args.init_from)
     summary = run_pretraining(data, args.output_dir, model_options=options["model"],
                               training_options=options["training"], init_from=args.init_from)
     print(json.dumps(summary, indent=2))

@@ -220,3 +220,36 @@ def test_sharding_that_accelerate_does_not_apply_on_cpu_is_named(prepared, tmp_p
     with pytest.warns(UserWarning, match="FSDP was requested .* applies FSDP only on GPUs"):
         run_pretraining(prepared, tmp_path / "fsdp", model_options=dict(TINY_MODEL),
                         training_options=quiet(max_steps=1))
+
+
+def test_pretrained_model_finetunes_on_a_new_dataset_with_other_genes(prepared, tmp_path):
+    """The path users take: pretrain on one dataset, finetune on another whose genes differ."""
+    from modeling_scgrn.data import pbmc68k_reduced_counts
+
+    run_pretraining(prepared, tmp_path / "pre", model_options=dict(TINY_MODEL), training_options=quiet(max_steps=2))
+    pretrained = tmp_path / "pre" / "model"
+    new = pbmc68k_reduced_counts()[:, 100:].copy()  # 665 of the model's 765 genes ...
+    new.var_names = [f"NOVEL{i}" for i in range(15)] + list(new.var_names[15:])  # ... 15 of them unknown to it
+    new.write_h5ad(tmp_path / "new.h5ad")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        network = GeneRegulatoryNetwork.read(shared_data_or_skip(OMNIPATH_TABLE), "collectri")
+    prepare_cells(str(tmp_path / "new.h5ad"), network, tmp_path / "own", label_column="bulk_labels", max_length=128)
+    with pytest.raises(ValueError, match="another gene vocabulary"):  # tokenized on its own genes: refused
+        run_finetuning(tmp_path / "own", tmp_path / "refused", label_column="bulk_labels",
+                       pretrained=str(pretrained), model_options={}, training_options=quiet(max_steps=1))
+    with pytest.raises(ValueError, match="panel='all'"):
+        prepare_cells(str(tmp_path / "new.h5ad"), network, tmp_path / "x", label_column="bulk_labels",
+                      panel="hvg", tokenizer=pretrained)
+    report = prepare_cells(str(tmp_path / "new.h5ad"), network, tmp_path / "new_data", label_column="bulk_labels",
+                           max_length=128, tokenizer=pretrained)
+    assert report["tokenization"]["genes_unknown_to_vocabulary"] == 15
+    assert report["panel"] == {"strategy": "tokenizer", "panel_genes": 765, "vocabulary_genes_in_data": 650}
+    evaluation = run_finetuning(tmp_path / "new_data", tmp_path / "finetuned", label_column="bulk_labels",
+                                pretrained=str(pretrained), model_options={}, training_options=quiet(max_steps=2))
+    assert 0.0 <= evaluation["test_accuracy"] <= 1.0
+    renamed = pbmc68k_reduced_counts()[:50].copy()
+    renamed.var_names = [f"ENSG{i:011d}" for i in range(renamed.n_vars)]
+    renamed.write_h5ad(tmp_path / "ensembl.h5ad")
+    with pytest.raises(ValueError, match="none of the 765 genes"):
+        prepare_cells(str(tmp_path / "ensembl.h5ad"), network, tmp_path / "y", tokenizer=pretrained)
