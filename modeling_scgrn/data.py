@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,15 +106,16 @@ def _arrow_columns(encoded, lengths: np.ndarray) -> dict:
 
 
 def _tokenize_rows(adata, matrix, tokenizer, gene_names, start, stop, cells_kept, obs_columns, max_length,
-                   normalize):
-    """Tokenize rows `start:stop` (those kept by QC) into an Arrow table, and the tokenizer's report."""
+                   normalize, reuse: dict | None = None):
+    """Tokenize rows `start:stop` (those kept by QC) into an Arrow table, and the tokenizer's report. With `reuse`
+    (see `encode_rows_flat`), the table is valid only until the next call with the same dict."""
     import pyarrow as pa
 
     chunk = matrix[start:stop]
     kept = None if cells_kept is None else cells_kept[start:stop]
     if kept is not None and not kept.all():
         chunk = chunk[np.flatnonzero(kept)]
-    fast = _encode_compiled(chunk, tokenizer, gene_names, max_length) if normalize else None
+    fast = _encode_compiled(chunk, tokenizer, gene_names, max_length, reuse) if normalize else None
     if fast is not None:
         columns, report = fast
     else:
@@ -128,7 +130,7 @@ def _tokenize_rows(adata, matrix, tokenizer, gene_names, start, stop, cells_kept
     return pa.table(columns), report
 
 
-def _encode_compiled(chunk, tokenizer, gene_names, max_length):
+def _encode_compiled(chunk, tokenizer, gene_names, max_length, reuse: dict | None = None):
     """The compiled per-row encoder (`fast_tokenize`) where it applies: Arrow columns and the tokenizer-style
     report, or None (then the tokenizer's own path runs; both give identical tokens, values and bins)."""
     import pyarrow as pa
@@ -144,7 +146,7 @@ def _encode_compiled(chunk, tokenizer, gene_names, max_length):
     csr = chunk.tocsr()
     flat = encode_rows_flat(csr, column_ids, target_sum=tokenizer.target_sum, n_bins=tokenizer.n_bins,
                             max_length=max_length, cls_token_id=tokenizer.cls_token_id,
-                            vocab_size=tokenizer.vocab_size)
+                            vocab_size=tokenizer.vocab_size, reuse=reuse)
     if flat is None:
         return None
     offsets, ids, values, bins, known_per_cell = flat
@@ -171,6 +173,7 @@ def _encode_compiled(chunk, tokenizer, gene_names, max_length):
 
 
 _WORKER_STATE: dict = {}
+_THREAD_BUFFERS = threading.local()
 
 
 def _tokenize_to_file(bounds):
@@ -179,12 +182,16 @@ def _tokenize_to_file(bounds):
     import pyarrow as pa
 
     state = _WORKER_STATE
+    # each thread (or worker process) writes its chunks through buffers it keeps: a chunk's table is written and
+    # dropped before the same thread encodes the next one
+    reuse = _THREAD_BUFFERS.__dict__.setdefault("reuse", {})
     table, report = _tokenize_rows(state["adata"], state["matrix"], state["tokenizer"], state["gene_names"],
                                    *bounds, state["cells_kept"], state["obs_columns"], state["max_length"],
-                                   state["normalize"])
+                                   state["normalize"], reuse)
     path = os.path.join(state["folder"], f"chunk-{bounds[0]:012d}.arrow")
     with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
+    del table
     return path, report
 
 

@@ -22,7 +22,8 @@ def _stopped(status, known_per_cell):
             np.empty(0, dtype=np.int32), known_per_cell)
 
 
-def _kernel(indptr, indices, data, column_ids, target_sum, n_bins, limit, cls_id, vocab_size, ids_ascending):
+def _kernel(indptr, indices, data, column_ids, target_sum, n_bins, limit, cls_id, vocab_size, ids_ascending,
+            buffer_ids, buffer_values, buffer_bins):
     num_cells = indptr.size - 1
     # one pass over the chunk: per cell, genes known to the vocabulary, total counts and the largest count; the
     # same pass checks the values (finite, non-negative, integer) and that each row's columns are sorted
@@ -64,9 +65,9 @@ def _kernel(indptr, indices, data, column_ids, target_sum, n_bins, limit, cls_id
     for row in range(num_cells):
         offsets[row + 1] = offsets[row] + lengths[row]
     total_tokens = offsets[num_cells]
-    out_ids = np.empty(total_tokens, dtype=np.int32)
-    out_values = np.empty(total_tokens, dtype=np.float32)
-    out_bins = np.empty(total_tokens, dtype=np.int32)
+    out_ids = buffer_ids[:total_tokens]  # the caller's buffers hold at least nonzeros + cells entries
+    out_values = buffer_values[:total_tokens]
+    out_bins = buffer_bins[:total_tokens]
     # buffers shared by all cells of the chunk
     widest = 1
     highest = 0
@@ -134,19 +135,30 @@ else:  # pragma: no cover - scanpy requires numba
 
 
 def encode_rows_flat(csr, column_ids: np.ndarray, *, target_sum: float, n_bins: int, max_length: int | None,
-                     cls_token_id: int, vocab_size: int):
+                     cls_token_id: int, vocab_size: int, reuse: dict | None = None):
     """Flat encoding of a CSR chunk of integer counts: `(offsets, ids, values, bins, known_genes_per_cell)`.
     Returns None where the compiled path does not apply (no numba, or non-integer counts). Raises the tokenizer's
-    ValueError for NaN, infinite or negative values (checked in the encoder's own pass over the chunk)."""
+    ValueError for NaN, infinite or negative values (checked in the encoder's own pass over the chunk).
+
+    `reuse`: a dict the caller keeps across chunks; the ids, values and bins are then written into its buffers
+    (grown when a chunk needs more), which saves mapping and faulting in fresh memory for every chunk, so they are
+    valid only until the next call with the same dict."""
     if _compiled is None:
         return None
     limit = -1 if max_length is None else max_length - 1
     known = column_ids[column_ids >= 0]
     ids_ascending = bool(np.all(np.diff(known) > 0))  # the kernel also checks each row's columns are sorted
+    needed = int(csr.nnz) + csr.shape[0]  # at most one token per stored entry, plus [CLS]
+    buffers = None if reuse is None else reuse.get("buffers")
+    if buffers is None or buffers[0].size < needed:
+        size = needed if reuse is None else int(needed * 1.25)  # room for the next, slightly larger chunk
+        buffers = (np.empty(size, np.int32), np.empty(size, np.float32), np.empty(size, np.int32))
+        if reuse is not None:
+            reuse["buffers"] = buffers
     # indices and data keep their dtypes (numba compiles one version per dtype): no copies of the chunk
     status, *flat = _compiled(csr.indptr.astype(np.int64), csr.indices, csr.data,
                               column_ids.astype(np.int64), float(target_sum), int(n_bins or 0), int(limit),
-                              int(cls_token_id), int(vocab_size), ids_ascending)
+                              int(cls_token_id), int(vocab_size), ids_ascending, *buffers)
     if status == BAD_VALUES:
         from .tokenization_scgrn import _check_values
 
