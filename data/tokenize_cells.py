@@ -39,6 +39,9 @@ def main() -> None:
     parser.add_argument("--tokenizer", default=None, help="a folder with a tokenizer (e.g. a pretrained model): "
                         "tokenize with its vocabulary, so the data can finetune that model (genes outside it are "
                         "dropped and counted; --panel all)")
+    parser.add_argument("--no_normalize", action="store_true",
+                        help="the values are already normalised (e.g. log1p of total-count-normalised counts): use "
+                        "them as they are instead of requiring raw counts (--panel all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
@@ -49,7 +52,7 @@ def main() -> None:
         max_length=args.max_length, n_bins=args.n_bins, panel=args.panel, n_top_genes=args.n_top_genes,
         seed=args.seed, min_genes=args.min_genes, min_cells=args.min_cells, backed=args.backed,
         num_proc=args.num_proc, chunk_size=args.chunk_size, max_shard_size=args.max_shard_size,
-        tokenizer=args.tokenizer,
+        tokenizer=args.tokenizer, normalize=not args.no_normalize,
     )
     prior = {k: v for k, v in report["prior"].items() if k not in ("out_degree", "in_degree")}
     print(json.dumps({"prior": prior, "qc": report["qc"], "tokenization": report["tokenization"],

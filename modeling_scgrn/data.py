@@ -51,8 +51,8 @@ def check_raw_counts(matrix, sample: int = 100_000) -> None:
     if fractional.mean() > 0.01:
         raise ValueError(
             f"{fractional.mean():.0%} of sampled values are not integers: this looks like normalised or log data. "
-            "Pass raw counts (adata.layers['counts'] or adata.raw), or tokenize with normalize=False if the values "
-            "are already log1p-normalised."
+            "Pass raw counts (adata.layers['counts'] or adata.raw), or tokenize with normalize=False "
+            "(data/tokenize_cells.py --no_normalize) if the values are already log1p-normalised."
         )
 
 

@@ -266,6 +266,7 @@ def prepare_cells(
     chunk_size: int = 10_000,
     max_shard_size: str = "500MB",
     tokenizer: "ScGrnTokenizer | str | os.PathLike | None" = None,
+    normalize: bool = True,
 ) -> dict:
     """Cells -> tokenizer + tokenized train/validation/test `DatasetDict` + prior report, under `output_dir`:
     `tokenizer/`, `dataset/` (Arrow shards of at most `max_shard_size`, with `scgrn_metadata.json`: QC, split,
@@ -276,7 +277,10 @@ def prepare_cells(
     `num_proc` tokenizes chunks in parallel processes. `tokenizer` (a tokenizer, or a folder holding one, such as
     a pretrained model's) fixes the vocabulary instead of building one from the data's genes, so the dataset can
     finetune that model: genes outside it are dropped and counted (an error when none is left, a warning below half
-    of the vocabulary); panel must be "all" and `min_cells` 0 then. Returns the report."""
+    of the vocabulary); panel must be "all" and `min_cells` 0 then. `normalize=False` takes values that are already
+    normalised (e.g. log1p of total-count-normalised counts) as they are, instead of refusing non-count data and
+    normalising it (panel "all" only: the variable-gene panels normalise raw counts themselves). Returns the
+    report."""
     import datasets
 
     from .data import qc_masks, save_dataset_atomically, split_cells, tokenize_anndata
@@ -292,6 +296,9 @@ def prepare_cells(
         raise ValueError(f"{source} has no obs column(s) {missing}; columns are {list(adata.obs.columns)}.")
     if label_column is not None and adata.obs[label_column].nunique() < 2:
         raise ValueError(f"label column {label_column!r} has a single class; classification needs at least two.")
+    if not normalize and panel != "all":
+        raise ValueError(f"normalize=False (values already normalised) needs panel='all', not {panel!r}: the "
+                         "variable-gene panels normalise raw counts themselves.")
     if tokenizer is not None:
         if not isinstance(tokenizer, ScGrnTokenizer):
             tokenizer = ScGrnTokenizer.from_pretrained(tokenizer)
@@ -316,7 +323,7 @@ def prepare_cells(
     network.to_vocab_edges(tokenizer)  # fails early, with the reason, when the prior misses the panel
     dataset, tokenize_report = tokenize_anndata(adata, tokenizer, obs_columns=tuple(columns), max_length=max_length,
                                                 cells_kept=None if cells_kept.all() else cells_kept,
-                                                num_proc=num_proc, chunk_size=chunk_size)
+                                                num_proc=num_proc, chunk_size=chunk_size, normalize=normalize)
     obs = adata.obs[cells_kept]
     if label_column is not None and obs[label_column].nunique() < 2:
         raise ValueError(f"after QC, label column {label_column!r} has a single class; lower min_genes.")
@@ -328,7 +335,7 @@ def prepare_cells(
         "source": source,
         "cells": int(cells_kept.sum()),
         "qc": qc_report,
-        "tokenization": tokenize_report,
+        "tokenization": {**tokenize_report, "normalized_by_scgrn": normalize},
         "panel": panel_report,
         "split": {"seed": seed, "label_column": label_column, "group_column": group_column,
                   **{name: int(len(rows)) for name, rows in splits.items()}},

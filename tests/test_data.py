@@ -279,3 +279,33 @@ def test_compiled_encoder_with_unsorted_columns_equals_the_tokenizer(pbmc):
     real = np.arange(direct["input_ids"].shape[1])[None, :] < direct["attention_mask"].sum(1)[:, None]
     for name in ("input_ids", "expression_bins", "expression_values"):
         np.testing.assert_array_equal(columns[name].flatten().to_numpy(), direct[name][real], err_msg=name)
+
+
+def test_already_normalised_values_are_refused_unless_normalisation_is_switched_off(tmp_path):
+    import scanpy as sc
+
+    from modeling_scgrn.grn import GeneRegulatoryNetwork
+    from modeling_scgrn.pipeline import prepare_cells
+
+    reduced = sc.datasets.pbmc68k_reduced()
+    logged = ad.AnnData(sp.csr_matrix(reduced.raw.X), obs=reduced.obs[["bulk_labels"]], var=reduced.raw.var)
+    source = tmp_path / "log1p.h5ad"
+    logged.write_h5ad(source)
+    genes = list(logged.var_names)
+    network = GeneRegulatoryNetwork.from_dataframe(
+        pd.DataFrame({"source": genes[:2], "target": genes[2:4], "weight": [1.0, 1.0]}))
+    with pytest.raises(ValueError, match="not integers.*--no_normalize"):
+        prepare_cells(str(source), network, tmp_path / "refused", label_column="bulk_labels")
+    with pytest.raises(ValueError, match="normalize=False .* needs panel='all'"):
+        prepare_cells(str(source), network, tmp_path / "hvg", panel="hvg", normalize=False)
+    report = prepare_cells(str(source), network, tmp_path / "out", label_column="bulk_labels", normalize=False,
+                           max_length=None)
+    assert report["tokenization"]["normalized_by_scgrn"] is False
+    import datasets
+
+    dataset = datasets.load_from_disk(str(tmp_path / "out" / "dataset"))
+    # the values are the file's own log1p values, highest first in each cell, never normalised again
+    for values in dataset["train"]["expression_values"][:20]:
+        assert np.all(np.diff(np.asarray(values[1:], np.float32)) <= 0)
+    everything = np.concatenate([np.asarray(v[1:], np.float32) for v in dataset["train"]["expression_values"]])
+    assert np.isin(everything, np.asarray(sp.csr_matrix(reduced.raw.X).data, np.float32)).all()
