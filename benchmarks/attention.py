@@ -36,7 +36,8 @@ def one(variant: str, length: int, cells: int, heads: int, head_dim: int, repeat
 
     from modeling_scgrn.grn_prior import (build_attention_mask, build_block_mask, build_structured_plan, edge_keys,
                                           regulators_first_order)
-    from modeling_scgrn.modeling_scgrn import _flex_compile_scope, eager_attention_forward, grn_structured_attention_forward
+    from modeling_scgrn.modeling_scgrn import (_flex_compile_scope, _gather_tokens, eager_attention_forward,
+                                              grn_structured_attention_forward)
 
     tokenizer, batch, edges, _ = load_real_cells(h5ad, prior, length, cells)
     ids, valid = batch["input_ids"], batch["attention_mask"]
@@ -58,8 +59,7 @@ def one(variant: str, length: int, cells: int, heads: int, head_dim: int, repeat
         with _flex_compile_scope("flex_attention", q.device):
             out, _ = flex_attention_forward(module, q.gather(2, along), k.gather(2, along), v.gather(2, along),
                                             block_mask, scaling=scaling)
-        restore = torch.argsort(order, dim=1)
-        return out.gather(1, restore[:, :, None, None].expand_as(out))
+        return _gather_tokens(out, torch.argsort(order, dim=1))
 
     def step() -> torch.Tensor:
         q, k, v = (t.detach().requires_grad_(not forward_only) for t in qkv)

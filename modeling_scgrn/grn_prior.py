@@ -298,16 +298,13 @@ def build_structured_plan(
         heavy = heavy | (is_gene & torch.isin(input_ids, regulators))
 
     # where each of the batch's genes sits in each cell (-1: absent)
-    batch_genes = torch.unique(input_ids[is_gene])
+    batch_genes, regulator, target = _batch_genes_and_edges(input_ids, is_gene, keys, vocab_size)
     table = torch.full((batch, batch_genes.numel() + 1), -1, dtype=torch.int64, device=device)
-    compact = torch.searchsorted(batch_genes, input_ids).clamp_(max=max(batch_genes.numel() - 1, 0))
-    compact = torch.where(is_gene, compact, torch.full_like(compact, batch_genes.numel()))  # last column: a sink
+    compact = _rank_in(batch_genes, input_ids, is_gene)  # last column: a sink for special tokens and padding
     table.scatter_(1, compact, torch.where(is_gene, positions[None].expand(batch, length), -1))
     table[:, -1] = -1
-    regulator, target = torch.div(keys, vocab_size, rounding_mode="floor"), keys % vocab_size
-    in_batch = torch.isin(regulator, batch_genes) & torch.isin(target, batch_genes)
-    regulator_at = table[:, torch.searchsorted(batch_genes, regulator[in_batch])]  # (batch, edges in batch)
-    target_at = table[:, torch.searchsorted(batch_genes, target[in_batch])]
+    regulator_at = table[:, torch.searchsorted(batch_genes, regulator)]  # (batch, edges in batch)
+    target_at = table[:, torch.searchsorted(batch_genes, target)]
     present = (regulator_at >= 0) & (target_at >= 0) & (regulator_at != target_at)
     edge_cell = cells[:, None].expand_as(present)[present]
     regulator_at, target_at = regulator_at[present], target_at[present]
@@ -429,10 +426,7 @@ def build_block_mask(
     if not dense:
         if keys is None:
             keys = edge_keys(grn_edges.to(device), vocab_size)
-        batch_genes = torch.unique(input_ids[is_gene])
-        regulator, target = torch.div(keys, vocab_size, rounding_mode="floor"), keys % vocab_size
-        in_batch = torch.isin(regulator, batch_genes) & torch.isin(target, batch_genes)
-        regulator, target = regulator[in_batch], target[in_batch]
+        batch_genes, regulator, target = _batch_genes_and_edges(input_ids, is_gene, keys, vocab_size)
         batch_regulators = torch.unique(regulator)
         column = _rank_in(batch_genes, input_ids, is_gene)  # (batch, L), sink = len(batch_genes)
         row = _rank_in(batch_regulators, input_ids, is_gene)  # (batch, L), sink = len(batch_regulators)
@@ -459,6 +453,15 @@ def build_block_mask(
         return (allowed & valid_k) | (same & ~valid[b, q])
 
     return create_block_mask(mask_mod, batch, None, length, length, device=device, BLOCK_SIZE=block_size)
+
+
+def _batch_genes_and_edges(input_ids: torch.Tensor, is_gene: torch.Tensor, keys: torch.Tensor, vocab_size: int):
+    """`(batch_genes, regulator, target)`: the sorted unique gene ids of the batch, and the prior's edges (from the
+    sorted `edge_keys`) whose two genes both occur in the batch."""
+    batch_genes = torch.unique(input_ids[is_gene])
+    regulator, target = torch.div(keys, vocab_size, rounding_mode="floor"), keys % vocab_size
+    in_batch = torch.isin(regulator, batch_genes) & torch.isin(target, batch_genes)
+    return batch_genes, regulator[in_batch], target[in_batch]
 
 
 def _rank_in(sorted_ids: torch.Tensor, input_ids: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:

@@ -609,7 +609,10 @@ def _boolean_masks(masks: list, restore: torch.Tensor | None = None) -> list[tor
             boolean = boolean.gather(2, rows).gather(3, restore[:, None, None, :].expand_as(boolean))
         return boolean
 
-    return [converted[id(m)] if id(m) in converted else converted.setdefault(id(m), dense(m)) for m in masks]
+    for mask in masks:  # blocks that share a mask object share its conversion
+        if id(mask) not in converted:
+            converted[id(mask)] = dense(mask)
+    return [converted[id(mask)] for mask in masks]
 
 
 class ScGrnForMaskedExpressionModeling(ScGrnPreTrainedModel):
