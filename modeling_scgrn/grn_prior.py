@@ -73,7 +73,8 @@ def build_attention_mask(
 
     Rules, in order: gene-gene pairs come from the prior (direction as configured, optional k-hop closure);
     genes with no partner fall back per `isolated_genes`; self loops; `[CLS]` rows and columns; padding keys are
-    never visible to any query, and each padding query sees only itself (so no row is empty and nothing leaks).
+    never visible to any query, and each padding query sees only itself in GRN blocks and every real token in dense
+    ones (a key-padding mask, as in BERT), so no row is empty and nothing leaks.
     """
     batch, length = input_ids.shape
     device = input_ids.device
@@ -112,8 +113,35 @@ def build_attention_mask(
     if all_attend_cls or dense:
         allowed |= is_gene[:, :, None] & is_cls[:, None, :]
     allowed &= valid[:, None, :]
-    allowed |= eye & ~valid[:, :, None]
+    padding_row = valid[:, None, :] if dense else eye
+    allowed |= padding_row & ~valid[:, :, None]
     return allowed[:, None]
+
+
+def dense_attention_mask(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    cls_token_id: int,
+    special_token_ids: tuple[int, ...],
+    cls_attends_all: bool = True,
+    **rules,
+) -> torch.Tensor | None:
+    """The mask of a dense block (`build_attention_mask(..., dense=True)`) in its cheapest exact form for `sdpa`,
+    `eager` and the `sdpa` fallback of `grn_structured`.
+
+    Where `[CLS]` reads every token and every real token is `[CLS]` or a gene, whether a pair is allowed depends on
+    the key alone: `None` when the batch has no padding (SDPA then runs its unmasked kernel, whose memory grows with
+    L, not L^2, on CPU and GPU alike), else the `(batch, 1, 1, L)` key-padding mask. Otherwise (`cls_attends_all=False`,
+    or other special tokens among the real ones) the full `(batch, 1, L, L)` boolean mask. `rules` are the remaining
+    arguments of [`build_attention_mask`]."""
+    valid, is_cls, is_gene = token_roles(input_ids, attention_mask, cls_token_id, special_token_ids)
+    if cls_attends_all and bool((is_cls | is_gene | ~valid).all()):
+        return None if bool(valid.all()) else valid[:, None, None, :]
+    return build_attention_mask(
+        input_ids, attention_mask, None, cls_token_id=cls_token_id, special_token_ids=special_token_ids, dense=True,
+        cls_attends_all=cls_attends_all, **rules,
+    )
 
 
 def random_control_edges(grn_edges: torch.Tensor, panel_ids: torch.Tensor, seed: int) -> torch.Tensor:
@@ -450,7 +478,8 @@ def build_block_mask(
         allowed = allowed | (cls_q & (valid_k if cls_attends_all else same)) | (cls_q & same)
         if all_attend_cls or dense:
             allowed = allowed | (gene_q & is_cls[b, k])
-        return (allowed & valid_k) | (same & ~valid[b, q])
+        padding_row = valid_k if dense else same  # a padding query: every real token in dense blocks, else itself
+        return (allowed & valid_k) | (padding_row & ~valid[b, q])
 
     return create_block_mask(mask_mod, batch, None, length, length, device=device, BLOCK_SIZE=block_size)
 
@@ -469,7 +498,7 @@ def _rank_in(sorted_ids: torch.Tensor, input_ids: torch.Tensor, eligible: torch.
     size = sorted_ids.numel()
     if size == 0:
         return torch.zeros_like(input_ids)
-    rank = torch.searchsorted(sorted_ids, input_ids).clamp_(max=size - 1)
+    rank = torch.searchsorted(sorted_ids, input_ids.contiguous()).clamp_(max=size - 1)
     found = eligible & (sorted_ids[rank] == input_ids)
     return torch.where(found, rank, torch.full_like(rank, size))
 

@@ -25,6 +25,7 @@ from .grn_prior import (
     block_mask_to_dense,
     build_attention_mask,
     build_block_mask,
+    dense_attention_mask,
     build_structured_plan,
     control_edges,
     edge_keys,
@@ -446,7 +447,8 @@ class ScGrnModel(ScGrnPreTrainedModel):
         """The boolean `(batch, 1, L, L)` mask of each block (the same object where blocks share a mask). With
         `boolean=False`, what each block's attention receives: with `attn_implementation="grn_structured"`, GRN
         blocks get the equivalent [`StructuredAttentionPlan`] instead (never materialised as L x L); with
-        `"flex_attention"`, every block gets the equivalent flex `BlockMask`."""
+        `"flex_attention"`, every block gets the equivalent flex `BlockMask`; otherwise dense blocks get the cheapest
+        exact form of their mask ([`dense_attention_mask`]: `None` without padding, else a key-padding mask)."""
         c = self.config
         common = dict(
             vocab_size=c.vocab_size,
@@ -457,11 +459,15 @@ class ScGrnModel(ScGrnPreTrainedModel):
             all_attend_cls=c.all_attend_cls,
         )
         # transformers' flex function would add a boolean tensor to the scores, so flex blocks all get BlockMasks
-        build_mask = build_block_mask if not boolean and c._attn_implementation == "flex_attention" else build_attention_mask
+        flex = not boolean and c._attn_implementation == "flex_attention"
+        build_mask = build_block_mask if flex else build_attention_mask
         num_grn = self.num_grn_layers
         dense = []
         if num_grn < c.num_hidden_layers:
-            dense = [build_mask(input_ids, attention_mask, None, dense=True, **common)]
+            if boolean or flex:
+                dense = [build_mask(input_ids, attention_mask, None, dense=True, **common)]
+            else:
+                dense = [dense_attention_mask(input_ids, attention_mask, **common)]
         if num_grn == 0:
             return dense * c.num_hidden_layers
         if self.grn_edges.shape[1] == 0:
@@ -566,7 +572,7 @@ class ScGrnModel(ScGrnPreTrainedModel):
             pooler_output=pooled,
             hidden_states=all_hidden,
             attentions=all_attentions,
-            attention_masks=tuple(_boolean_masks(masks, restore)) if output_attention_masks else None,
+            attention_masks=tuple(_boolean_masks(masks, input_ids, restore)) if output_attention_masks else None,
         )
         return output if return_dict else output.to_tuple()
 
@@ -592,14 +598,17 @@ def _gather_tokens(states: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return states.gather(1, order.view(*order.shape, *[1] * (states.ndim - 2)).expand_as(states))
 
 
-def _boolean_masks(masks: list, restore: torch.Tensor | None = None) -> list[torch.Tensor]:
-    """The `(batch, 1, L, L)` boolean mask of each block, in the input's token order (`restore` undoes the token
-    order the masks were built in)."""
+def _boolean_masks(masks: list, input_ids: torch.Tensor, restore: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """The `(batch, 1, L, L)` boolean mask of each block for `(batch, L)` `input_ids`, in the input's token order
+    (`restore` undoes the token order the masks were built in)."""
     converted = {}
+    batch, length = input_ids.shape
 
     def dense(mask) -> torch.Tensor:
-        if isinstance(mask, torch.Tensor):
-            boolean = mask
+        if mask is None:  # a dense block without padding
+            boolean = torch.ones(batch, 1, length, length, dtype=torch.bool, device=input_ids.device)
+        elif isinstance(mask, torch.Tensor):
+            boolean = mask.expand(batch, 1, length, length).clone()  # key-padding masks are (batch, 1, 1, L)
         elif isinstance(mask, StructuredAttentionPlan):
             boolean = mask.to_dense_mask()
         else:

@@ -192,8 +192,8 @@ def train(
     )
     set_seed(config.seed, device_specific=True)  # ranks draw different masks and dropout; DDP syncs the weights
     _warn_unapplied_sharding(accelerator)
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if config.gradient_checkpointing:  # transformers renamed it activation checkpointing; the old name warns
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     if config.torch_compile:
         model = torch.compile(model)
     loader = torch.utils.data.DataLoader(

@@ -153,7 +153,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tokenizer, edge_tensor,
     for checkpointing in (False, True):
         model = make(ScGrnModel, tokenizer, edge_tensor, attn_implementation=implementation).train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
             assert model.layers[0].gradient_checkpointing
         model(**batch).last_hidden_state.pow(2).mean().backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})

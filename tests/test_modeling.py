@@ -229,6 +229,35 @@ def test_mask_options(tokenizer, edge_tensor, batch):
     assert cls_alone[0, 0].sum() == 1
 
 
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa", "grn_structured"])
+def test_dense_blocks_pass_no_pairwise_mask(tokenizer, edge_tensor, batch, attn_implementation):
+    """Dense blocks give the kernel no L x L mask: nothing without padding (SDPA's unmasked kernel, O(L) memory), a
+    (batch, 1, 1, L) key-padding mask with padding; the full mask only where rules depend on the query."""
+    model = make(ScGrnModel, tokenizer, edge_tensor, grn_dense_last_layers=1, attn_implementation=attn_implementation)
+    ids, valid = batch["input_ids"], batch["attention_mask"]
+    full = {k: v[:2] for k, v in batch.items()}
+    assert full["attention_mask"].all()
+    assert model.build_attention_masks(full["input_ids"], full["attention_mask"], boolean=False)[1] is None
+    key_mask = model.build_attention_masks(ids, valid, boolean=False)[1]
+    assert key_mask.shape == (3, 1, 1, ids.shape[1]) and torch.equal(key_mask[:, 0, 0], valid.bool())
+    # what the model reports equals the full boolean mask, whose padding rows (dense blocks) see every real token
+    reported = model(**batch, output_attention_masks=True).attention_masks[1]
+    boolean = model.build_attention_masks(ids, valid)[1]
+    assert torch.equal(reported, boolean)
+    assert torch.equal(boolean[:, 0], valid.bool()[:, None, :].expand(-1, ids.shape[1], -1))
+    # outputs, padding rows included, equal those of the full mask handed to eager
+    reference = make(ScGrnModel, tokenizer, edge_tensor, grn_dense_last_layers=1, attn_implementation="eager")
+    reference.build_attention_masks = lambda input_ids, attention_mask, boolean=True: ScGrnModel.build_attention_masks(
+        reference, input_ids, attention_mask, boolean=True)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).last_hidden_state, reference(**batch).last_hidden_state,
+                                   atol=1e-5, rtol=1e-5)
+    # [CLS] reading only itself depends on the query: the full mask again
+    no_cls_row = make(ScGrnModel, tokenizer, edge_tensor, grn_mode="dense", cls_attends_all=False)
+    masks = no_cls_row.build_attention_masks(full["input_ids"], full["attention_mask"], boolean=False)
+    assert masks[0].shape == (2, 1, ids.shape[1], ids.shape[1]) and masks[0][0, 0, 0].sum() == 1
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="not a multiple of num_attention_heads"):
         ScGrnConfig(hidden_size=30, num_attention_heads=4)
