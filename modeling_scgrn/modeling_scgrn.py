@@ -322,8 +322,54 @@ class ScGrnAttention(nn.Module):
         return self.o_proj(output.reshape(batch, length, -1)), weights
 
 
+class _SwiGLU(torch.autograd.Function):
+    """`down(silu(gate(x)) * up(x))` for bias-free projections, keeping only `x`, `gate(x)` and `up(x)` for the
+    backward pass: `silu(gate(x))` and the product, two `(tokens, intermediate)` tensors that autograd would also
+    keep, are recomputed elementwise (no matmul is recomputed). Under autocast the matmuls run in the autocast
+    dtype, as `nn.Linear` would, and each gradient comes back in its input's dtype."""
+
+    @staticmethod
+    def forward(ctx, hidden_states, gate_weight, up_weight, down_weight):
+        device = hidden_states.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden_states.dtype
+        with torch.autocast(device, enabled=False):
+            states = hidden_states.to(dtype)
+            gate = nn.functional.linear(states, gate_weight.to(dtype))
+            up = nn.functional.linear(states, up_weight.to(dtype))
+            output = nn.functional.linear(nn.functional.silu(gate) * up, down_weight.to(dtype))
+        ctx.save_for_backward(states, gate, up, gate_weight, up_weight, down_weight)
+        ctx.input_dtype = hidden_states.dtype
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        states, gate, up, gate_weight, up_weight, down_weight = ctx.saved_tensors
+        needs_states, needs_gate, needs_up, needs_down = ctx.needs_input_grad
+        dtype = gate.dtype
+        grad = grad_output.to(dtype)
+        activated = nn.functional.silu(gate)
+        grad_product = grad @ down_weight.to(dtype)
+        grad_gate = torch.ops.aten.silu_backward(grad_product * up, gate)
+        grad_up = grad_product * activated
+        flat = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731  (tokens, features)
+        grad_states = grad_gate_weight = grad_up_weight = grad_down_weight = None
+        if needs_down:
+            grad_down_weight = (flat(grad).T @ flat(activated * up)).to(down_weight.dtype)
+        if needs_gate:
+            grad_gate_weight = (flat(grad_gate).T @ flat(states)).to(gate_weight.dtype)
+        if needs_up:
+            grad_up_weight = (flat(grad_up).T @ flat(states)).to(up_weight.dtype)
+        if needs_states:
+            grad_states = (grad_gate @ gate_weight.to(dtype) + grad_up @ up_weight.to(dtype)).to(ctx.input_dtype)
+        return grad_states, grad_gate_weight, grad_up_weight, grad_down_weight
+
+
 class ScGrnMLP(nn.Module):
-    """Gated linear unit feed-forward (SwiGLU with `hidden_act="silu"`)."""
+    """Gated linear unit feed-forward (SwiGLU with `hidden_act="silu"`).
+
+    When training SwiGLU, the same computation runs through `_SwiGLU`, which keeps x, gate(x) and up(x) only (about 45% less activation memory for
+    the backward pass at 8/3 x hidden); projections that are not plain `nn.Linear` or carry hooks (adapters such as LoRA, quantised
+    layers, DeepSpeed ZeRO-3 parameter gathering) keep the module path."""
 
     def __init__(self, config: ScGrnConfig):
         super().__init__()
@@ -331,9 +377,23 @@ class ScGrnMLP(nn.Module):
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
         self.act_fn = ACT2FN[config.hidden_act]
+        self.swiglu = config.hidden_act in ("silu", "swish")
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        projections = (self.gate_proj, self.up_proj, self.down_proj)
+        if self.swiglu and torch.is_grad_enabled() and all(_is_plain_linear(p) for p in projections):
+            return _SwiGLU.apply(hidden_states, *(p.weight for p in projections))
         return self.down_proj(self.act_fn(self.gate_proj(hidden_states)) * self.up_proj(hidden_states))
+
+
+def _is_plain_linear(module: nn.Module) -> bool:
+    """An `nn.Linear` without bias, subclass or hooks, whose forward is exactly `F.linear(x, weight)`."""
+    return (
+        type(module) is nn.Linear
+        and module.bias is None
+        and not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks)
+        and "forward" not in module.__dict__
+    )
 
 
 class ScGrnLayer(GradientCheckpointingLayer):

@@ -9,6 +9,7 @@ from modeling_scgrn import (
     ScGrnModel,
 )
 from modeling_scgrn.grn_prior import edge_keys, lookup_pairs
+from modeling_scgrn.modeling_scgrn import ScGrnMLP, _SwiGLU
 
 from conftest import tiny_config
 
@@ -281,3 +282,76 @@ def test_prior_with_only_self_edges_is_refused(tokenizer):
         model.set_grn_edges(torch.tensor([[5, 6], [5, 6]]))
     with pytest.raises(ValueError, match="outside the vocabulary"):
         model.set_grn_edges(torch.tensor([[5], [999]]))
+
+
+def _mlp_pair(hidden_act="silu"):
+    torch.manual_seed(0)
+    config = ScGrnConfig(hidden_size=16, intermediate_size=24, hidden_act=hidden_act)
+    return ScGrnMLP(config)
+
+
+def _module_path(mlp, states):
+    return mlp.down_proj(mlp.act_fn(mlp.gate_proj(states)) * mlp.up_proj(states))
+
+
+def test_swiglu_training_path_equals_the_modules_and_keeps_less():
+    mlp = _mlp_pair()
+    states = torch.randn(3, 7, 16, requires_grad=True)
+    results = []
+    for forward in (mlp, lambda x: _module_path(mlp, x)):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out = forward(states)
+        out.pow(2).sum().backward()
+        grads = [states.grad.clone()] + [p.grad.clone() for p in mlp.parameters()]
+        states.grad = None
+        mlp.zero_grad(set_to_none=True)
+        weights = {p.untyped_storage().data_ptr() for p in mlp.parameters()}
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in saved}
+        activations = sum(n for ptr, n in storages.items() if ptr not in weights) // 4  # float32 values kept
+        results.append((out.detach(), grads, activations))
+    (fused, fused_grads, fused_kept), (plain, plain_grads, plain_kept) = results
+    torch.testing.assert_close(fused, plain, rtol=0, atol=0)
+    for a, b in zip(fused_grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert fused_kept == 3 * 7 * (16 + 24 + 24)  # x, gate(x), up(x)
+    assert plain_kept == 3 * 7 * (16 + 4 * 24)  # autograd also keeps silu(gate(x)) and the product
+    assert fused_kept / plain_kept < 0.6
+    double = _mlp_pair().double()
+    assert torch.autograd.gradcheck(lambda x, g, u, d: _SwiGLU.apply(x, g, u, d),
+                                    (torch.randn(2, 3, 16, dtype=torch.float64, requires_grad=True),
+                                     *(p.detach().clone().requires_grad_() for p in double.parameters())))
+
+
+def test_swiglu_training_path_under_bf16_autocast_matches_nn_linear():
+    mlp = _mlp_pair()
+    states = torch.randn(2, 5, 16, requires_grad=True)
+    outputs = []
+    for forward in (mlp, lambda x: _module_path(mlp, x)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = forward(states)
+        out.float().pow(2).sum().backward()
+        outputs.append((out, states.grad.clone(), mlp.gate_proj.weight.grad.clone()))
+        states.grad = None
+        mlp.zero_grad(set_to_none=True)
+    (fused, fused_x, fused_w), (plain, plain_x, plain_w) = outputs
+    assert fused.dtype == plain.dtype == torch.bfloat16
+    assert fused_x.dtype == torch.float32 and fused_w.dtype == torch.float32
+    torch.testing.assert_close(fused, plain)
+    torch.testing.assert_close(fused_x, plain_x, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(fused_w, plain_w, rtol=2e-2, atol=2e-2)
+
+
+def test_swiglu_keeps_the_module_path_for_hooks_adapters_and_other_activations():
+    mlp = _mlp_pair()
+    states = torch.randn(2, 4, 16, requires_grad=True)
+    calls = []
+    handle = mlp.up_proj.register_forward_hook(lambda module, args, out: calls.append(1))
+    mlp(states)
+    assert calls == [1]  # hooked projections (LoRA, ZeRO-3 gathering) run as modules
+    handle.remove()
+    mlp(states)
+    assert calls == [1]  # the plain SwiGLU training path bypasses the modules
+    gelu = _mlp_pair("gelu")
+    torch.testing.assert_close(gelu(states), _module_path(gelu, states))
+    assert gelu(states).grad_fn.name() != "_SwiGLUBackward"
