@@ -39,6 +39,10 @@ def load_real_cells(h5ad: Path, prior: Path, length: int, num_cells: int, seed: 
     tokenizer = ScGrnTokenizer.from_genes(list(adata.var_names), n_bins=51)
     encoded = tokenizer(adata, return_tensors="np")
     lengths = encoded["attention_mask"].sum(1)
+    detected = np.unique(np.concatenate([encoded["input_ids"][c][1:n] for c, n in enumerate(lengths)]))
+    if length - 1 > detected.size:
+        raise ValueError(f"{h5ad.name} detects {detected.size:,} distinct genes in all; a cell of {length:,} tokens "
+                         f"needs {length - 1:,}. Use a shorter length or a larger sample (--h5ad).")
     rng = np.random.default_rng(seed)
     order = rng.permutation(adata.n_obs)
     columns = {"input_ids": [], "expression_values": [], "expression_bins": []}

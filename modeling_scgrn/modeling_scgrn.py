@@ -25,9 +25,9 @@ from .grn_prior import (
     block_mask_to_dense,
     build_attention_mask,
     build_block_mask,
-    dense_attention_mask,
     build_structured_plan,
     control_edges,
+    dense_attention_mask,
     edge_keys,
     regulators_first_order,
     structured_plan_supported,
@@ -367,8 +367,9 @@ class _SwiGLU(torch.autograd.Function):
 class ScGrnMLP(nn.Module):
     """Gated linear unit feed-forward (SwiGLU with `hidden_act="silu"`).
 
-    When training SwiGLU, the same computation runs through `_SwiGLU`, which keeps x, gate(x) and up(x) only (about 45% less activation memory for
-    the backward pass at 8/3 x hidden); projections that are not plain `nn.Linear` or carry hooks (adapters such as LoRA, quantised
+    When training SwiGLU, the same computation runs through `_SwiGLU`, which keeps only x, gate(x) and up(x) for
+    the backward pass (about 45% less activation memory in the feed-forward at intermediate = 8/3 x hidden).
+    Projections that are not plain `nn.Linear` or carry hooks (adapters such as LoRA, quantised
     layers, DeepSpeed ZeRO-3 parameter gathering) keep the module path."""
 
     def __init__(self, config: ScGrnConfig):
