@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -157,6 +158,7 @@ class _StructuredAttention(torch.autograd.Function):
         return output
 
     @staticmethod
+    @once_differentiable  # a second derivative would miss the saved intermediates: raise, not guess
     def backward(ctx, grad_output):
         query, key, value, pair_query, pair_key, cls_position, *saved = ctx.saved_tensors
         probs, keeps = tuple(saved[:3]), tuple(saved[3:])
@@ -342,6 +344,7 @@ class _SwiGLU(torch.autograd.Function):
         return output
 
     @staticmethod
+    @once_differentiable  # a second derivative would miss the saved intermediates: raise, not guess
     def backward(ctx, grad_output):
         states, gate, up, gate_weight, up_weight, down_weight = ctx.saved_tensors
         needs_states, needs_gate, needs_up, needs_down = ctx.needs_input_grad

@@ -355,3 +355,17 @@ def test_swiglu_keeps_the_module_path_for_hooks_adapters_and_other_activations()
     gelu = _mlp_pair("gelu")
     torch.testing.assert_close(gelu(states), _module_path(gelu, states))
     assert gelu(states).grad_fn.name() != "_SwiGLUBackward"
+
+
+def test_custom_backward_passes_refuse_second_derivatives(tokenizer, edge_tensor, batch):
+    mlp = _mlp_pair()
+    states = torch.randn(2, 4, 16, requires_grad=True)
+    (grad,) = torch.autograd.grad(mlp(states).pow(2).sum(), states, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|not differentiable|double backward"):
+        grad.sum().backward()
+    # gelu keeps the feed-forward on the module path, so only the structured attention's backward is custom here
+    model = make(ScGrnModel, tokenizer, edge_tensor, attn_implementation="grn_structured", hidden_act="gelu")
+    weight = model.layers[0].self_attn.q_proj.weight
+    (grad,) = torch.autograd.grad(model(**batch).last_hidden_state.pow(2).sum(), weight, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|not differentiable|double backward"):
+        grad.sum().backward()
