@@ -284,7 +284,7 @@ def test_prior_with_only_self_edges_is_refused(tokenizer):
         model.set_grn_edges(torch.tensor([[5], [999]]))
 
 
-def _mlp_pair(hidden_act="silu"):
+def _tiny_mlp(hidden_act="silu"):
     torch.manual_seed(0)
     config = ScGrnConfig(hidden_size=16, intermediate_size=24, hidden_act=hidden_act)
     return ScGrnMLP(config)
@@ -295,7 +295,7 @@ def _module_path(mlp, states):
 
 
 def test_swiglu_training_path_equals_the_modules_and_keeps_less():
-    mlp = _mlp_pair()
+    mlp = _tiny_mlp()
     states = torch.randn(3, 7, 16, requires_grad=True)
     results = []
     for forward in (mlp, lambda x: _module_path(mlp, x)):
@@ -317,14 +317,14 @@ def test_swiglu_training_path_equals_the_modules_and_keeps_less():
     assert fused_kept == 3 * 7 * (16 + 24 + 24)  # x, gate(x), up(x)
     assert plain_kept == 3 * 7 * (16 + 4 * 24)  # autograd also keeps silu(gate(x)) and the product
     assert fused_kept / plain_kept < 0.6
-    double = _mlp_pair().double()
+    double = _tiny_mlp().double()
     assert torch.autograd.gradcheck(lambda x, g, u, d: _SwiGLU.apply(x, g, u, d),
                                     (torch.randn(2, 3, 16, dtype=torch.float64, requires_grad=True),
                                      *(p.detach().clone().requires_grad_() for p in double.parameters())))
 
 
 def test_swiglu_training_path_under_bf16_autocast_matches_nn_linear():
-    mlp = _mlp_pair()
+    mlp = _tiny_mlp()
     states = torch.randn(2, 5, 16, requires_grad=True)
     outputs = []
     for forward in (mlp, lambda x: _module_path(mlp, x)):
@@ -343,7 +343,7 @@ def test_swiglu_training_path_under_bf16_autocast_matches_nn_linear():
 
 
 def test_swiglu_keeps_the_module_path_for_hooks_adapters_and_other_activations():
-    mlp = _mlp_pair()
+    mlp = _tiny_mlp()
     states = torch.randn(2, 4, 16, requires_grad=True)
     calls = []
     handle = mlp.up_proj.register_forward_hook(lambda module, args, out: calls.append(1))
@@ -352,13 +352,13 @@ def test_swiglu_keeps_the_module_path_for_hooks_adapters_and_other_activations()
     handle.remove()
     mlp(states)
     assert calls == [1]  # the plain SwiGLU training path bypasses the modules
-    gelu = _mlp_pair("gelu")
+    gelu = _tiny_mlp("gelu")
     torch.testing.assert_close(gelu(states), _module_path(gelu, states))
     assert gelu(states).grad_fn.name() != "_SwiGLUBackward"
 
 
 def test_custom_backward_passes_refuse_second_derivatives(tokenizer, edge_tensor, batch):
-    mlp = _mlp_pair()
+    mlp = _tiny_mlp()
     states = torch.randn(2, 4, 16, requires_grad=True)
     (grad,) = torch.autograd.grad(mlp(states).pow(2).sum(), states, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|not differentiable|double backward"):
