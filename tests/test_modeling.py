@@ -251,8 +251,9 @@ def test_dense_blocks_pass_no_pairwise_mask(tokenizer, edge_tensor, batch, attn_
     reference.build_attention_masks = lambda input_ids, attention_mask, boolean=True: ScGrnModel.build_attention_masks(
         reference, input_ids, attention_mask, boolean=True)
     with torch.no_grad():
-        torch.testing.assert_close(model(**batch).last_hidden_state, reference(**batch).last_hidden_state,
-                                   atol=1e-5, rtol=1e-5)
+        for inputs in (batch, full):  # a key-padding mask, then no mask at all (not causal)
+            torch.testing.assert_close(model(**inputs).last_hidden_state, reference(**inputs).last_hidden_state,
+                                       atol=1e-5, rtol=1e-5)
     # [CLS] reading only itself depends on the query: the full mask again
     no_cls_row = make(ScGrnModel, tokenizer, edge_tensor, grn_mode="dense", cls_attends_all=False)
     masks = no_cls_row.build_attention_masks(full["input_ids"], full["attention_mask"], boolean=False)
