@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 
-from real_cells import default_paths, load_real_cells, peak_rss_mib, run_isolated
+from real_cells import best_seconds, default_paths, load_real_cells, peak_rss_mib, run_isolated
 
 VARIANTS = ["dense_sdpa", "grn_sdpa_mask", "grn_eager", "grn_structured", "grn_flex"]
 
@@ -80,20 +79,12 @@ def one(variant: str, length: int, cells: int, heads: int, head_dim: int, repeat
             out.pow(2).sum().backward()
         return out.detach()
 
-    def best_ms(run) -> float:
-        run()  # warm-up (and compilation)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
-        return 1000 * min(times)
-
     out = step()
-    result = {"variant": variant, "length": length, "ms": best_ms(step), "peak_rss_mib": peak_rss_mib(),
-              "rss_before_mib": rss_before, "forward_only": forward_only}
+    result = {"variant": variant, "length": length, "ms": 1000 * best_seconds(step, repeats),
+              "peak_rss_mib": peak_rss_mib(), "rss_before_mib": rss_before, "forward_only": forward_only}
     if forward_only:
-        result["dense_forward_ms"] = best_ms(lambda: torch.nn.functional.scaled_dot_product_attention(*qkv))
+        dense_forward = lambda: torch.nn.functional.scaled_dot_product_attention(*qkv)  # noqa: E731
+        result["dense_forward_ms"] = 1000 * best_seconds(dense_forward, repeats)
     if variant != "grn_sdpa_mask":
         mask = build_attention_mask(ids, valid, edges, dense=False, keys=keys, **options)
         q, k, v = qkv

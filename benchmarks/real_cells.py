@@ -102,15 +102,20 @@ def run_isolated(script: Path, options: list[str], timeout: float) -> dict:
     return json.loads(lines[-1])
 
 
-def matmul_peak_flops(size: int = 2048, repeats: int = 5, dtype=torch.float32) -> float:
-    """A plain matrix-multiply peak of this machine and thread count, FLOP/s (best of `repeats`)."""
+def best_seconds(run, repeats: int) -> float:
+    """Seconds of the fastest of `repeats` calls of `run()`, after one untimed warm-up call (compilation, caches)."""
     import time
 
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
+    run()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        a @ b
+        run()
         best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+    return best
+
+
+def matmul_peak_flops(size: int = 2048, repeats: int = 5, dtype=torch.float32) -> float:
+    """A plain matrix-multiply peak of this machine and thread count, FLOP/s (best of `repeats`)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    return 2 * size**3 / best_seconds(lambda: a @ b, repeats)

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 
-from real_cells import default_paths, load_real_cells, matmul_peak_flops, peak_rss_mib, run_isolated
+from real_cells import (best_seconds, default_paths, load_real_cells, matmul_peak_flops, peak_rss_mib,
+                        run_isolated)
 
 VARIANTS = ["scgrn_grn_structured", "scgrn_grn_sdpa_mask", "scgrn_grn_flex", "scgrn_dense", "bert", "scgpt"]
 
@@ -74,21 +74,10 @@ def one(variant: str, length: int, options) -> dict:
 
     # torch has no flex-attention backward on CPU: there the flex model is measured for inference only
     trains = not (variant == "scgrn_grn_flex" and batch["input_ids"].device.type == "cpu")
-    step = None
-    if trains:
-        train_step()  # warm-up
-        times = []
-        for _ in range(options.repeats):
-            start = time.perf_counter()
-            train_step()
-            times.append(time.perf_counter() - start)
-        step = min(times)
+    step = best_seconds(train_step, options.repeats) if trains else None
     model.eval()
     with torch.inference_mode():
-        encode(batch)
-        start = time.perf_counter()
-        encode(batch)
-        inference = time.perf_counter() - start
+        inference = best_seconds(lambda: encode(batch), 1)
     encoder_params = sum(p.numel() for name, p in model.named_parameters() if "embedding" not in name)
     flops = 6 * encoder_params * cells * length + 12 * size["layers"] * length**2 * size["hidden"] * cells
     return {"variant": variant, "length": length, "cells": cells, "step_s": step,
