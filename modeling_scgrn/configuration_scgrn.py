@@ -10,6 +10,7 @@ GRN_DIRECTIONS = ("regulator_to_target", "target_to_regulator", "both")
 VALUE_ENCODINGS = ("binned", "continuous")
 POOLINGS = ("cls", "mean")
 ISOLATED_GENE_POLICIES = ("self", "dense")
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 
 class ScGrnConfig(PretrainedConfig):
@@ -165,6 +166,17 @@ class ScGrnConfig(PretrainedConfig):
         self.grn_control_seed = grn_control_seed
         self.num_grn_edges = num_grn_edges
         super().__init__(pad_token_id=pad_token_id, **kwargs)
+        _check_choice("problem_type", self.problem_type, (None, *PROBLEM_TYPES))
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """transformers' lookup, refusing a local folder without `config.json` (transformers would return an empty
+        dict, and so a default config that matches no saved model)."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if not config_dict:
+            raise OSError(f"{pretrained_model_name_or_path} has no config.json: it is not a saved scgrn model "
+                          "(save one with save_pretrained, or point at the model/ folder a run wrote).")
+        return config_dict, kwargs
 
     @property
     def head_dim(self) -> int:

@@ -356,7 +356,7 @@ def build_structured_plan(
     keep = ~flat_heavy[edge_pairs[0]]
     self_allowed = (is_cls | ~valid | (is_gene & self_loops)) & ~heavy
     has_cls = is_cls.any(-1)
-    cls_position = torch.where(has_cls, is_cls.to(torch.int8).argmax(-1), torch.zeros_like(positions[:batch]))
+    cls_position = torch.where(has_cls, is_cls.to(torch.int8).argmax(-1), 0)  # (batch,): batch may exceed L
     cls_allowed = is_gene & has_cls[:, None] & ~heavy & all_attend_cls
 
     # heavy rows: full boolean rows, from the same edge list

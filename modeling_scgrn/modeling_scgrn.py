@@ -8,6 +8,7 @@ sibling files.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -222,7 +223,7 @@ def grn_structured_attention_forward(
     same result as `eager` with the equivalent boolean mask. A boolean tensor mask (dense layers, or mask options
     the plan does not cover) goes to `sdpa`. Registered as `attn_implementation="grn_structured"`.
     """
-    if not isinstance(attention_mask, StructuredAttentionPlan):
+    if not _is_structured_plan(attention_mask):
         return ALL_ATTENTION_FUNCTIONS["sdpa"](
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
@@ -248,6 +249,14 @@ def grn_structured_attention_forward(
             (rows_b, plan.heavy_positions[rows_b, rows_s]), heavy_output.transpose(1, 2)[rows_b, rows_s]
         )
     return output, None
+
+
+def _is_structured_plan(mask) -> bool:
+    """Whether an attention mask is a structured plan, recognised by its fields rather than its class: two scgrn
+    repos loaded with `trust_remote_code` in one process each define their own `StructuredAttentionPlan`, and the
+    registry keeps only the kernel registered last, which must still take the other copy's plans."""
+    return not isinstance(mask, torch.Tensor) and all(
+        hasattr(mask, name) for name in ("pair_query", "pair_key", "self_allowed", "heavy_mask"))
 
 
 AttentionInterface.register("grn_structured", grn_structured_attention_forward)
@@ -437,7 +446,21 @@ class ScGrnPreTrainedModel(PreTrainedModel):
         block mask built from the prior) and any registered function stay selectable by `attn_implementation`."""
         if requested_attention is None:
             return "grn_structured"
+        known = {"eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()}
+        if requested_attention not in known and "/" not in requested_attention and "|" not in requested_attention:
+            raise ValueError(
+                f"attn_implementation={requested_attention!r} is not available; choose 'grn_structured' (the "
+                "default, exact and prior-structured), 'sdpa', 'flex_attention' or 'eager' (the only one returning "
+                "attention weights).")
         return super().get_correct_attn_implementation(requested_attention, is_init_check)
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """transformers' resize; a smaller vocabulary also drops (and counts, in a warning) the GRN edges whose
+        genes it no longer holds, since their keys would alias onto other gene pairs."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        self.base_model.drop_edges_outside_vocabulary()
+        return embeddings
 
     def set_grn_edges(self, grn_edges: torch.Tensor) -> torch.Tensor:
         """Attach a prior to the encoder; see [`ScGrnModel.set_grn_edges`]."""
@@ -568,6 +591,18 @@ class ScGrnModel(ScGrnPreTrainedModel):
             )
         return [grn] * num_grn + dense * c.grn_dense_last_layers
 
+    def drop_edges_outside_vocabulary(self) -> int:
+        """Remove stored edges with an id at or beyond `config.vocab_size` (after the vocabulary shrank); returns
+        how many were dropped."""
+        inside = (self.grn_edges < self.config.vocab_size).all(0)
+        dropped = int((~inside).sum())
+        if dropped:
+            warnings.warn(f"dropped {dropped} of {inside.numel()} GRN edges whose genes are outside the resized "
+                          f"vocabulary of {self.config.vocab_size} tokens.", stacklevel=3)
+            self.grn_edges = self.grn_edges[:, inside]
+            self.config.num_grn_edges = int(self.grn_edges.shape[1])
+        return dropped
+
     @property
     def num_grn_layers(self) -> int:
         """How many blocks (the first ones) follow the prior; the rest are dense."""
@@ -584,7 +619,6 @@ class ScGrnModel(ScGrnPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attention_masks: bool = False,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> ScGrnModelOutput | tuple:
         r"""
         Args:
@@ -713,7 +747,6 @@ class ScGrnForMaskedExpressionModeling(ScGrnPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> ScGrnMaskedExpressionOutput | tuple:
         r"""
         Args:
@@ -767,11 +800,12 @@ class ScGrnForCellClassification(ScGrnPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> ScGrnCellClassificationOutput | tuple:
         r"""
         Args:
-            labels: `(batch,)` class indices in `[0, num_labels)`.
+            labels: `(batch,)` class indices in `[0, num_labels)`; `(batch, num_labels)` 0/1 floats for
+                `problem_type="multi_label_classification"`; `(batch,)` or `(batch, num_labels)` targets for
+                `"regression"` (see [`loss`]).
             class_weights: optional `(num_labels,)` weights of the cross-entropy (for imbalanced cell types).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -785,10 +819,7 @@ class ScGrnForCellClassification(ScGrnPreTrainedModel):
             return_dict=True,
         )
         logits = self.classifier(self.dropout(outputs.pooler_output))
-        loss = None
-        if labels is not None:
-            weight = None if class_weights is None else class_weights.to(logits.device, torch.float32)
-            loss = nn.functional.cross_entropy(logits.float(), labels.long(), weight=weight)
+        loss = None if labels is None else self.loss(logits, labels, class_weights)
         output = ScGrnCellClassificationOutput(
             loss=loss,
             logits=logits,
@@ -797,6 +828,29 @@ class ScGrnForCellClassification(ScGrnPreTrainedModel):
             attentions=outputs.attentions,
         )
         return output if return_dict else output.to_tuple()
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None):
+        """The loss of `config.problem_type`, chosen as transformers' sequence-classification heads choose it when
+        unset (one label: regression; integer labels: single-label; otherwise multi-label) and then recorded in
+        the config: cross-entropy (weighted by `class_weights`), mean squared error, or binary cross-entropy on
+        logits for `(batch, num_labels)` 0/1 labels."""
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        problem = self.config.problem_type
+        if class_weights is not None and problem != "single_label_classification":
+            raise ValueError(f"class_weights apply to single_label_classification, not {problem!r}.")
+        if problem == "regression":
+            predicted = logits.squeeze(-1) if self.num_labels == 1 else logits
+            return nn.functional.mse_loss(predicted.float(), labels.float().view_as(predicted))
+        if problem == "multi_label_classification":
+            return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        weight = None if class_weights is None else class_weights.to(logits.device, torch.float32)
+        return nn.functional.cross_entropy(logits.float(), labels.long(), weight=weight)
 
 
 __all__ = [
