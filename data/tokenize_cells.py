@@ -3,17 +3,16 @@ tokenizer, a tokenized train/validation/test dataset (Hugging Face `datasets`, A
 
     python data/tokenize_cells.py --input pbmc68k_reduced --prior priors/omnipath_interactions.parquet \
         --label_column bulk_labels --output runs/pbmc68k/data
+
+A non-empty --output folder is refused unless --overwrite is given; the folder is written under a temporary name
+and renamed when complete.
 """
 
 import argparse
 import json
-import logging
-
-from modeling_scgrn.grn import GeneRegulatoryNetwork
-from modeling_scgrn.pipeline import prepare_cells
 
 
-def main() -> None:
+def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, action="append",
                         help="an .h5ad file of raw counts, or 'pbmc68k_reduced'; repeat to join several datasets")
@@ -42,9 +41,22 @@ def main() -> None:
     parser.add_argument("--no_normalize", action="store_true",
                         help="the values are already normalised (e.g. log1p of total-count-normalised counts): use "
                         "them as they are instead of requiring raw counts (--panel all)")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    args = parser.parse_args(argv)
+    for name in ("max_length", "n_bins", "n_top_genes", "num_proc", "chunk_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    return args
 
+
+def tokenize(args) -> dict:
+    import logging
+
+    from modeling_scgrn.grn import GeneRegulatoryNetwork
+    from modeling_scgrn.pipeline import prepare_cells
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     network = GeneRegulatoryNetwork.read(args.prior, args.resource)
     print(network)
     report = prepare_cells(
@@ -52,12 +64,21 @@ def main() -> None:
         max_length=args.max_length, n_bins=args.n_bins, panel=args.panel, n_top_genes=args.n_top_genes,
         seed=args.seed, min_genes=args.min_genes, min_cells=args.min_cells, backed=args.backed,
         num_proc=args.num_proc, chunk_size=args.chunk_size, max_shard_size=args.max_shard_size,
-        tokenizer=args.tokenizer, normalize=not args.no_normalize,
+        tokenizer=args.tokenizer, normalize=not args.no_normalize, overwrite=args.overwrite,
     )
     prior = {k: v for k, v in report["prior"].items() if k not in ("out_degree", "in_degree")}
     print(json.dumps({"prior": prior, "qc": report["qc"], "tokenization": report["tokenization"],
                       "split": report["split"]}, indent=2))
     print(f"wrote {args.output}/dataset, tokenizer/, prior/ and prior_report.json")
+    return report
+
+
+def main(argv=None) -> None:
+    args = parse_arguments(argv)
+    from modeling_scgrn.cli import run_script
+
+    run_script(args, lambda: tokenize(args), output_dir=args.output, task="tokenize",
+               inputs=(*args.input, args.prior, args.tokenizer))
 
 
 if __name__ == "__main__":

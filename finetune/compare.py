@@ -6,27 +6,45 @@ over several seeds; mean +/- sd of accuracy, macro-F1 and embedding metrics.
         --label_column bulk_labels --output_dir runs/pbmc68k/compare --seeds 0 1 2
 
 Writes comparison.md, comparison.json and comparison.png. The model section of the config sets the shared
-architecture (its grn_mode is overridden per run).
+architecture (its grn_mode is overridden per run). A non-empty --output_dir is refused unless --overwrite is given.
 """
 
 import argparse
 
-from modeling_scgrn.pipeline import add_config_arguments, run_comparison, script_options
+MODES = ("grn", "dense", "random", "shuffled")
 
 
-def main() -> None:
+def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser)
+    parser.add_argument("--config", default=None, help="YAML/JSON file with `model` and `training` sections")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.OPTION=VALUE",
+                        help="override one config value (repeatable)")
     parser.add_argument("--data", required=True, help="folder from data/tokenize_cells.py (with --label_column)")
     parser.add_argument("--label_column", required=True, help="obs column with the cell types")
     parser.add_argument("--output_dir", required=True, help="where the runs and the table go")
-    parser.add_argument("--modes", nargs="+", default=["grn", "dense", "random", "shuffled"], help="mask modes")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="mask modes")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds per mode")
-    args = parser.parse_args()
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    return parser.parse_args(argv)
+
+
+def compare(args) -> dict:
+    from modeling_scgrn.pipeline import run_comparison, script_options
+
     options = script_options(args.config, args.overrides, {"model": None, "training": None})
     result = run_comparison(args.data, args.output_dir, label_column=args.label_column, modes=args.modes,
                             seeds=args.seeds, model_options=options["model"], training_options=options["training"])
     print(result["markdown"])
+    return result
+
+
+def main(argv=None) -> None:
+    args = parse_arguments(argv)
+    from modeling_scgrn.cli import run_script
+
+    run_script(args, lambda: compare(args), output_dir=args.output_dir, task="compare",
+               inputs=(args.data, args.config))
 
 
 if __name__ == "__main__":

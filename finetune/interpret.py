@@ -14,11 +14,6 @@ import argparse
 import json
 from pathlib import Path
 
-from transformers import AutoModel
-
-from modeling_scgrn.interpret import attention_scores, plot_attention_heatmap, prior_agreement, top_pairs
-from modeling_scgrn.pipeline import _load_prepared, check_compatible
-
 
 def table(frame, columns) -> list[str]:
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
@@ -27,7 +22,7 @@ def table(frame, columns) -> list[str]:
     return lines
 
 
-def main() -> None:
+def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="folder from data/tokenize_cells.py (with --label_column)")
     parser.add_argument("--label_column", required=True)
@@ -40,19 +35,31 @@ def main() -> None:
     parser.add_argument("--max_cells_per_label", type=int, default=200)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--output_dir", required=True)
-    args = parser.parse_args()
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    return parser.parse_args(argv)
+
+
+def interpret(args) -> dict:
+    from transformers import AutoModel
+
+    from modeling_scgrn.interpret import attention_scores, plot_attention_heatmap, prior_agreement, top_pairs
+    from modeling_scgrn.pipeline import _load_prepared, check_compatible, load_pretrained
+
     dataset, tokenizer, network, _ = _load_prepared(Path(args.data))
     if args.split not in dataset:
-        raise SystemExit(f"the dataset has no split {args.split!r}; splits are {list(dataset)}.")
+        raise ValueError(f"the dataset has no split {args.split!r}; splits are {list(dataset)}.")
     cells = dataset[args.split]
+    if args.label_column not in cells.column_names:
+        raise ValueError(f"the dataset has no label column {args.label_column!r}; columns are {cells.column_names}.")
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     report, lines = {}, [f"# Attention vs prior on `{args.label_column}` ({args.split} split)", ""]
 
     check_compatible(args.model, tokenizer)
-    model = AutoModel.from_pretrained(args.model)
+    model = load_pretrained(AutoModel, args.model)
     if model.config.grn_mode == "dense":
-        raise SystemExit("--model must be GRN-masked (grn_mode grn/random/shuffled); pass dense ones as --dense_model.")
+        raise ValueError("--model must be GRN-masked (grn_mode grn/random/shuffled); pass dense ones as --dense_model.")
     both = model.config.grn_direction == "both"
     scores = attention_scores(model, tokenizer, cells, args.label_column, batch_size=args.batch_size,
                               max_cells_per_label=args.max_cells_per_label, progress=True)
@@ -76,7 +83,7 @@ def main() -> None:
 
     if args.dense_model:
         check_compatible(args.dense_model, tokenizer)
-        dense = AutoModel.from_pretrained(args.dense_model)
+        dense = load_pretrained(AutoModel, args.dense_model)
         dense.config.grn_direction = model.config.grn_direction  # read with the GRN model's orientation
         dense_scores = attention_scores(dense, tokenizer, cells, args.label_column, batch_size=args.batch_size,
                                         max_cells_per_label=args.max_cells_per_label, progress=True)
@@ -96,6 +103,15 @@ def main() -> None:
     (output / "attention_report.json").write_text(json.dumps(report, indent=2, default=str))
     (output / "attention_report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    return report
+
+
+def main(argv=None) -> None:
+    args = parse_arguments(argv)
+    from modeling_scgrn.cli import run_script
+
+    run_script(args, lambda: interpret(args), output_dir=args.output_dir, task="interpret",
+               inputs=(args.data, args.model, args.dense_model))
 
 
 if __name__ == "__main__":

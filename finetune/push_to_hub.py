@@ -9,10 +9,8 @@ the folder is complete.
 
 import argparse
 
-from modeling_scgrn.hub import push_model_folder
 
-
-def main() -> None:
+def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folder", required=True, help="a complete scgrn model folder")
     parser.add_argument("--repo_id", required=True, help="namespace/name on the Hub")
@@ -20,10 +18,24 @@ def main() -> None:
     parser.add_argument("--revision", default=None, help="branch to commit to (created when missing)")
     parser.add_argument("--create_pr", action="store_true", help="open a pull request instead of committing")
     parser.add_argument("--commit_message", default="Upload scgrn model (weights, GRN prior, tokenizer, model card)")
-    args = parser.parse_args()
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    return parser.parse_args(argv)
+
+
+def push(args):
+    from modeling_scgrn.hub import push_model_folder
+
     info = push_model_folder(args.folder, args.repo_id, private=args.private, revision=args.revision,
                              create_pr=args.create_pr, commit_message=args.commit_message)
     print(f"pushed: {info.commit_url}" + (f" (pull request {info.pr_url})" if args.create_pr else ""))
+    return info
+
+
+def main(argv=None) -> None:
+    args = parse_arguments(argv)
+    from modeling_scgrn.cli import run_script
+
+    run_script(args, lambda: push(args))
 
 
 if __name__ == "__main__":

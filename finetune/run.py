@@ -6,21 +6,20 @@
 A new dataset can come as an `.h5ad` instead of `--data`: `--h5ad FILE --prior TABLE [--group_column donor]`
 tokenizes it first into OUTPUT_DIR/data, with the pretrained model's own vocabulary (genes it does not know are
 dropped and counted), split by donor when `--group_column` is given. Without `--pretrained` the model trains from
-scratch (a comparison baseline). Prints held-out accuracy and
-macro-F1 next to the majority-class baseline; writes `model/` (weights, tokenizer, GRN files, model card),
-`confusion_matrix.png` and `training_curves.png`.
+scratch (a comparison baseline). Prints held-out accuracy and macro-F1 next to the majority-class baseline; writes
+`model/` (weights, tokenizer, GRN files, model card), `confusion_matrix.png` and `training_curves.png`. A non-empty
+--output_dir is refused unless --overwrite is given or the run in it is resumed.
 """
 
 import argparse
 import json
 
-from modeling_scgrn.grn import GeneRegulatoryNetwork
-from modeling_scgrn.pipeline import add_config_arguments, prepare_cells, run_finetuning, script_options
 
-
-def main() -> None:
+def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser)
+    parser.add_argument("--config", default=None, help="YAML/JSON file with `model` and `training` sections")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.OPTION=VALUE",
+                        help="override one config value (repeatable)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help="folder from data/tokenize_cells.py (with --label_column)")
     source.add_argument("--h5ad", action="append", help="raw-count .h5ad file(s) (or pbmc68k_reduced) to tokenize "
@@ -35,25 +34,48 @@ def main() -> None:
     parser.add_argument("--label_column", required=True, help="obs column with the cell types")
     parser.add_argument("--output_dir", required=True, help="checkpoints, logs, plots and model/ go here")
     parser.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'")
-    args = parser.parse_args()
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    args = parser.parse_args(argv)
+    if args.h5ad and not args.prior:
+        parser.error("--h5ad needs --prior (run data/fetch_prior.py for the OmniPath table)")
+    return args
+
+
+def finetune(args) -> dict:
+    from pathlib import Path
+
+    from modeling_scgrn.grn import GeneRegulatoryNetwork
+    from modeling_scgrn.pipeline import prepare_cells, run_finetuning, script_options
+
     options = script_options(args.config, args.overrides, {"model": None, "training": None})
     if args.resume_from_checkpoint:
         options["training"]["resume_from_checkpoint"] = args.resume_from_checkpoint
     data = args.data
     if args.h5ad:
-        if not args.prior:
-            parser.error("--h5ad needs --prior (run data/fetch_prior.py for the OmniPath table)")
         data = f"{args.output_dir}/data"
-        prepare_cells(args.h5ad, GeneRegulatoryNetwork.read(args.prior, args.resource), data,
-                      label_column=args.label_column, group_column=args.group_column, max_length=args.max_length,
-                      tokenizer=args.pretrained)
+        if not (args.resume_from_checkpoint and (Path(data) / "dataset").is_dir()):  # a resumed run keeps its data
+            prepare_cells(args.h5ad, GeneRegulatoryNetwork.read(args.prior, args.resource), data,
+                          label_column=args.label_column, group_column=args.group_column,
+                          max_length=args.max_length, tokenizer=args.pretrained)
     evaluation = run_finetuning(data, args.output_dir, label_column=args.label_column,
                                 pretrained=args.pretrained, model_options=options["model"],
                                 training_options=options["training"])
     headline = {k: v for k, v in evaluation.items() if k not in ("per_class", "confusion_matrix")}
     print(json.dumps(headline, indent=2))
-    print(f"held-out accuracy {evaluation['test_accuracy']:.3f} (majority class {evaluation['majority_class_accuracy']:.3f}), "
-          f"macro-F1 {evaluation['test_macro_f1']:.3f} (majority class {evaluation['majority_class_macro_f1']:.3f})")
+    print(f"held-out accuracy {evaluation['test_accuracy']:.3f} (majority class "
+          f"{evaluation['majority_class_accuracy']:.3f}), macro-F1 {evaluation['test_macro_f1']:.3f} (majority class "
+          f"{evaluation['majority_class_macro_f1']:.3f})")
+    return evaluation
+
+
+def main(argv=None) -> None:
+    args = parse_arguments(argv)
+    from modeling_scgrn.cli import run_script
+
+    run_script(args, lambda: finetune(args), output_dir=args.output_dir, task="finetune",
+               resume=bool(args.resume_from_checkpoint), inputs=(args.data, *(args.h5ad or []), args.prior,
+                                                                 args.pretrained, args.config))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import os
 import shutil
 import tempfile
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
+
+from .folders import atomic_folder  # noqa: F401  (public here since before folders.py)
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +40,31 @@ def pbmc68k_reduced_counts():
     return anndata.AnnData(sp.csr_matrix(counts.astype(np.float32)), obs=adata.obs.copy(), var=adata.raw.var.copy())
 
 
-def check_raw_counts(matrix, sample: int = 100_000) -> None:
-    """Refuse data that are not raw counts (log-normalised or scaled), naming what was found."""
+def _sampled_values(matrix, sample: int) -> np.ndarray:
     data = matrix.data if hasattr(matrix, "data") and hasattr(matrix, "indptr") else np.asarray(matrix).ravel()
     data = np.asarray(data[:sample], dtype=np.float64)
     if data.size == 0:
         raise ValueError("the expression matrix holds no non-zero value.")
+    return data
+
+
+def check_expression_values(matrix, normalize: bool, sample: int = 100_000) -> None:
+    """Refuse values that do not fit the chosen preprocessing: raw counts when scgrn normalises
+    ([`check_raw_counts`]), already-normalised values when it does not (integer counts are refused then, since
+    they would be taken as log1p values)."""
+    if normalize:
+        check_raw_counts(matrix, sample)
+        return
+    data = _sampled_values(matrix, sample)
+    if (np.abs(data - np.rint(data)) <= 1e-3).mean() > 0.99:
+        raise ValueError(
+            "normalize=False (--no_normalize) takes already log1p-normalised values, but these are whole numbers, "
+            "like raw counts; drop --no_normalize so that scgrn normalises them.")
+
+
+def check_raw_counts(matrix, sample: int = 100_000) -> None:
+    """Refuse data that are not raw counts (log-normalised or scaled), naming what was found."""
+    data = _sampled_values(matrix, sample)
     if not np.isfinite(data).all() or (data < 0).any():
         raise ValueError("the expression matrix holds NaN, infinite or negative values; raw counts are needed.")
     fractional = np.abs(data - np.rint(data)) > 1e-3
@@ -229,8 +249,7 @@ def tokenize_anndata(
         raise ValueError("the AnnData holds no cells.")
     gene_names = list(adata.var[gene_column].astype(str)) if gene_column else list(adata.var_names)
     matrix = adata.X if layer is None else adata.layers[layer]
-    if normalize:
-        check_raw_counts(matrix[: min(adata.n_obs, 1000)])
+    check_expression_values(matrix[: min(adata.n_obs, 1000)], normalize)
     bounds = [(start, min(start + chunk_size, adata.n_obs)) for start in range(0, adata.n_obs, chunk_size)]
     progress = tqdm(total=len(bounds), desc="tokenizing", disable=not show_progress, unit="chunk")
     reports, tables = [], []
@@ -292,8 +311,7 @@ def stream_anndata(adata, tokenizer, *, obs_columns=(), max_length: int | None =
         raise ValueError(f"adata.obs has no column(s) {missing}; columns are {list(adata.obs.columns)}.")
     gene_names = list(adata.var[gene_column].astype(str)) if gene_column else list(adata.var_names)
     matrix = adata.X if layer is None else adata.layers[layer]
-    if normalize:
-        check_raw_counts(matrix[: min(adata.n_obs, 1000)])
+    check_expression_values(matrix[: min(adata.n_obs, 1000)], normalize)
 
     def cells(starts):
         for start in starts:
@@ -306,23 +324,6 @@ def stream_anndata(adata, tokenizer, *, obs_columns=(), max_length: int | None =
     return datasets.IterableDataset.from_generator(
         cells, gen_kwargs={"starts": list(range(0, adata.n_obs, chunk_size))}
     )
-
-
-@contextmanager
-def atomic_folder(path: str | os.PathLike):
-    """Yield a temporary sibling folder to fill; on success it replaces `path`, on any error it is removed, so a
-    crash never leaves a half-written folder at `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
-    try:
-        yield temporary
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(temporary, path)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
 
 
 def save_dataset_atomically(dataset, path: str | os.PathLike, metadata: dict | None = None,

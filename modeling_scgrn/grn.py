@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .folders import file_sha256
+
 logger = logging.getLogger(__name__)
 
 OMNIPATH_RESOURCES = {"collectri": "CollecTRI", "dorothea": "DoRothEA"}
@@ -112,7 +114,7 @@ class GeneRegulatoryNetwork:
             table = pd.read_csv(path)
         else:
             raise ValueError(f"cannot tell the format of {path.name}; use .csv, .tsv or .parquet.")
-        provenance = {"resource": path.name, "source_file": str(path)}
+        provenance = {"resource": path.name, "source_file": path.name, "sha256": file_sha256(path)}
         provenance.update(kwargs.pop("provenance", {}) or {})
         return cls.from_dataframe(table, provenance=provenance, **kwargs)
 
@@ -121,6 +123,9 @@ class GeneRegulatoryNetwork:
         """Read a network file: OmniPath's interaction table (recognised by its `type` and `sources` columns, then
         filtered to `resource`) or a plain `source, target[, weight]` CSV/TSV/Parquet network."""
         path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"network file {path} does not exist; run data/fetch_prior.py for the OmniPath "
+                                    "table, or give a source,target CSV/TSV/Parquet file.")
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
 

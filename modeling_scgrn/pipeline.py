@@ -4,6 +4,7 @@ Hub-ready model folder (weights, tokenizer, GRN files, reports, model card)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from importlib.resources import files
 from pathlib import Path
@@ -17,6 +18,8 @@ from .grn import GeneRegulatoryNetwork, plot_mask, prior_report
 from .modeling_scgrn import ScGrnForCellClassification, ScGrnForMaskedExpressionModeling, ScGrnModel
 from .tokenization_scgrn import ScGrnTokenizer
 from .training import jsonable
+
+logger = logging.getLogger(__name__)
 
 MODEL_CLASSES = {
     "AutoModel": ScGrnModel,
@@ -150,6 +153,7 @@ def _flat_metrics(evaluation: dict | None) -> dict | None:
 
 def new_config(tokenizer: ScGrnTokenizer, **options) -> ScGrnConfig:
     """A config sized to the tokenizer (vocabulary, special ids, bins); `options` set every other field."""
+    check_model_options(options)
     n_bins = options.pop("n_bins", None)
     if n_bins is not None and tokenizer.n_bins and n_bins != tokenizer.n_bins:
         raise ValueError(f"n_bins={n_bins} differs from the tokenizer's n_bins={tokenizer.n_bins}.")
@@ -196,20 +200,25 @@ def check_model_options(options: dict) -> dict:
     import inspect
 
     known = set(inspect.signature(ScGrnConfig.__init__).parameters) - {"self", "kwargs"}
-    known |= {"num_labels", "id2label", "label2id", "attn_implementation"}
+    known |= {"num_labels", "id2label", "label2id", "attn_implementation", "problem_type"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f"unknown model option(s) {unknown}; see ScGrnConfig for the options.")
     return options
 
 
-def read_cells(source: str, backed: bool = False):
-    """An AnnData from an `.h5ad` path, or scanpy's bundled `pbmc68k_reduced` (raw counts recovered) by name.
-    `backed=True` opens the file read-only without loading the matrix (files larger than memory)."""
+def read_cells(source, backed: bool = False):
+    """An AnnData from an `.h5ad` path, or scanpy's bundled `pbmc68k_reduced` (raw counts recovered) by name; an
+    AnnData object is taken as it is. `backed=True` opens the file read-only without loading the matrix (files
+    larger than memory)."""
     import anndata
 
     from .data import pbmc68k_reduced_counts
 
+    if isinstance(source, anndata.AnnData):
+        return source
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"cells must be an AnnData, an .h5ad path or 'pbmc68k_reduced', not {type(source).__name__}.")
     if source == "pbmc68k_reduced":
         return pbmc68k_reduced_counts()
     path = Path(source)
@@ -229,7 +238,7 @@ def read_cells_from(sources: str | list[str], backed: bool = False):
     (absent genes count 0) with a `dataset` obs column naming the source of each cell."""
     import anndata
 
-    if isinstance(sources, str):
+    if not isinstance(sources, (list, tuple)):
         return read_cells(sources, backed)
     if len(sources) == 1:
         return read_cells(sources[0], backed)
@@ -237,11 +246,31 @@ def read_cells_from(sources: str | list[str], backed: bool = False):
         raise ValueError("backed mode reads one .h5ad at a time; tokenize each file to its own folder (or join "
                          "them in memory without --backed).")
     parts = {}
-    for source in sources:
+    for number, source in enumerate(sources):
         adata = read_cells(source)
+        if isinstance(source, (str, os.PathLike)):
+            name = Path(source).stem if source != "pbmc68k_reduced" else source
+        else:
+            name, adata = f"adata{number}", adata.copy()  # var_names_make_unique must not change the caller's
         adata.var_names_make_unique()
-        parts[Path(source).stem if source != "pbmc68k_reduced" else source] = adata
+        parts[name] = adata
     return anndata.concat(parts, join="outer", label="dataset", index_unique="-", fill_value=0)
+
+
+def describe_sources(sources) -> list[dict]:
+    """What a dataset was made from, safe to publish: each file's name and SHA-256 (never its path), scanpy's
+    bundled dataset by name, or an in-memory AnnData by its shape."""
+    from .folders import file_sha256
+
+    described = []
+    for source in sources if isinstance(sources, (list, tuple)) else [sources]:
+        if not isinstance(source, (str, os.PathLike)):
+            described.append({"name": f"AnnData object ({source.n_obs} cells x {source.n_vars} genes)"})
+        elif source == "pbmc68k_reduced":
+            described.append({"name": "pbmc68k_reduced (bundled with scanpy)"})
+        else:
+            described.append({"name": Path(source).name, "sha256": file_sha256(source)})
+    return described
 
 
 def prepare_cells(
@@ -267,6 +296,7 @@ def prepare_cells(
     max_shard_size: str = "500MB",
     tokenizer: "ScGrnTokenizer | str | os.PathLike | None" = None,
     normalize: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Cells -> tokenizer + tokenized train/validation/test `DatasetDict` + prior report, under `output_dir`:
     `tokenizer/`, `dataset/` (Arrow shards of at most `max_shard_size`, with `scgrn_metadata.json`: QC, split,
@@ -280,13 +310,20 @@ def prepare_cells(
     of the vocabulary); panel must be "all" and `min_cells` 0 then. `normalize=False` takes values that are already
     normalised (e.g. log1p of total-count-normalised counts) as they are, instead of refusing non-count data and
     normalising it (panel "all" only: the variable-gene panels normalise raw counts themselves). Returns the
-    report."""
+    report. The sources are described by file name and SHA-256, never by path. A non-empty `output_dir` is refused
+    unless `overwrite`; the folder is written under a temporary name and renamed when complete."""
     import datasets
 
     from .data import qc_masks, save_dataset_atomically, split_cells, tokenize_anndata
+    from .folders import atomic_folder, check_output_folder
     from .grn import select_gene_panel
 
+    paths = tuple(s for s in (source if isinstance(source, (list, tuple)) else [source])
+                  if isinstance(s, (str, os.PathLike)))
+    check_output_folder(output_dir, overwrite=overwrite, inputs=paths)
     adata = read_cells_from(source, backed=backed)
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(f"the cells hold {adata.n_obs} cells x {adata.n_vars} genes; there is nothing to tokenize.")
     if backed and panel != "all":
         raise ValueError(f"panel={panel!r} needs the matrix in memory (variable genes); use panel='all' with backed "
                          "mode, or drop backed mode.")
@@ -301,6 +338,9 @@ def prepare_cells(
                          "variable-gene panels normalise raw counts themselves.")
     if tokenizer is not None:
         if not isinstance(tokenizer, ScGrnTokenizer):
+            if not (Path(tokenizer) / "tokenizer.json").is_file():
+                raise ValueError(f"{tokenizer} holds no scgrn tokenizer (tokenizer.json); give a model/ folder a run "
+                                 "wrote, or a data folder's tokenizer/.")
             tokenizer = ScGrnTokenizer.from_pretrained(tokenizer)
         if panel != "all" or min_cells:
             raise ValueError("with a given tokenizer its vocabulary is the gene panel: use panel='all' and "
@@ -330,9 +370,8 @@ def prepare_cells(
     splits = split_cells(obs, label_column=label_column, group_column=group_column,
                          test_size=test_size, validation_size=validation_size, seed=seed)
     dataset_dict = datasets.DatasetDict({name: dataset.select(rows) for name, rows in splits.items()})
-    output_dir = Path(output_dir)
     metadata = {
-        "source": source,
+        "sources": describe_sources(source),
         "cells": int(cells_kept.sum()),
         "qc": qc_report,
         "tokenization": {**tokenize_report, "normalized_by_scgrn": normalize},
@@ -340,10 +379,12 @@ def prepare_cells(
         "split": {"seed": seed, "label_column": label_column, "group_column": group_column,
                   **{name: int(len(rows)) for name, rows in splits.items()}},
     }
-    save_dataset_atomically(dataset_dict, output_dir / "dataset", metadata, max_shard_size=max_shard_size)
-    tokenizer.save_pretrained(output_dir / "tokenizer")
-    network.restrict(genes).save(output_dir / "prior")
-    (output_dir / "prior_report.json").write_text(json.dumps({"prior": report, **metadata}, indent=2, default=jsonable))
+    with atomic_folder(output_dir) as folder:
+        save_dataset_atomically(dataset_dict, folder / "dataset", metadata, max_shard_size=max_shard_size)
+        tokenizer.save_pretrained(folder / "tokenizer")
+        network.restrict(genes).save(folder / "prior")
+        (folder / "prior_report.json").write_text(json.dumps({"prior": report, **metadata}, indent=2,
+                                                             default=jsonable))
     return {"prior": report, **metadata}
 
 
@@ -351,6 +392,8 @@ def _load_prepared(data_dir: Path):
     import datasets
 
     data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise ValueError(f"data folder {data_dir} does not exist; create it with data/tokenize_cells.py.")
     for part in ("dataset", "tokenizer", "prior"):
         if not (data_dir / part).exists():
             raise ValueError(f"{data_dir} lacks {part}/; create it with data/tokenize_cells.py.")
@@ -367,8 +410,70 @@ def _load_prepared(data_dir: Path):
     return dataset, tokenizer, network, metadata
 
 
+def check_model_source(source: str | os.PathLike) -> str:
+    """Refuse, with the reason, a model that cannot be loaded: a local folder must exist and hold `config.json` and
+    a readable `model.safetensors`; anything that is not a folder here must look like a Hub repo id
+    (`namespace/name`), which transformers then looks up (its cache first)."""
+    from huggingface_hub.utils import validate_repo_id
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(source)
+    if not folder.is_dir():
+        try:
+            validate_repo_id(str(source))
+        except ValueError:
+            raise ValueError(f"there is no model folder at {source}; give the model/ folder a pretraining or "
+                             "finetuning run wrote, or a Hub repo id such as org/scgrn.") from None
+        if folder.exists() or str(source).count("/") != 1:
+            raise ValueError(f"{source} is neither a model folder nor a Hub repo id (namespace/name).")
+        return str(source)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{folder} has no config.json, so it is not a saved scgrn model; give the model/ folder a "
+                         "pretraining or finetuning run wrote.")
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise ValueError(f"{folder} has no model.safetensors (scgrn saves weights only as safetensors).")
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            handle.keys()
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{weights} is damaged or truncated ({error}); copy or download it again.") from None
+    return str(folder)
+
+
+def load_pretrained(model_class, source: str | os.PathLike, **options):
+    """`model_class.from_pretrained(source, **options)` after [`check_model_source`], with transformers' load
+    report (a table of every new or unused weight) replaced by one line: which head is new, which is unused.
+    Refuses a model whose encoder weights are missing."""
+    from safetensors import SafetensorError
+    from transformers.utils import logging as transformers_logging
+
+    source = check_model_source(source)
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        model, info = model_class.from_pretrained(source, output_loading_info=True, **options)
+    except SafetensorError as error:
+        raise ValueError(f"the weights of {source} could not be read ({error}); copy or download them again.") from None
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys", []))
+    encoder_missing = [k for k in missing if model is model.base_model or k.split(".")[0] == model.base_model_prefix]
+    if encoder_missing:
+        raise ValueError(f"{source} lacks encoder weights ({', '.join(encoder_missing[:3])}, ...): it is not an scgrn "
+                         f"model of this architecture.")
+    new_heads = sorted({k.split(".")[0] for k in missing})
+    unused = sorted({k.split(".")[0] for k in info.get("unexpected_keys", [])})
+    if new_heads or unused:
+        logger.warning(f"loaded the encoder of {source}; " + "; ".join(
+            part for part in (f"new head ({', '.join(new_heads)}), trained from scratch" if new_heads else "",
+                              f"its {', '.join(unused)} head is not used" if unused else "") if part) + ".")
+    return model
+
+
 def check_compatible(folder: str, tokenizer: ScGrnTokenizer) -> ScGrnConfig:
     """Refuse, before any weight is loaded or step taken, a checkpoint whose vocabulary is not the data's."""
+    folder = check_model_source(folder)
     config = ScGrnConfig.from_pretrained(folder)
     saved_tokenizer = Path(folder) / "tokenizer.json"
     if config.vocab_size != len(tokenizer) or (
@@ -393,7 +498,7 @@ def run_pretraining(data_dir, output_dir, *, model_options: dict, training_optio
     torch.manual_seed(training.seed)
     if init_from:
         check_compatible(init_from, tokenizer)
-        model = ScGrnForMaskedExpressionModeling.from_pretrained(init_from, **model_options)
+        model = load_pretrained(ScGrnForMaskedExpressionModeling, init_from, **model_options)
     else:
         model = ScGrnForMaskedExpressionModeling(new_config(tokenizer, **model_options))
         attach_grn(model, network, tokenizer)
@@ -445,8 +550,8 @@ def run_finetuning(data_dir, output_dir, *, label_column: str, pretrained: str |
     torch.manual_seed(training.seed)
     if pretrained:
         check_compatible(pretrained, tokenizer)
-        model = ScGrnForCellClassification.from_pretrained(
-            pretrained, num_labels=len(classes), id2label=id2label, label2id=label2id, **model_options)
+        model = load_pretrained(ScGrnForCellClassification, pretrained, num_labels=len(classes), id2label=id2label,
+                                label2id=label2id, **model_options)
     else:
         model = ScGrnForCellClassification(new_config(tokenizer, num_labels=len(classes), id2label=id2label,
                                                       label2id=label2id, **model_options))
@@ -531,7 +636,9 @@ def plot_confusion_matrix(matrix, classes, path: Path) -> None:
 
 def _training_data_text(metadata: dict, task: str) -> str:
     split = metadata.get("split", {})
-    return (f"{task} on `{metadata.get('source', '?')}` ({metadata.get('cells', '?')} cells; split seed "
+    sources = metadata.get("sources") or [{"name": Path(str(metadata.get("source", "?"))).name}]  # older datasets
+    names = ", ".join(s["name"] + (f" (sha256 {s['sha256'][:16]})" if "sha256" in s else "") for s in sources)
+    return (f"{task} on `{names}` ({metadata.get('cells', '?')} cells; split seed "
             f"{split.get('seed')}: {split.get('train')} train / {split.get('validation')} validation / "
             f"{split.get('test')} test cells).")
 

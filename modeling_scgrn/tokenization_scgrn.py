@@ -7,6 +7,7 @@ Shipped next to the weights for `trust_remote_code` loading: imports only numpy,
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -109,11 +110,20 @@ class ScGrnTokenizer(PreTrainedTokenizerFast):
 
         known = int((self.gene_ids(gene_names) >= 0).sum())
         vocabulary = len(self.gene_vocab_ids)
+        data_ids = gene_identifier_type(gene_names)
+        vocabulary_ids = gene_identifier_type(self.convert_ids_to_tokens(self.gene_vocab_ids.tolist()))
+        mismatch = (
+            f" The data name genes by {data_ids} but the model's vocabulary by {vocabulary_ids}: map the data's "
+            "gene names first (e.g. with celltypist's GENCODE table, modeling_scgrn.grn.read_mapping_table)."
+            if data_ids != vocabulary_ids else ""
+        )
         if known == 0:
             raise ValueError(
                 f"none of the {len(gene_names)} genes of the data is in the model's vocabulary of {vocabulary} "
-                "genes; check the identifier type (symbols vs Ensembl IDs)."
+                "genes;" + (mismatch or " check the identifier type (symbols vs Ensembl IDs).")
             )
+        if mismatch:
+            raise ValueError(f"the data cover only {known} of the model's {vocabulary} vocabulary genes.{mismatch}")
         if known < warn_below * vocabulary:
             warnings.warn(
                 f"the data cover only {known} of the model's {vocabulary} vocabulary genes; predictions may "
@@ -259,6 +269,17 @@ class ScGrnTokenizer(PreTrainedTokenizerFast):
             encoded = {k: v.tolist() for k, v in encoded.items()}
             return BatchEncoding(encoded)
         return BatchEncoding(encoded, tensor_type=return_tensors)
+
+
+ENSEMBL_GENE_ID = re.compile(r"ENS[A-Z]*G\d{6,}(\.\d+)?")
+
+
+def gene_identifier_type(gene_names: Sequence[str]) -> str:
+    """"Ensembl IDs" when most names are Ensembl gene IDs (ENSG..., ENSMUSG..., with or without a version), else
+    "symbols"."""
+    names = [str(name) for name in gene_names]
+    ensembl = sum(bool(ENSEMBL_GENE_ID.fullmatch(name)) for name in names)
+    return "Ensembl IDs" if names and ensembl > len(names) / 2 else "symbols"
 
 
 def _build_backend(vocab: Mapping[str, int]) -> Tokenizer:

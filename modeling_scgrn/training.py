@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .folders import run_task, write_run_manifest
+
 logger = logging.getLogger(__name__)
 
 
@@ -100,8 +102,12 @@ def _coerce(name: str, value, expected: str):
     raise ValueError(f"training option {name!r} expects {expected}, got {value!r} ({type(value).__name__}).")
 
 
+RUN_STATE_FILE = "scgrn_run_state.json"
+
+
 class _RunState:
-    """Step counters saved with each checkpoint (`accelerator.register_for_checkpointing`)."""
+    """Step counters saved with each checkpoint as JSON (`RUN_STATE_FILE`), never pickled: Accelerate's own custom
+    checkpoint objects are unpickled with `weights_only=False`, which would run code from a crafted checkpoint."""
 
     def __init__(self):
         self.step = 0
@@ -115,6 +121,35 @@ class _RunState:
         self.step = int(state["step"])
         self.best_metric = float(state["best_metric"])
         self.evaluations_without_gain = int(state["without_gain"])
+
+    def save(self, folder: Path) -> None:
+        (folder / RUN_STATE_FILE).write_text(json.dumps(self.state_dict()))  # -inf is written as -Infinity
+
+    def load(self, folder: Path) -> None:
+        foreign = sorted(p.name for p in folder.glob("custom_checkpoint_*"))
+        if foreign:
+            raise ValueError(f"{folder} holds {', '.join(foreign)}, pickles that scgrn never writes and never loads "
+                             "(unpickling can run code); delete them if you trust this checkpoint.")
+        path = folder / RUN_STATE_FILE
+        if not path.is_file():
+            raise ValueError(f"{folder} is not an scgrn checkpoint ({RUN_STATE_FILE} is missing); resume from a "
+                             "checkpoints/step_* folder that scgrn wrote.")
+        self.load_state_dict(json.loads(path.read_text()))
+
+
+def claim_run_folder(output_dir: Path, task: str, resuming: bool) -> None:
+    """Mark `output_dir` as one `task` run (its manifest), so that two runs never share checkpoints: a fresh run
+    refuses a folder that already holds checkpoints, and a resumed one refuses another task's folder."""
+    if resuming:
+        found = run_task(output_dir)
+        if found not in (None, task):
+            raise ValueError(f"{output_dir} holds a {found} run, not a {task} run: resume it with its own script, "
+                             "or start this run in another output folder.")
+        return
+    if _checkpoints(output_dir / "checkpoints"):
+        raise ValueError(f"{output_dir}/checkpoints holds an earlier run's checkpoints; resume that run "
+                         "(resume_from_checkpoint='latest') or choose another output folder.")
+    write_run_manifest(output_dir, task)
 
 
 def _mixed_precision(requested: str) -> str:
@@ -212,7 +247,6 @@ def train(
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     state = _RunState()
-    accelerator.register_for_checkpointing(state)
 
     checkpoint_root = output_dir / "checkpoints"
     resume_path = None
@@ -224,11 +258,13 @@ def train(
         )
         if resume_path is None or not resume_path.exists():
             raise ValueError(f"no checkpoint to resume from at {config.resume_from_checkpoint!r} ({checkpoint_root}).")
+    if accelerator.is_main_process:
+        claim_run_folder(output_dir, project_name, resuming=resume_path is not None)
+    accelerator.wait_for_everyone()
+    if resume_path is not None:
+        state.load(resume_path)
         accelerator.load_state(str(resume_path))
         accelerator.print(f"resumed from {resume_path} at step {state.step}")
-
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
     if log_with:
         tracked = {k: v for k, v in dataclasses.asdict(config).items() if isinstance(v, (int, float, str, bool))}
         tracked.update(extra_tracker_config or {})
@@ -244,6 +280,7 @@ def train(
         accelerator.save_state(str(temporary))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            state.save(temporary)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(temporary, final)
             for old in _checkpoints(checkpoint_root)[: -config.keep_last_checkpoints]:

@@ -73,6 +73,34 @@ def test_resume_after_crash_gives_the_uninterrupted_weights(prepared, tmp_path):
     assert kept == ["step_00000008", "step_00000012"]  # keep_last_checkpoints=2
 
 
+class _Exploit:
+    """Unpickling this creates a file: what a crafted checkpoint could do if anything in it were unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resume_never_unpickles_what_a_checkpoint_folder_holds(prepared, tmp_path):
+    options = quiet(max_steps=2, per_device_batch_size=16, seed=0)
+    run_pretraining(prepared, tmp_path / "run", model_options=TINY_MODEL, training_options=options)
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_00000002"
+    assert json.loads((checkpoint / "scgrn_run_state.json").read_text())["step"] == 2
+    assert not list(checkpoint.glob("custom_checkpoint_*"))
+    marker = tmp_path / "code_ran"
+    resume = {**options, "max_steps": 4, "resume_from_checkpoint": "latest"}
+    torch.save(_Exploit(str(marker)), checkpoint / "custom_checkpoint_0.pkl")
+    with pytest.raises(ValueError, match="custom_checkpoint_0.pkl, pickles that scgrn never writes"):
+        run_pretraining(prepared, tmp_path / "run", model_options=TINY_MODEL, training_options=resume)
+    (checkpoint / "custom_checkpoint_0.pkl").unlink()
+    torch.save(_Exploit(str(marker)), checkpoint / "random_states_0.pkl")  # Accelerate reads it weights_only
+    run_pretraining(prepared, tmp_path / "run", model_options=TINY_MODEL, training_options=resume)
+    assert not marker.exists()
+    assert (tmp_path / "run" / "checkpoints" / "step_00000004").is_dir()
+
+
 TWO_PROCESS_SCRIPT = textwrap.dedent(
     """
     import json, sys

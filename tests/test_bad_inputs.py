@@ -1,0 +1,256 @@
+"""Bad input, tried as a user would, through every script and the public API: each case gets one line
+`error: ...` naming the problem, exit status 2, no traceback, and leaves every folder as it was."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import anndata
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from modeling_scgrn import ScGrnForCellClassification, ScGrnTokenizer
+from modeling_scgrn.data import pbmc68k_reduced_counts
+from modeling_scgrn.grn import GeneRegulatoryNetwork
+from modeling_scgrn.pipeline import load_pretrained, new_config, prepare_cells, run_pretraining
+
+from conftest import OMNIPATH_TABLE, shared_data_or_skip
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = {
+    "tokenize": ROOT / "data" / "tokenize_cells.py",
+    "pretrain": ROOT / "pretrain" / "run.py",
+    "finetune": ROOT / "finetune" / "run.py",
+    "compare": ROOT / "finetune" / "compare.py",
+    "interpret": ROOT / "finetune" / "interpret.py",
+    "push": ROOT / "finetune" / "push_to_hub.py",
+    "fetch_prior": ROOT / "data" / "fetch_prior.py",
+}
+TINY = ["--set", "model.hidden_size=16", "--set", "model.num_hidden_layers=1", "--set", "model.num_attention_heads=2",
+        "--set", "model.intermediate_size=32", "--set", "training.report_to=none", "--set", "training.show_progress=false"]
+
+
+def script(name):
+    spec = importlib.util.spec_from_file_location(f"scgrn_script_{name}", SCRIPTS[name])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under `folder` with its size and modification time (what 'untouched' means here)."""
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Real inputs a user would have: the OmniPath table, pbmc68k as an .h5ad, a tokenized data folder, a pretrained
+    model folder and its run, an empty and a truncated .h5ad, a model folder with truncated weights."""
+    root = tmp_path_factory.mktemp("world")
+    prior = shared_data_or_skip(OMNIPATH_TABLE)
+    adata = pbmc68k_reduced_counts()
+    adata.write_h5ad(root / "pbmc.h5ad")
+    adata[:0].write_h5ad(root / "empty.h5ad")
+    (root / "truncated.h5ad").write_bytes((root / "pbmc.h5ad").read_bytes()[:5000])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        network = GeneRegulatoryNetwork.read(prior, "collectri")
+        prepare_cells(str(root / "pbmc.h5ad"), network, root / "data", label_column="bulk_labels", max_length=64)
+        run_pretraining(root / "data", root / "pretrain", model_options=dict(
+            hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32),
+            training_options=dict(max_steps=2, report_to="none", show_progress=False, mixed_precision="no"))
+    broken = root / "broken_model"
+    broken.mkdir()
+    for item in (root / "pretrain" / "model").iterdir():
+        if item.is_file():
+            data = item.read_bytes()
+            (broken / item.name).write_bytes(data[: len(data) // 2] if item.name == "model.safetensors" else data)
+    no_config = root / "no_config"
+    no_config.mkdir()
+    (no_config / "model.safetensors").write_bytes((root / "pretrain" / "model" / "model.safetensors").read_bytes())
+    return {"root": root, "prior": str(prior), "h5ad": str(root / "pbmc.h5ad"), "data": str(root / "data"),
+            "pretrain": str(root / "pretrain"), "model": str(root / "pretrain" / "model")}
+
+
+def busy_folder(tmp_path) -> Path:
+    folder = tmp_path / "busy"
+    folder.mkdir()
+    (folder / "my_notes.txt").write_text("a user's file")
+    return folder
+
+
+# (script, arguments (formatted with the world and {out}, {busy}), words the message must contain)
+CASES = [
+    ("tokenize", ["--input", "{root}/missing.h5ad", "--prior", "{prior}", "--output", "{out}"], "does not exist"),
+    ("tokenize", ["--input", "{root}/truncated.h5ad", "--prior", "{prior}", "--output", "{out}"], "corrupt or truncated"),
+    ("tokenize", ["--input", "{root}/empty.h5ad", "--prior", "{prior}", "--output", "{out}"], "0 cells"),
+    ("tokenize", ["--input", "{h5ad}", "--prior", "{root}/missing.parquet", "--output", "{out}"], "does not exist"),
+    ("tokenize", ["--input", "{h5ad}", "--prior", "{prior}", "--label_column", "cell_typ", "--output", "{out}"],
+     "no obs column"),
+    ("tokenize", ["--input", "{h5ad}", "--prior", "{prior}", "--no_normalize", "--output", "{out}"],
+     "drop --no_normalize"),
+    ("tokenize", ["--input", "{h5ad}", "--prior", "{prior}", "--output", "{busy}"], "not empty"),
+    ("tokenize", ["--input", "{h5ad}", "--prior", "{prior}", "--output", "{h5ad}"], "is a file"),
+    ("tokenize", ["--input", "{h5ad}", "--prior", "{prior}", "--output", "{root}", "--overwrite"],
+     "would delete the input"),
+    ("tokenize", ["--input", "{h5ad}", "--prior", "{prior}", "--tokenizer", "{root}/nothing", "--output", "{out}"],
+     "holds no scgrn tokenizer"),
+    ("tokenize", ["--input", "{h5ad}", "--prior", "{prior}", "--resource", "trrust", "--output", "{out}"],
+     "resource='trrust'"),
+    ("pretrain", ["--data", "{root}/missing", "--output_dir", "{out}"], "does not exist"),
+    ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--set", "model.hiden_size=8"],
+     "unknown model option(s) ['hiden_size']"),
+    ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--set", "optim.lr=1"], "unknown section"),
+    ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--set", "training.learning_rate=fast"],
+     "expects float"),
+    ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--config", "{root}/missing.yaml"], "missing.yaml"),
+    ("pretrain", ["--data", "{data}", "--output_dir", "{busy}"], "not empty"),
+    ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--resume_from_checkpoint", "latest"],
+     "no run to resume"),
+    ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--init_from", "{root}/nowhere/model"],
+     "no model folder"),
+    ("pretrain", ["--data", "{data}", "--output_dir", "{root}", "--overwrite"], "would delete the input"),
+    ("finetune", ["--data", "{data}", "--label_column", "bulk_labels", "--pretrained", "runs/x/model",
+                  "--output_dir", "{out}"], "no model folder at runs/x/model"),
+    ("finetune", ["--data", "{data}", "--label_column", "bulk_labels", "--pretrained", "{root}/no_config",
+                  "--output_dir", "{out}"], "has no config.json"),
+    ("finetune", ["--data", "{data}", "--label_column", "bulk_labels", "--pretrained", "{root}/broken_model",
+                  "--output_dir", "{out}"], "damaged or truncated"),
+    ("finetune", ["--data", "{data}", "--label_column", "cell_type", "--output_dir", "{out}"], "no label column"),
+    ("finetune", ["--data", "{data}", "--label_column", "bulk_labels", "--pretrained", "{model}",
+                  "--output_dir", "{pretrain}"], "not empty"),
+    ("finetune", ["--data", "{data}", "--label_column", "bulk_labels", "--pretrained", "{model}",
+                  "--output_dir", "{pretrain}", "--resume_from_checkpoint", "latest"], "holds a pretrain run"),
+    ("compare", ["--data", "{root}/missing", "--label_column", "bulk_labels", "--output_dir", "{out}"],
+     "does not exist"),
+    ("compare", ["--data", "{data}", "--label_column", "bulk_labels", "--output_dir", "{busy}"], "not empty"),
+    ("interpret", ["--data", "{data}", "--label_column", "bulk_labels", "--model", "{root}/missing",
+                   "--output_dir", "{out}"], "no model folder"),
+    ("interpret", ["--data", "{data}", "--label_column", "bulk_labels", "--model", "{model}", "--split", "holdout",
+                   "--output_dir", "{out}"], "no split 'holdout'"),
+    ("push", ["--folder", "{root}/missing", "--repo_id", "org/model"], "is not a folder"),
+    ("push", ["--folder", "{model}", "--repo_id", "not a repo"], "not a valid Hub repo id"),
+]
+
+
+@pytest.mark.parametrize("name,arguments,expected", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_script_bad_input_is_one_line_and_touches_nothing(world, tmp_path, capsys, name, arguments, expected):
+    busy = busy_folder(tmp_path)
+    values = {**world, "out": str(tmp_path / "out"), "busy": str(busy)}
+    watched = [world["root"], busy]
+    before = [snapshot(folder) for folder in watched]
+    with pytest.raises(SystemExit) as exit_info:
+        script(name).main([a.format(**values) for a in arguments] + (TINY if name in ("pretrain", "finetune") else []))
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert exit_info.value.code == 2, captured.err[-2000:]
+    assert len(lines) == 1 and expected in lines[0], captured.err[-2000:]
+    assert "Traceback" not in captured.err
+    assert [snapshot(folder) for folder in watched] == before
+    assert not (tmp_path / "out").exists()  # a failed run leaves nothing behind
+
+
+def run_script(name, *arguments, env=None, timeout=300):
+    return subprocess.run([sys.executable, str(SCRIPTS[name]), *arguments], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def test_traceback_only_with_debug(world, tmp_path):
+    plain = run_script("pretrain", "--data", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "a"))
+    assert plain.returncode == 2 and plain.stderr.strip().splitlines() == [
+        f"error: data folder {tmp_path / 'missing'} does not exist; create it with data/tokenize_cells.py."]
+    for extra, env in (["--debug"], None), ([], {"SCGRN_DEBUG": "1"}):
+        debug = run_script("pretrain", "--data", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "b"),
+                           *extra, env=env)
+        assert debug.returncode != 0 and "Traceback" in debug.stderr and "ValueError" in debug.stderr
+
+
+def test_help_answers_within_a_second():
+    for name in SCRIPTS:
+        start = time.perf_counter()
+        result = run_script(name, "--help", timeout=30)
+        elapsed = time.perf_counter() - start
+        assert result.returncode == 0 and "usage:" in result.stdout, name
+        assert elapsed < 1.0, f"{name} --help took {elapsed:.2f} s"
+
+
+def test_accelerate_launch_gives_one_message(world, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "-q", "--num_processes", "1", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPTS["finetune"]), "--data", world["data"],
+         "--label_column", "cell_type", "--output_dir", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(errors) == 1 and errors[0].startswith("error: the dataset has no label column 'cell_type'")
+    assert not (tmp_path / "out").exists()
+
+
+def test_overwrite_replaces_only_after_success(world, tmp_path, capsys):
+    output = busy_folder(tmp_path)
+    script("tokenize").main(["--input", "pbmc68k_reduced", "--prior", world["prior"], "--output", str(output),
+                             "--max_length", "32", "--overwrite"])
+    assert sorted(p.name for p in output.iterdir()) == ["dataset", "prior", "prior_report.json", "tokenizer"]
+    assert not list(tmp_path.glob(".busy*"))  # nothing left beside it
+    umask = os.umask(0)
+    os.umask(umask)
+    for folder in (output, output / "dataset", output / "tokenizer"):
+        assert folder.stat().st_mode & 0o777 == 0o777 & ~umask, folder
+
+
+def test_failed_overwrite_brings_the_old_folder_back(world, tmp_path, capsys):
+    output = busy_folder(tmp_path)
+    with pytest.raises(SystemExit):
+        script("tokenize").main(["--input", "pbmc68k_reduced", "--prior", world["prior"], "--output", str(output),
+                                 "--label_column", "no_such_column", "--overwrite"])
+    assert [p.name for p in output.iterdir()] == ["my_notes.txt"]
+    assert not list(tmp_path.glob(".busy*"))
+
+
+def test_published_folder_holds_no_local_path(world):
+    model = Path(world["model"])
+    root = str(Path(world["root"]).resolve())
+    for path in model.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".md", ".txt", ".py", ".parquet", ".safetensors"):
+            assert root.encode() not in path.read_bytes(), path.name
+    card = (model / "README.md").read_text()
+    assert "pbmc.h5ad (sha256 " in card
+
+
+def test_finetuning_a_pretrained_model_says_in_one_line_that_the_head_is_new(world, caplog):
+    with caplog.at_level("WARNING"):
+        load_pretrained(ScGrnForCellClassification, world["model"], num_labels=3)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "new head (classifier)" in messages[0] and "head is not used" in messages[0]
+    assert "\x1b[" not in messages[0]
+
+
+def test_api_bad_inputs(world, tmp_path):
+    tokenizer = ScGrnTokenizer.from_pretrained(world["model"])
+    with pytest.raises(ValueError, match=r"unknown model option\(s\) \['hiden_size'\]"):
+        new_config(tokenizer, hiden_size=8)
+    with pytest.raises(ValueError, match="is not empty"):
+        prepare_cells("pbmc68k_reduced", GeneRegulatoryNetwork.read(world["prior"]), world["root"])
+    ensembl = pbmc68k_reduced_counts()[:20]
+    ensembl.var_names = [f"ENSG{i:011d}" for i in range(ensembl.n_vars)]
+    with pytest.raises(ValueError, match="name genes by Ensembl IDs but the model's vocabulary by symbols"):
+        tokenizer.check_coverage(list(ensembl.var_names[:-5]) + list(tokenizer.get_vocab())[-5:])
+
+
+def test_prepare_cells_takes_an_anndata_object(world, tmp_path):
+    adata = anndata.AnnData(sp.csr_matrix(np.random.default_rng(0).poisson(2.0, (40, 30)).astype(np.float32)),
+                            obs=pd.DataFrame({"kind": ["a", "b"] * 20}, index=[f"c{i}" for i in range(40)]),
+                            var=pd.DataFrame(index=["SPI1", "CEBPB", "IRF8", "GATA1", "TAL1", "KLF1"] +
+                                             [f"GENE{i}" for i in range(24)]))
+    network = GeneRegulatoryNetwork.from_dataframe(pd.DataFrame(
+        [("SPI1", "CEBPB"), ("CEBPB", "IRF8"), ("GATA1", "TAL1"), ("TAL1", "KLF1")], columns=["source", "target"]))
+    report = prepare_cells(adata, network, tmp_path / "data", label_column="kind", max_length=16)
+    assert report["cells"] == 40 and report["sources"] == [{"name": "AnnData object (40 cells x 30 genes)"}]
