@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The whole scgrn path on real data, on a laptop CPU in a few minutes:
 #   real CollecTRI prior -> tokenize pbmc68k_reduced -> pretrain -> finetune on bulk_labels -> Hub-ready folder.
-# Usage: bash finetune/quickstart.sh [OUTPUT_DIR]   (default runs/quickstart)
+# Usage: bash finetune/quickstart.sh [OUTPUT_DIR]   (default runs/quickstart; run it again into the same folder
+# and the scripts refuse to overwrite it: remove the folder first, or pass another one)
 set -euo pipefail
 out="${1:-runs/quickstart}"
-launch=(accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no)
+launch=(accelerate launch -q --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no)
 
 python data/fetch_prior.py --output priors/omnipath_interactions.parquet
 python data/tokenize_cells.py --input pbmc68k_reduced --prior priors/omnipath_interactions.parquet \

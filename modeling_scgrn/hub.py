@@ -84,13 +84,21 @@ def push_model_folder(
     if not token:
         raise ValueError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (nothing was uploaded).")
     api = HfApi(endpoint=endpoint, token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    if revision not in (None, "main"):
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
-    return api.upload_folder(
-        folder_path=str(folder), repo_id=repo_id, revision=revision, create_pr=create_pr,
-        commit_message=commit_message,
-    )
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision not in (None, "main"):
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        return api.upload_folder(
+            folder_path=str(folder), repo_id=repo_id, revision=revision, create_pr=create_pr,
+            commit_message=commit_message,
+        )
+    except OSError:  # the Hub's own errors (HfHubHTTPError) say what went wrong
+        raise
+    except Exception as error:
+        if type(error).__module__.split(".")[0] not in ("httpx", "httpx2", "requests", "urllib3"):
+            raise
+        raise ConnectionError(f"could not reach the Hub at {api.endpoint} ({error}); check the network or "
+                              "HF_ENDPOINT.") from error
 
 
 def push_to_hub(model, tokenizer, network, repo_id: str, **options):

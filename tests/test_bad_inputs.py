@@ -138,6 +138,7 @@ CASES = [
                    "--output_dir", "{out}"], "no split 'holdout'"),
     ("push", ["--folder", "{root}/missing", "--repo_id", "org/model"], "is not a folder"),
     ("push", ["--folder", "{model}", "--repo_id", "not a repo"], "not a valid Hub repo id"),
+    ("push", ["--folder", "{root}/no_config", "--repo_id", "org/model"], "has no tokenizer"),
 ]
 
 
@@ -161,6 +162,14 @@ def test_script_bad_input_is_one_line_and_touches_nothing(world, tmp_path, capsy
 def run_script(name, *arguments, env=None, timeout=300):
     return subprocess.run([sys.executable, str(SCRIPTS[name]), *arguments], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def test_unreachable_hub_is_one_line(world):
+    # a closed port on this machine: the connection is refused at once
+    result = run_script("push", "--folder", world["model"], "--repo_id", "org/model",
+                        env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_not_a_real_token"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("error: could not reach the Hub at http://127.0.0.1:9")
 
 
 def test_traceback_only_with_debug(world, tmp_path):
