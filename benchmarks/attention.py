@@ -33,10 +33,10 @@ def one(variant: str, length: int, cells: int, heads: int, head_dim: int, repeat
 
     from transformers.integrations.flex_attention import flex_attention_forward
 
-    from modeling_scgrn.grn_prior import (build_attention_mask, build_block_mask, build_structured_plan, edge_keys,
+    from modeling_scgrn.masks import (build_attention_mask, build_block_mask, build_structured_plan, edge_keys,
                                           regulators_first_order)
-    from modeling_scgrn.modeling_scgrn import (_flex_compile_scope, _gather_tokens, eager_attention_forward,
-                                              grn_structured_attention_forward)
+    from modeling_scgrn.kernels import eager_attention_forward, flex_compile_scope, grn_structured_attention_forward
+    from modeling_scgrn.modeling_scgrn import _gather_tokens
 
     tokenizer, batch, edges, _ = load_real_cells(h5ad, prior, length, cells)
     ids, valid = batch["input_ids"], batch["attention_mask"]
@@ -55,7 +55,7 @@ def one(variant: str, length: int, cells: int, heads: int, head_dim: int, repeat
         block_mask = build_block_mask(ids.gather(1, order), valid.gather(1, order), edges, dense=False, keys=keys,
                                       **options)
         along = order[:, None, :, None].expand_as(q)
-        with _flex_compile_scope("flex_attention", q.device):
+        with flex_compile_scope("flex_attention", q.device):
             out, _ = flex_attention_forward(module, q.gather(2, along), k.gather(2, along), v.gather(2, along),
                                             block_mask, scaling=scaling)
         return _gather_tokens(out, torch.argsort(order, dim=1))

@@ -14,8 +14,10 @@ from pathlib import Path
 import torch
 
 from modeling_scgrn import ScGrnForMaskedExpressionModeling
-from modeling_scgrn.data import DataCollatorForMaskedExpression
-from modeling_scgrn.pipeline import _load_prepared, attach_grn, load_yaml_or_json, new_config
+from modeling_scgrn.collators import DataCollatorForMaskedExpression
+from modeling_scgrn.cli import load_yaml_or_json
+from modeling_scgrn.data import load_prepared
+from modeling_scgrn.pipeline import attach_grn, new_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +54,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch_size", type=int, default=16)
     args = parser.parse_args()
-    dataset, tokenizer, network, _ = _load_prepared(args.data)
+    dataset, tokenizer, network, _ = load_prepared(args.data)
     model_options = load_yaml_or_json(args.config).get("model", {})
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(dataset['train'])} training cells")
     results = {mode: measure(mode, model_options, dataset["train"], tokenizer, network, args.steps, args.batch_size)

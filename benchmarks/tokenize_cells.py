@@ -72,7 +72,7 @@ def per_cell_loop(adata, vocab: dict, n_bins: int, cells: int) -> float:
 def one(path: Path, num_proc: int, chunk_size: int) -> dict:
     from modeling_scgrn import ScGrnTokenizer
     from modeling_scgrn.data import tokenize_anndata
-    from modeling_scgrn.pipeline import read_cells
+    from modeling_scgrn.data import read_cells
 
     adata = read_cells(str(path), backed=True)
     tokenizer = ScGrnTokenizer.from_genes(list(adata.var_names), n_bins=51)

@@ -53,8 +53,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 def tokenize(args) -> dict:
     import logging
 
-    from modeling_scgrn.grn import GeneRegulatoryNetwork
-    from modeling_scgrn.pipeline import prepare_cells
+    from modeling_scgrn.networks import GeneRegulatoryNetwork
+    from modeling_scgrn.data import prepare_cells
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     network = GeneRegulatoryNetwork.read(args.prior, args.resource)

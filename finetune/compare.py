@@ -30,7 +30,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def compare(args) -> dict:
-    from modeling_scgrn.pipeline import run_comparison, script_options
+    from modeling_scgrn.cli import script_options
+    from modeling_scgrn.pipeline import run_comparison
 
     options = script_options(args.config, args.overrides, {"model": None, "training": None})
     result = run_comparison(args.data, args.output_dir, label_column=args.label_column, modes=args.modes,

@@ -44,9 +44,10 @@ def interpret(args) -> dict:
     from transformers import AutoModel
 
     from modeling_scgrn.interpret import attention_scores, plot_attention_heatmap, prior_agreement, top_pairs
-    from modeling_scgrn.pipeline import _load_prepared, check_compatible, load_pretrained
+    from modeling_scgrn.data import load_prepared
+    from modeling_scgrn.hub import check_compatible, load_pretrained
 
-    dataset, tokenizer, network, _ = _load_prepared(Path(args.data))
+    dataset, tokenizer, network, _ = load_prepared(Path(args.data))
     if args.split not in dataset:
         raise ValueError(f"the dataset has no split {args.split!r}; splits are {list(dataset)}.")
     cells = dataset[args.split]

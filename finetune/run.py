@@ -45,8 +45,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 def finetune(args) -> dict:
     from pathlib import Path
 
-    from modeling_scgrn.grn import GeneRegulatoryNetwork
-    from modeling_scgrn.pipeline import prepare_cells, run_finetuning, script_options
+    from modeling_scgrn.networks import GeneRegulatoryNetwork
+    from modeling_scgrn.cli import script_options
+    from modeling_scgrn.data import prepare_cells
+    from modeling_scgrn.pipeline import run_finetuning
 
     options = script_options(args.config, args.overrides, {"model": None, "training": None})
     if args.resume_from_checkpoint:

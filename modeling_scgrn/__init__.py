@@ -4,15 +4,11 @@ Importing this package registers the model with transformers' Auto classes, so
 `AutoModel.from_pretrained(...)` works on scgrn checkpoints without `trust_remote_code`.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForMaskedLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-)
+import transformers
+from transformers import AutoConfig, AutoTokenizer
 
-from .configuration_scgrn import ScGrnConfig
+from . import modeling_scgrn as _modeling
+from .configuration_scgrn import AUTO_HEADS, ScGrnConfig
 from .modeling_scgrn import (
     ScGrnCellClassificationOutput,
     ScGrnForCellClassification,
@@ -27,17 +23,13 @@ from .tokenization_scgrn import ScGrnTokenizer
 __version__ = "0.1.0"
 
 AutoConfig.register("scgrn", ScGrnConfig, exist_ok=True)
-AutoModel.register(ScGrnConfig, ScGrnModel, exist_ok=True)
-AutoModelForMaskedLM.register(ScGrnConfig, ScGrnForMaskedExpressionModeling, exist_ok=True)
-AutoModelForSequenceClassification.register(ScGrnConfig, ScGrnForCellClassification, exist_ok=True)
 AutoTokenizer.register(ScGrnConfig, fast_tokenizer_class=ScGrnTokenizer, exist_ok=True)
-
 # `auto_map` in saved configs lets `trust_remote_code=True` load checkpoints where scgrn is not installed.
 ScGrnConfig.register_for_auto_class()
-ScGrnModel.register_for_auto_class("AutoModel")
-ScGrnForMaskedExpressionModeling.register_for_auto_class("AutoModelForMaskedLM")
-ScGrnForCellClassification.register_for_auto_class("AutoModelForSequenceClassification")
 ScGrnTokenizer.register_for_auto_class("AutoTokenizer")
+for _auto, _head in AUTO_HEADS.items():
+    getattr(transformers, _auto).register(ScGrnConfig, getattr(_modeling, _head), exist_ok=True)
+    getattr(_modeling, _head).register_for_auto_class(_auto)
 
 __all__ = [
     "ScGrnConfig",

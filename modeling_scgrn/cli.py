@@ -7,10 +7,14 @@ The scripts parse their arguments with argparse alone and import scgrn after tha
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
 from contextlib import nullcontext
+from pathlib import Path
+
+import yaml
 
 # What a user causes: a bad file, folder, column, option or value (ValueError, OSError and their kin), or a
 # missing optional extra (ImportError). Anything else is a bug in scgrn and keeps its traceback.
@@ -53,3 +57,31 @@ def run_script(args, work: Callable[[], object], *, output_dir: str | None = Non
         if main_process:
             print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)
+
+
+def load_yaml_or_json(path: str | os.PathLike) -> dict:
+    text = Path(path).read_text()
+    values = yaml.safe_load(text) if str(path).endswith((".yaml", ".yml")) else json.loads(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of option names to values.")
+    return values
+
+
+def script_options(config_path: str | None, overrides: list[str], sections: dict[str, type | None]) -> dict:
+    """Options of a script: a YAML/JSON file of sections (`model`, `training`, `data`, ...) then `section.key=value`
+    overrides from the command line (values parsed as YAML). Unknown sections are refused; each section's keys
+    are checked by whoever consumes it (`ScGrnConfig`, `TrainingConfig.from_dict`)."""
+    values = load_yaml_or_json(config_path) if config_path else {}
+    unknown = sorted(set(values) - set(sections))
+    if unknown:
+        raise ValueError(f"unknown section(s) {unknown} in {config_path}; sections are {sorted(sections)}.")
+    options = {name: dict(values.get(name) or {}) for name in sections}
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"override {item!r} must look like section.option=value, e.g. training.max_steps=100.")
+        key, raw = item.split("=", 1)
+        section, name = key.split(".", 1)
+        if section not in sections:
+            raise ValueError(f"override {item!r} names unknown section {section!r}; sections are {sorted(sections)}.")
+        options[section][name] = yaml.safe_load(raw)
+    return options

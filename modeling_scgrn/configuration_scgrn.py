@@ -12,6 +12,17 @@ POOLINGS = ("cls", "mean")
 ISOLATED_GENE_POLICIES = ("self", "dense")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
+# The one table of heads: transformers Auto class -> class in modeling_scgrn.py. The Auto registration
+# (`modeling_scgrn/__init__.py`), each saved config's `auto_map` and the Hub's completeness check all read it.
+AUTO_HEADS = {
+    "AutoModel": "ScGrnModel",
+    "AutoModelForMaskedLM": "ScGrnForMaskedExpressionModeling",
+    "AutoModelForSequenceClassification": "ScGrnForCellClassification",
+}
+# The code that ships with the weights for `trust_remote_code`: modeling_scgrn.py, the siblings it imports, and
+# the tokenizer. They import only torch, transformers, tokenizers and numpy.
+SHIPPED_CODE = ("configuration_scgrn.py", "modeling_scgrn.py", "kernels.py", "masks.py", "tokenization_scgrn.py")
+
 
 class ScGrnConfig(PretrainedConfig):
     r"""

@@ -11,15 +11,15 @@ import os
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
-from .folders import atomic_folder  # noqa: F401  (public here since before folders.py)
+from .folders import atomic_folder, check_output_folder, file_sha256, jsonable
+from .networks import GeneRegulatoryNetwork, prior_report
+from .tokenization_scgrn import ScGrnTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -380,94 +380,198 @@ def split_cells(
     return {"train": np.sort(train), "validation": np.sort(validation), "test": np.sort(test)}
 
 
-def _pad(sequences, value, dtype) -> torch.Tensor:
-    length = max(len(s) for s in sequences)
-    out = torch.full((len(sequences), length), value, dtype=dtype)
-    for i, sequence in enumerate(sequences):
-        out[i, : len(sequence)] = torch.as_tensor(sequence, dtype=dtype)
-    return out
+def read_cells(source, backed: bool = False):
+    """An AnnData from an `.h5ad` path, or scanpy's bundled `pbmc68k_reduced` (raw counts recovered) by name; an
+    AnnData object is taken as it is. `backed=True` opens the file read-only without loading the matrix (files
+    larger than memory)."""
+    import anndata
+
+    if isinstance(source, anndata.AnnData):
+        return source
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"cells must be an AnnData, an .h5ad path or 'pbmc68k_reduced', not {type(source).__name__}.")
+    if source == "pbmc68k_reduced":
+        return pbmc68k_reduced_counts()
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist (give an .h5ad file or 'pbmc68k_reduced').")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes); re-download or re-export it.")
+    try:
+        return anndata.read_h5ad(path, backed="r" if backed else None)
+    except Exception as error:  # h5py/anndata raise many types for damaged files
+        raise ValueError(f"{path} could not be read as an .h5ad file ({type(error).__name__}: {error}); the file is "
+                         "corrupt or truncated.") from error
 
 
-def _pad_cells(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
-    batch = {"input_ids": _pad([f["input_ids"] for f in features], pad_token_id, torch.long)}
-    lengths = torch.tensor([len(f["input_ids"]) for f in features])
-    batch["attention_mask"] = (torch.arange(batch["input_ids"].shape[1])[None] < lengths[:, None]).long()
-    if "expression_values" in features[0]:
-        batch["expression_values"] = _pad([f["expression_values"] for f in features], 0.0, torch.float32)
-    if "expression_bins" in features[0]:
-        batch["expression_bins"] = _pad([f["expression_bins"] for f in features], 0, torch.long)
-    return batch
+def read_cells_from(sources: str | list[str], backed: bool = False):
+    """One AnnData from one or several sources (`read_cells` each); several are joined on the union of their genes
+    (absent genes count 0) with a `dataset` obs column naming the source of each cell."""
+    import anndata
 
-
-@dataclass
-class DataCollatorForMaskedExpression:
-    """Pads to the batch's longest cell and hides the expression of a random `mask_probability` share of gene
-    tokens (never `[CLS]` or padding; at least one gene per cell). Masked bins become `n_bins + 1`, masked values
-    `mask_value`. `labels` hold the true bins (-100 elsewhere) or true values (NaN elsewhere).
-
-    Calling it does both (as transformers' collators do, e.g. for `Trainer`). The scgrn training loop calls
-    `pad` in the DataLoader and `mask` just before each step instead, so the random draws follow the step order
-    and a resumed run masks exactly as an uninterrupted one (DataLoaders prefetch, which would otherwise consume
-    the random state of batches not yet trained on)."""
-
-    pad_token_id: int
-    value_encoding: str
-    n_bins: int
-    mask_value: float = -1.0
-    mask_probability: float = 0.15
-    generator: torch.Generator | None = None
-
-    @classmethod
-    def from_config(cls, config, mask_probability: float = 0.15, seed: int | None = None):
-        generator = None if seed is None else torch.Generator().manual_seed(seed)
-        return cls(config.pad_token_id, config.value_encoding, config.n_bins, config.mask_value, mask_probability, generator)
-
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        return self.mask(self.pad(features))
-
-    def pad(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        return _pad_cells(features, self.pad_token_id)
-
-    def mask(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Mask a padded batch (on any device); draws from `generator` or, without one, torch's global RNG."""
-        batch = dict(batch)
-        genes = batch["attention_mask"].bool().clone()
-        genes[:, 0] = False
-        if self.generator is None:
-            draw = torch.rand(genes.shape, device=genes.device)
+    if not isinstance(sources, (list, tuple)):
+        return read_cells(sources, backed)
+    if len(sources) == 1:
+        return read_cells(sources[0], backed)
+    if backed:
+        raise ValueError("backed mode reads one .h5ad at a time; tokenize each file to its own folder (or join "
+                         "them in memory without --backed).")
+    parts = {}
+    for number, source in enumerate(sources):
+        adata = read_cells(source)
+        if isinstance(source, (str, os.PathLike)):
+            name = Path(source).stem if source != "pbmc68k_reduced" else source
         else:
-            draw = torch.rand(genes.shape, generator=self.generator).to(genes.device)
-        masked = (draw < self.mask_probability) & genes
-        # at least one gene per cell (its lowest draw) is masked, so every cell contributes to the loss
-        forced = torch.where(genes, draw, torch.full_like(draw, 2.0)).argmin(1)
-        has_gene = genes.any(1)
-        masked[has_gene, forced[has_gene]] = True
-        if self.value_encoding == "binned":
-            labels = torch.where(masked, batch["expression_bins"], torch.full_like(batch["expression_bins"], -100))
-            batch["expression_bins"] = batch["expression_bins"].masked_fill(masked, self.n_bins + 1)
+            name, adata = f"adata{number}", adata.copy()  # var_names_make_unique must not change the caller's
+        adata.var_names_make_unique()
+        parts[name] = adata
+    return anndata.concat(parts, join="outer", label="dataset", index_unique="-", fill_value=0)
+
+
+def describe_sources(sources) -> list[dict]:
+    """What a dataset was made from, safe to publish: each file's name and SHA-256 (never its path), scanpy's
+    bundled dataset by name, or an in-memory AnnData by its shape."""
+    described = []
+    for source in sources if isinstance(sources, (list, tuple)) else [sources]:
+        if not isinstance(source, (str, os.PathLike)):
+            described.append({"name": f"AnnData object ({source.n_obs} cells x {source.n_vars} genes)"})
+        elif source == "pbmc68k_reduced":
+            described.append({"name": "pbmc68k_reduced (bundled with scanpy)"})
         else:
-            labels = torch.where(masked, batch["expression_values"], torch.full_like(batch["expression_values"], float("nan")))
-            batch["expression_values"] = batch["expression_values"].masked_fill(masked, self.mask_value)
-        batch["labels"] = labels
-        return batch
+            described.append({"name": Path(source).name, "sha256": file_sha256(source)})
+    return described
 
 
-@dataclass
-class DataCollatorForCellClassification:
-    """Pads to the batch's longest cell and stacks integer `labels` (from the `label_column` via `label2id`)."""
+def prepare_cells(
+    source: str | list[str],
+    network: GeneRegulatoryNetwork,
+    output_dir: str | os.PathLike,
+    *,
+    label_column: str | None = None,
+    group_column: str | None = None,
+    obs_columns: tuple[str, ...] = (),
+    max_length: int | None = 1024,
+    n_bins: int = 51,
+    panel: str = "all",
+    n_top_genes: int = 2000,
+    test_size: float = 0.2,
+    validation_size: float = 0.1,
+    seed: int = 0,
+    min_genes: int = 0,
+    min_cells: int = 0,
+    backed: bool = False,
+    num_proc: int = 1,
+    chunk_size: int = 10_000,
+    max_shard_size: str = "500MB",
+    tokenizer: "ScGrnTokenizer | str | os.PathLike | None" = None,
+    normalize: bool = True,
+    overwrite: bool = False,
+) -> dict:
+    """Cells -> tokenizer + tokenized train/validation/test `DatasetDict` + prior report, under `output_dir`:
+    `tokenizer/`, `dataset/` (Arrow shards of at most `max_shard_size`, with `scgrn_metadata.json`: QC, split,
+    drops, panel), `prior/` (GRN files), `prior_report.json`. Several sources are joined (`read_cells_from`).
 
-    pad_token_id: int
-    label2id: dict[str, int] | None = None
-    label_column: str = "labels"
+    QC (`min_genes` per cell, `min_cells` per gene; 0 switches a filter off) drops cells and genes with counts in
+    the report. `backed=True` reads one `.h5ad` lazily (memory bounded by `chunk_size`; panel must be "all").
+    `num_proc` tokenizes chunks in parallel processes. `tokenizer` (a tokenizer, or a folder holding one, such as
+    a pretrained model's) fixes the vocabulary instead of building one from the data's genes, so the dataset can
+    finetune that model: genes outside it are dropped and counted (an error when none is left, a warning below half
+    of the vocabulary); panel must be "all" and `min_cells` 0 then. `normalize=False` takes values that are already
+    normalised (e.g. log1p of total-count-normalised counts) as they are, instead of refusing non-count data and
+    normalising it (panel "all" only: the variable-gene panels normalise raw counts themselves). Returns the
+    report. The sources are described by file name and SHA-256, never by path. A non-empty `output_dir` is refused
+    unless `overwrite`; the folder is written under a temporary name and renamed when complete."""
+    import datasets
 
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        batch = _pad_cells(features, self.pad_token_id)
-        if self.label_column in features[0]:
-            raw = [f[self.label_column] for f in features]
-            if self.label2id is not None:
-                unknown = sorted({str(r) for r in raw} - set(self.label2id))
-                if unknown:
-                    raise ValueError(f"labels {unknown} are not among the model's classes {list(self.label2id)}.")
-                raw = [self.label2id[str(r)] for r in raw]
-            batch["labels"] = torch.tensor(raw, dtype=torch.long)
-        return batch
+    from .networks import select_gene_panel
+
+    paths = tuple(s for s in (source if isinstance(source, (list, tuple)) else [source])
+                  if isinstance(s, (str, os.PathLike)))
+    check_output_folder(output_dir, overwrite=overwrite, inputs=paths)
+    adata = read_cells_from(source, backed=backed)
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(f"the cells hold {adata.n_obs} cells x {adata.n_vars} genes; there is nothing to tokenize.")
+    if backed and panel != "all":
+        raise ValueError(f"panel={panel!r} needs the matrix in memory (variable genes); use panel='all' with backed "
+                         "mode, or drop backed mode.")
+    columns = [c for c in (label_column, group_column, *obs_columns) if c]
+    missing = [c for c in columns if c not in adata.obs.columns]
+    if missing:
+        raise ValueError(f"{source} has no obs column(s) {missing}; columns are {list(adata.obs.columns)}.")
+    if label_column is not None and adata.obs[label_column].nunique() < 2:
+        raise ValueError(f"label column {label_column!r} has a single class; classification needs at least two.")
+    if not normalize and panel != "all":
+        raise ValueError(f"normalize=False (values already normalised) needs panel='all', not {panel!r}: the "
+                         "variable-gene panels normalise raw counts themselves.")
+    if tokenizer is not None:
+        if not isinstance(tokenizer, ScGrnTokenizer):
+            if not (Path(tokenizer) / "tokenizer.json").is_file():
+                raise ValueError(f"{tokenizer} holds no scgrn tokenizer (tokenizer.json); give a model/ folder a run "
+                                 "wrote, or a data folder's tokenizer/.")
+            tokenizer = ScGrnTokenizer.from_pretrained(tokenizer)
+        if panel != "all" or min_cells:
+            raise ValueError("with a given tokenizer its vocabulary is the gene panel: use panel='all' and "
+                             "min_cells=0 (genes outside the vocabulary are dropped and counted).")
+    cells_kept, genes_kept, qc_report = qc_masks(adata, min_genes=min_genes, min_cells=min_cells,
+                                                 chunk_size=chunk_size)
+    if tokenizer is not None:
+        genes = tokenizer.convert_ids_to_tokens(tokenizer.gene_vocab_ids.tolist())
+        panel_report = {"strategy": "tokenizer", "panel_genes": len(genes),
+                        "vocabulary_genes_in_data": tokenizer.check_coverage(list(adata.var_names.astype(str)))}
+    elif panel == "all":
+        genes = list(adata.var_names[genes_kept].astype(str))
+        panel_report = {"strategy": "all", "panel_genes": len(genes)}
+    else:
+        subset = adata[cells_kept][:, genes_kept] if not (cells_kept.all() and genes_kept.all()) else adata
+        genes, panel_report = select_gene_panel(subset, network, n_top_genes=n_top_genes, strategy=panel)
+    if tokenizer is None:
+        tokenizer = ScGrnTokenizer.from_genes(genes, n_bins=n_bins)
+    report = prior_report(network, genes)
+    network.to_vocab_edges(tokenizer)  # fails early, with the reason, when the prior misses the panel
+    dataset, tokenize_report = tokenize_anndata(adata, tokenizer, obs_columns=tuple(columns), max_length=max_length,
+                                                cells_kept=None if cells_kept.all() else cells_kept,
+                                                num_proc=num_proc, chunk_size=chunk_size, normalize=normalize)
+    obs = adata.obs[cells_kept]
+    if label_column is not None and obs[label_column].nunique() < 2:
+        raise ValueError(f"after QC, label column {label_column!r} has a single class; lower min_genes.")
+    splits = split_cells(obs, label_column=label_column, group_column=group_column,
+                         test_size=test_size, validation_size=validation_size, seed=seed)
+    dataset_dict = datasets.DatasetDict({name: dataset.select(rows) for name, rows in splits.items()})
+    metadata = {
+        "sources": describe_sources(source),
+        "cells": int(cells_kept.sum()),
+        "qc": qc_report,
+        "tokenization": {**tokenize_report, "normalized_by_scgrn": normalize},
+        "panel": panel_report,
+        "split": {"seed": seed, "label_column": label_column, "group_column": group_column,
+                  **{name: int(len(rows)) for name, rows in splits.items()}},
+    }
+    with atomic_folder(output_dir) as folder:
+        save_dataset_atomically(dataset_dict, folder / "dataset", metadata, max_shard_size=max_shard_size)
+        tokenizer.save_pretrained(folder / "tokenizer")
+        network.restrict(genes).save(folder / "prior")
+        (folder / "prior_report.json").write_text(json.dumps({"prior": report, **metadata}, indent=2,
+                                                             default=jsonable))
+    return {"prior": report, **metadata}
+
+
+def load_prepared(data_dir: Path):
+    import datasets
+
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise ValueError(f"data folder {data_dir} does not exist; create it with data/tokenize_cells.py.")
+    for part in ("dataset", "tokenizer", "prior"):
+        if not (data_dir / part).exists():
+            raise ValueError(f"{data_dir} lacks {part}/; create it with data/tokenize_cells.py.")
+    dataset = datasets.load_from_disk(str(data_dir / "dataset"))
+    needed = {"input_ids", "expression_values", "expression_bins"}
+    for name, split in dataset.items():
+        missing = needed - set(split.column_names)
+        if missing:
+            raise ValueError(f"split {name!r} of {data_dir / 'dataset'} lacks column(s) {sorted(missing)}.")
+    metadata_path = data_dir / "dataset" / "scgrn_metadata.json"
+    metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
+    tokenizer = ScGrnTokenizer.from_pretrained(data_dir / "tokenizer")
+    network = GeneRegulatoryNetwork.load(data_dir / "prior")
+    return dataset, tokenizer, network, metadata

@@ -12,6 +12,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 RUN_MANIFEST = "scgrn_run.json"
 
 
@@ -130,3 +132,10 @@ def output_folder(path: str | os.PathLike, task: str, *, overwrite: bool = False
         raise
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
+
+
+def jsonable(value):
+    """`json.dumps(default=...)` for numpy scalars (and anything else, as text)."""
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return str(value)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .grn import GeneRegulatoryNetwork
+from .networks import GeneRegulatoryNetwork
 
 
 def _merge(keys: np.ndarray, sums: np.ndarray, counts: np.ndarray):
@@ -44,7 +44,7 @@ def attention_scores(model, tokenizer, dataset, label_column: str, *, batch_size
     """
     from tqdm.auto import tqdm
 
-    from .data import DataCollatorForCellClassification
+    from .collators import DataCollatorForCellClassification
 
     if label_column not in dataset.column_names:
         raise ValueError(f"the dataset has no column {label_column!r}; columns are {dataset.column_names}.")

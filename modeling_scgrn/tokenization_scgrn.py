@@ -114,7 +114,7 @@ class ScGrnTokenizer(PreTrainedTokenizerFast):
         vocabulary_ids = gene_identifier_type(self.convert_ids_to_tokens(self.gene_vocab_ids.tolist()))
         mismatch = (
             f" The data name genes by {data_ids} but the model's vocabulary by {vocabulary_ids}: map the data's "
-            "gene names first (e.g. with celltypist's GENCODE table, modeling_scgrn.grn.read_mapping_table)."
+            "gene names first (e.g. with celltypist's GENCODE table, modeling_scgrn.networks.read_mapping_table)."
             if data_ids != vocabulary_ids else ""
         )
         if known == 0:

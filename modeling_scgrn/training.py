@@ -7,8 +7,6 @@ corrupt checkpoint; `resume_from_checkpoint="latest"` continues the same run.
 
 from __future__ import annotations
 
-import importlib.util
-
 import dataclasses
 import json
 import logging
@@ -21,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .folders import run_task, write_run_manifest
+from .evaluation import plot_training_curves
+from .folders import jsonable, run_task, write_run_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -190,28 +188,43 @@ def _optimizer(model, config: TrainingConfig):
     return torch.optim.AdamW(groups, lr=config.learning_rate)
 
 
-def train(
-    model,
-    train_dataset,
-    collator,
-    config: TrainingConfig,
-    *,
-    evaluate=None,
-    batch_transform=None,
-    metric_for_best: str | None = None,
-    project_name: str = "scgrn",
-    extra_tracker_config: dict | None = None,
-) -> dict[str, Any]:
-    """Train `model` on `train_dataset` (a `datasets.Dataset`) batched by `collator`.
+@dataclass
+class TrainingResult:
+    """What [`train`] returns: the trained model (unwrapped from Accelerate, best weights restored when a metric
+    chose them), the history (`step`, `loss`, `eval` lists), the last optimizer step, and this process's place among the run's processes."""
 
-    `batch_transform(batch) -> batch` runs on each batch right before its step (random masking belongs there:
-    see `DataCollatorForMaskedExpression`). `evaluate(model, accelerator) -> dict` runs at each evaluation point;
-    when `metric_for_best` names one of its keys, the best weights are restored at the end and
-    `early_stopping_patience` applies. Returns the history.
-    """
+    model: Any
+    history: dict
+    final_step: int
+    is_main_process: bool = True
+    process_index: int = 0
+    num_processes: int = 1
+
+
+@dataclass
+class _Run:
+    """The pieces of one training run, once Accelerate has prepared them."""
+
+    accelerator: Any
+    model: Any
+    optimizer: Any
+    loader: Any
+    scheduler: Any
+    config: TrainingConfig
+    total_steps: int
+    updates_per_epoch: int
+    state: _RunState = field(default_factory=_RunState)
+    history: dict = field(default_factory=lambda: {"step": [], "loss": [], "eval": []})
+    best_state: dict | None = None
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return Path(self.config.output_dir) / "checkpoints"
+
+
+def _accelerator(config: TrainingConfig):
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-    from transformers import get_cosine_schedule_with_warmup
 
     output_dir = Path(config.output_dir)
     log_with = None if config.report_to in ("none", "", None) else config.report_to.split(",")
@@ -227,6 +240,12 @@ def train(
     )
     set_seed(config.seed, device_specific=True)  # ranks draw different masks and dropout; DDP syncs the weights
     _warn_unapplied_sharding(accelerator)
+    return accelerator
+
+
+def _prepare(accelerator, model, train_dataset, collator, config: TrainingConfig) -> _Run:
+    from transformers import get_cosine_schedule_with_warmup
+
     if config.gradient_checkpointing:  # transformers renamed it activation checkpointing; the old name warns
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     if config.torch_compile:
@@ -246,142 +265,189 @@ def train(
     total_steps = config.max_steps if config.max_steps > 0 else max(1, math.ceil(config.num_epochs * updates_per_epoch))
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    state = _RunState()
+    return _Run(accelerator, model, optimizer, loader, scheduler, config, total_steps, updates_per_epoch)
 
-    checkpoint_root = output_dir / "checkpoints"
+
+def _start(run: _Run, project_name: str, extra_tracker_config: dict | None) -> Path | None:
+    """Claim the output folder, resume from a checkpoint where asked, start the trackers. Returns the checkpoint
+    resumed from, if any."""
+    config, accelerator = run.config, run.accelerator
     resume_path = None
     if config.resume_from_checkpoint:
-        resume_path = (
-            (_checkpoints(checkpoint_root) or [None])[-1]
-            if config.resume_from_checkpoint == "latest"
-            else Path(config.resume_from_checkpoint)
-        )
+        latest = config.resume_from_checkpoint == "latest"
+        resume_path = (_checkpoints(run.checkpoint_root) or [None])[-1] if latest else Path(config.resume_from_checkpoint)
         if resume_path is None or not resume_path.exists():
-            raise ValueError(f"no checkpoint to resume from at {config.resume_from_checkpoint!r} ({checkpoint_root}).")
+            raise ValueError(f"no checkpoint to resume from at {config.resume_from_checkpoint!r} ({run.checkpoint_root}).")
     if accelerator.is_main_process:
-        claim_run_folder(output_dir, project_name, resuming=resume_path is not None)
+        claim_run_folder(Path(config.output_dir), project_name, resuming=resume_path is not None)
     accelerator.wait_for_everyone()
     if resume_path is not None:
-        state.load(resume_path)
+        run.state.load(resume_path)
         accelerator.load_state(str(resume_path))
-        accelerator.print(f"resumed from {resume_path} at step {state.step}")
-    if log_with:
+        accelerator.print(f"resumed from {resume_path} at step {run.state.step}")
+    if accelerator.log_with:
         tracked = {k: v for k, v in dataclasses.asdict(config).items() if isinstance(v, (int, float, str, bool))}
         tracked.update(extra_tracker_config or {})
         accelerator.init_trackers(project_name, config=tracked)
+    return resume_path
 
-    def save_checkpoint():
-        final = checkpoint_root / f"step_{state.step:08d}"
-        temporary = checkpoint_root / f".tmp_step_{state.step:08d}"
-        if accelerator.is_main_process:
-            checkpoint_root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(temporary, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(temporary))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            state.save(temporary)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(temporary, final)
-            for old in _checkpoints(checkpoint_root)[: -config.keep_last_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
 
-    history: dict[str, list] = {"step": [], "loss": [], "eval": []}
-    best_state = None
-    progress = tqdm(
-        total=total_steps, initial=state.step, desc=project_name, mininterval=0.1 if _interactive() else 5.0,
-        disable=not (config.show_progress and accelerator.is_local_main_process),
-    )
-    # loss sum, batches, tokens, cells since the last log, kept on the device: no host sync on the hot path
-    window = torch.zeros(4, device=accelerator.device)
-    window_start = time.perf_counter()
-    last_saved_step = None
-    stop = False
-    epoch = state.step // max(updates_per_epoch, 1)
+def _save_checkpoint(run: _Run) -> None:
+    """`accelerator.save_state` plus the JSON run state into a temporary folder, renamed when complete; keeps the
+    last `keep_last_checkpoints`."""
+    accelerator, root = run.accelerator, run.checkpoint_root
+    final = root / f"step_{run.state.step:08d}"
+    temporary = root / f".tmp_step_{run.state.step:08d}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(temporary, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        run.state.save(temporary)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(temporary, final)
+        for old in _checkpoints(root)[: -run.config.keep_last_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _step(run: _Run, batch, window: torch.Tensor) -> None:
+    """One forward/backward pass (an optimizer step once gradients are accumulated); adds the loss, batches,
+    tokens and cells to `window`, on the device (no host sync on the hot path)."""
+    accelerator, model = run.accelerator, run.model
+    with accelerator.accumulate(model):
+        loss = model(**batch).loss
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and run.config.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), run.config.max_grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad()
+    window += torch.stack([loss.detach().float(), window.new_tensor(1.0), batch["attention_mask"].sum().float(),
+                           window.new_tensor(float(batch["input_ids"].shape[0]))])
+
+
+def _log(run: _Run, window: torch.Tensor, elapsed: float, progress) -> None:
+    stats = run.accelerator.reduce(window.clone(), reduction="sum").tolist()
+    metrics = {
+        "train/loss": stats[0] / stats[1],
+        "train/learning_rate": run.scheduler.get_last_lr()[0],
+        "train/tokens_per_s": stats[2] / elapsed,
+        "train/cells_per_s": stats[3] / elapsed,
+    }
+    run.accelerator.log(metrics, step=run.state.step)
+    run.history["step"].append(run.state.step)
+    run.history["loss"].append(metrics["train/loss"])
+    progress.set_postfix(loss=f"{metrics['train/loss']:.4f}")
+
+
+def _evaluate(run: _Run, evaluate, metric_for_best: str | None) -> bool:
+    """Evaluate, log, keep the best weights by `metric_for_best`; returns True when early stopping says stop."""
+    accelerator, state, model = run.accelerator, run.state, run.model
+    model.eval()
+    with torch.no_grad():
+        scores = evaluate(accelerator.unwrap_model(model), accelerator)
     model.train()
-    while state.step < total_steps and not stop:
-        loader.set_epoch(epoch)  # the seedable sampler shuffles by (seed, epoch): a resumed run sees the same order
-        skip = (state.step % updates_per_epoch) * config.gradient_accumulation_steps if resume_path else 0
-        epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+    accelerator.log({f"eval/{k}": v for k, v in scores.items() if isinstance(v, (int, float))}, step=state.step)
+    run.history["eval"].append({"step": state.step, **scores})
+    if not metric_for_best:
+        return False
+    if scores[metric_for_best] > state.best_metric:
+        state.best_metric, state.evaluations_without_gain = scores[metric_for_best], 0
+        run.best_state = {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+        return False
+    state.evaluations_without_gain += 1
+    patience = run.config.early_stopping_patience
+    if patience and state.evaluations_without_gain >= patience:
+        accelerator.print(f"early stopping at step {state.step}: no {metric_for_best} gain")
+        return True
+    return False
+
+
+def _evaluates_now(run: _Run) -> bool:
+    step, config = run.state.step, run.config
+    if config.eval_steps:
+        return step % config.eval_steps == 0 or step == run.total_steps
+    return step % run.updates_per_epoch == 0 or step == run.total_steps
+
+
+def _loop(run: _Run, resume_path, batch_transform, evaluate, metric_for_best, progress) -> int | None:
+    """Epochs of optimizer steps until `total_steps` or early stopping; returns the last checkpointed step."""
+    config, state = run.config, run.state
+    window = torch.zeros(4, device=run.accelerator.device)  # loss sum, batches, tokens, cells since the last log
+    window_start, last_saved_step = time.perf_counter(), None
+    epoch = state.step // max(run.updates_per_epoch, 1)
+    run.model.train()
+    while state.step < run.total_steps:
+        run.loader.set_epoch(epoch)  # the seedable sampler shuffles by (seed, epoch): a resumed run sees the same order
+        skip = (state.step % run.updates_per_epoch) * config.gradient_accumulation_steps if resume_path else 0
         resume_path = None
-        for batch in epoch_loader:
-            if batch_transform is not None:
-                batch = batch_transform(batch)
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and config.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            window += torch.stack([
-                loss.detach().float(),
-                window.new_tensor(1.0),
-                batch["attention_mask"].sum().float(),
-                window.new_tensor(float(batch["input_ids"].shape[0])),
-            ])
-            if not accelerator.sync_gradients:
+        for batch in run.accelerator.skip_first_batches(run.loader, skip) if skip else run.loader:
+            _step(run, batch_transform(batch) if batch_transform is not None else batch, window)
+            if not run.accelerator.sync_gradients:
                 continue
             state.step += 1
             progress.update(1)
-            if state.step % config.logging_steps == 0 or state.step == total_steps:
-                elapsed = time.perf_counter() - window_start
-                stats = accelerator.reduce(window.clone(), reduction="sum").tolist()
-                metrics = {
-                    "train/loss": stats[0] / stats[1],
-                    "train/learning_rate": scheduler.get_last_lr()[0],
-                    "train/tokens_per_s": stats[2] / elapsed,
-                    "train/cells_per_s": stats[3] / elapsed,
-                }
-                accelerator.log(metrics, step=state.step)
-                history["step"].append(state.step)
-                history["loss"].append(metrics["train/loss"])
-                progress.set_postfix(loss=f"{metrics['train/loss']:.4f}")
+            if state.step % config.logging_steps == 0 or state.step == run.total_steps:
+                _log(run, window, time.perf_counter() - window_start, progress)
                 window.zero_()
                 window_start = time.perf_counter()
-            at_epoch_end = state.step % updates_per_epoch == 0
-            if evaluate is not None and (
-                (config.eval_steps and state.step % config.eval_steps == 0)
-                or (not config.eval_steps and at_epoch_end)
-                or state.step == total_steps
-            ):
-                model.eval()
-                with torch.no_grad():
-                    scores = evaluate(accelerator.unwrap_model(model), accelerator)
-                model.train()
-                accelerator.log({f"eval/{k}": v for k, v in scores.items() if isinstance(v, (int, float))}, step=state.step)
-                history["eval"].append({"step": state.step, **scores})
-                if metric_for_best:
-                    if scores[metric_for_best] > state.best_metric:
-                        state.best_metric = scores[metric_for_best]
-                        state.evaluations_without_gain = 0
-                        best_state = {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
-                    else:
-                        state.evaluations_without_gain += 1
-                        if config.early_stopping_patience and state.evaluations_without_gain >= config.early_stopping_patience:
-                            accelerator.print(f"early stopping at step {state.step}: no {metric_for_best} gain")
-                            stop = True
+            stop = evaluate is not None and _evaluates_now(run) and _evaluate(run, evaluate, metric_for_best)
             if config.checkpoint_steps and state.step % config.checkpoint_steps == 0:
-                save_checkpoint()
+                _save_checkpoint(run)
                 last_saved_step = state.step
-            if stop or state.step >= total_steps:
+            if stop:
+                return last_saved_step
+            if state.step >= run.total_steps:
                 break
         epoch += 1
+    return last_saved_step
+
+
+def train(
+    model,
+    train_dataset,
+    collator,
+    config: TrainingConfig,
+    *,
+    evaluate=None,
+    batch_transform=None,
+    metric_for_best: str | None = None,
+    project_name: str = "scgrn",
+    extra_tracker_config: dict | None = None,
+) -> TrainingResult:
+    """Train `model` on `train_dataset` (a `datasets.Dataset`) batched by `collator`.
+
+    `batch_transform(batch) -> batch` runs on each batch right before its step (random masking belongs there:
+    see `DataCollatorForMaskedExpression`). `evaluate(model, accelerator) -> dict` runs at each evaluation point;
+    when `metric_for_best` names one of its keys, the best weights are restored at the end and
+    `early_stopping_patience` applies. The output folder is claimed for `project_name` (a fresh run refuses one
+    holding another run's checkpoints). Returns a [`TrainingResult`].
+    """
+    accelerator = _accelerator(config)
+    run = _prepare(accelerator, model, train_dataset, collator, config)
+    resume_path = _start(run, project_name, extra_tracker_config)
+    progress = tqdm(
+        total=run.total_steps, initial=run.state.step, desc=project_name,
+        mininterval=0.1 if _interactive() else 5.0,
+        disable=not (config.show_progress and accelerator.is_local_main_process),
+    )
+    last_saved_step = _loop(run, resume_path, batch_transform, evaluate, metric_for_best, progress)
     progress.close()
-    if last_saved_step != state.step:  # the final state, unless the last step was just checkpointed
-        save_checkpoint()
-    unwrapped = accelerator.unwrap_model(model)
-    if best_state is not None:
-        unwrapped.load_state_dict(best_state)
+    if last_saved_step != run.state.step:  # the final state, unless the last step was just checkpointed
+        _save_checkpoint(run)
+    unwrapped = accelerator.unwrap_model(run.model)
+    if run.best_state is not None:
+        unwrapped.load_state_dict(run.best_state)
     accelerator.end_training()
     if accelerator.is_main_process:
-        plot_training_curves(history, output_dir / "training_curves.png")
-        (output_dir / "history.json").write_text(json.dumps(history, indent=2, default=jsonable))
-    history["final_step"] = state.step
-    history["accelerator"] = accelerator
-    return history
+        output_dir = Path(config.output_dir)
+        plot_training_curves(run.history, output_dir / "training_curves.png")
+        (output_dir / "history.json").write_text(json.dumps(run.history, indent=2, default=jsonable))
+    return TrainingResult(unwrapped, run.history, run.state.step, accelerator.is_main_process,
+                          accelerator.process_index, accelerator.num_processes)
 
 
 def _interactive() -> bool:
@@ -390,163 +456,6 @@ def _interactive() -> bool:
     return sys.stderr.isatty()
 
 
-def jsonable(value):
-    """`json.dumps(default=...)` for numpy scalars (and anything else, as text)."""
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    return str(value)
-
-
-def plot_training_curves(history: dict, path: Path) -> None:
-    """PNG of the training loss and every numeric evaluation metric against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    eval_keys = sorted({k for e in history["eval"] for k, v in e.items() if k != "step" and isinstance(v, (int, float))})
-    fig, axes = plt.subplots(1, 1 + bool(eval_keys), figsize=(5 + 5 * bool(eval_keys), 4), squeeze=False)
-    axes[0, 0].plot(history["step"], history["loss"], marker=".")
-    axes[0, 0].set(xlabel="step", ylabel="training loss", title="training loss")
-    if eval_keys:
-        for key in eval_keys:
-            axes[0, 1].plot([e["step"] for e in history["eval"]], [e.get(key) for e in history["eval"]], marker="o", label=key)
-        axes[0, 1].set(xlabel="step", title="evaluation")
-        axes[0, 1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 # ---------------------------------------------------------------------------------------------- evaluation
 
-
-def predict_batches(model, dataset, collator, batch_size: int = 64, device=None):
-    """Yield (batch, model output) over a dataset, in order, without gradients."""
-    device = device or next(model.parameters()).device
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
-    model.eval()
-    with torch.no_grad():
-        for batch in loader:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            yield batch, model(**batch)
-
-
-def masked_expression_metrics(model, dataset, collator, gene_means: torch.Tensor, batch_size: int = 64) -> dict:
-    """Masked-value MSE of the model vs predicting each gene's training mean, and their Pearson r, on `dataset`.
-
-    Values are compared in the model's own unit: expression bins (binned encoding: the expected bin under the
-    predicted distribution) or log1p values (continuous). `gene_means` is `(vocab_size,)` in that unit."""
-    predicted, truth, baseline, losses = [], [], [], []
-    binned = model.config.value_encoding == "binned"
-    for batch, output in predict_batches(model, dataset, collator, batch_size):
-        labels = batch["labels"]
-        scored = labels != -100 if binned else ~torch.isnan(labels)
-        if binned:
-            bins = torch.arange(output.logits.shape[-1], device=labels.device, dtype=torch.float32)
-            expected = (output.logits.float().softmax(-1) * bins).sum(-1)
-        else:
-            expected = output.logits.float()
-        predicted.append(expected[scored].cpu())
-        truth.append(labels[scored].float().cpu())
-        baseline.append(gene_means.to(labels.device)[batch["input_ids"][scored]].cpu())
-        losses.append(float(output.loss))
-    predicted, truth, baseline = torch.cat(predicted), torch.cat(truth), torch.cat(baseline)
-    return {
-        "masked_loss": float(np.mean(losses)),
-        "masked_mse": float(((predicted - truth) ** 2).mean()),
-        "gene_mean_mse": float(((baseline - truth) ** 2).mean()),
-        "pearson_r": float(np.corrcoef(predicted.numpy(), truth.numpy())[0, 1]),
-        "masked_values": int(truth.numel()),
-    }
-
-
-def gene_mean_values(dataset, vocab_size: int, value_encoding: str) -> torch.Tensor:
-    """Per-gene mean of the encoded value over a tokenized dataset (the baseline of masked-value prediction)."""
-    column = "expression_bins" if value_encoding == "binned" else "expression_values"
-    sums = np.zeros(vocab_size)
-    counts = np.zeros(vocab_size)
-    for ids, values in zip(dataset["input_ids"], dataset[column]):
-        ids, values = np.asarray(ids[1:]), np.asarray(values[1:], dtype=np.float64)
-        np.add.at(sums, ids, values)
-        np.add.at(counts, ids, 1)
-    return torch.tensor(np.where(counts > 0, sums / np.maximum(counts, 1), sums.sum() / max(counts.sum(), 1)), dtype=torch.float32)
-
-
-def classification_metrics(model, dataset, collator, batch_size: int = 64) -> dict:
-    """Accuracy, macro-F1, per-class report and confusion matrix of a cell classifier on a labelled dataset."""
-    from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
-
-    truth, predicted, embeddings = [], [], []
-    for batch, output in predict_batches(model, dataset, collator, batch_size):
-        truth.append(batch["labels"].cpu())
-        predicted.append(output.logits.argmax(-1).cpu())
-        embeddings.append(output.cell_embeddings.float().cpu())
-    truth, predicted = torch.cat(truth).numpy(), torch.cat(predicted).numpy()
-    labels = list(range(model.config.num_labels))
-    names = [model.config.id2label[i] for i in labels]
-    return {
-        "accuracy": float(accuracy_score(truth, predicted)),
-        "macro_f1": float(f1_score(truth, predicted, labels=labels, average="macro", zero_division=0)),
-        "per_class": classification_report(
-            truth, predicted, labels=labels, target_names=names, output_dict=True, zero_division=0
-        ),
-        "confusion_matrix": confusion_matrix(truth, predicted, labels=labels).tolist(),
-        "embeddings": torch.cat(embeddings).numpy(),
-        "true_labels": [names[i] for i in truth],
-    }
-
-
-def embedding_metrics(embeddings: np.ndarray, labels, *, seed: int = 0, resolution: float = 1.0) -> dict:
-    """How well cell embeddings separate the labels: silhouette by label (cosine), and ARI/NMI between Leiden
-    clusters of the embeddings' kNN graph (scanpy) and the labels; where scib-metrics is installed, also its
-    rescaled label silhouette and k-means NMI/ARI (`scib_*`)."""
-    import anndata
-    import scanpy as sc
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
-
-    labels = np.asarray(labels).astype(str)
-    if len(np.unique(labels)) < 2 or len(labels) < 10:
-        raise ValueError("embedding metrics need at least 10 cells of at least 2 labels.")
-    adata = anndata.AnnData(np.zeros((len(labels), 1), dtype=np.float32))
-    adata.obsm["X_scgrn"] = embeddings
-    sc.pp.neighbors(adata, use_rep="X_scgrn", n_neighbors=min(15, len(labels) - 1), random_state=seed)
-    sc.tl.leiden(adata, resolution=resolution, random_state=seed, flavor="igraph", n_iterations=2, directed=False)
-    clusters = adata.obs["leiden"].astype(str).to_numpy()
-    metrics = {
-        "silhouette": float(silhouette_score(embeddings, labels, metric="cosine")),
-        "leiden_ari": float(adjusted_rand_score(labels, clusters)),
-        "leiden_nmi": float(normalized_mutual_info_score(labels, clusters)),
-        "leiden_clusters": int(len(np.unique(clusters))),
-    }
-    if importlib.util.find_spec("scib_metrics") is None:  # optional: pip install "scgrn[scib]" (pulls jax)
-        return metrics
-    import scib_metrics
-
-    embeddings = np.asarray(embeddings, dtype=np.float32)
-    metrics["scib_silhouette_label"] = float(scib_metrics.silhouette_label(embeddings, labels))
-    kmeans = scib_metrics.nmi_ari_cluster_labels_kmeans(embeddings, labels)
-    metrics["scib_kmeans_nmi"], metrics["scib_kmeans_ari"] = float(kmeans["nmi"]), float(kmeans["ari"])
-    return metrics
-
-
-def plot_umap(embeddings: np.ndarray, labels, path, *, title: str = "cell embeddings", seed: int = 0) -> None:
-    """PNG of a UMAP of the embeddings coloured by label (scanpy)."""
-    import anndata
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import scanpy as sc
-
-    adata = anndata.AnnData(np.zeros((len(labels), 1), dtype=np.float32))
-    adata.obsm["X_scgrn"] = embeddings
-    adata.obs["label"] = pd.Categorical(np.asarray(labels).astype(str))
-    sc.pp.neighbors(adata, use_rep="X_scgrn", n_neighbors=min(15, len(labels) - 1), random_state=seed)
-    sc.tl.umap(adata, random_state=seed)
-    fig, ax = plt.subplots(figsize=(6.5, 5))
-    sc.pl.umap(adata, color="label", ax=ax, show=False, title=title)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
 

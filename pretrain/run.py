@@ -40,8 +40,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 def pretrain(args) -> dict:
     from pathlib import Path
 
-    from modeling_scgrn.grn import GeneRegulatoryNetwork
-    from modeling_scgrn.pipeline import prepare_cells, run_pretraining, script_options
+    from modeling_scgrn.networks import GeneRegulatoryNetwork
+    from modeling_scgrn.cli import script_options
+    from modeling_scgrn.data import prepare_cells
+    from modeling_scgrn.pipeline import run_pretraining
 
     options = script_options(args.config, args.overrides, {"model": None, "training": None})
     if args.resume_from_checkpoint:

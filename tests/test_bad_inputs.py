@@ -17,8 +17,10 @@ import scipy.sparse as sp
 
 from modeling_scgrn import ScGrnForCellClassification, ScGrnTokenizer
 from modeling_scgrn.data import pbmc68k_reduced_counts
-from modeling_scgrn.grn import GeneRegulatoryNetwork
-from modeling_scgrn.pipeline import load_pretrained, new_config, prepare_cells, run_pretraining
+from modeling_scgrn.networks import GeneRegulatoryNetwork
+from modeling_scgrn.data import prepare_cells
+from modeling_scgrn.hub import load_pretrained
+from modeling_scgrn.pipeline import new_config, run_pretraining
 
 from conftest import OMNIPATH_TABLE, shared_data_or_skip
 

@@ -19,8 +19,9 @@ from modeling_scgrn import (
     ScGrnForMaskedExpressionModeling,
     ScGrnModel,
 )
-from modeling_scgrn.grn import GeneRegulatoryNetwork
-from modeling_scgrn.pipeline import attach_grn, save_model_folder
+from modeling_scgrn.networks import GeneRegulatoryNetwork
+from modeling_scgrn.hub import save_model_folder
+from modeling_scgrn.pipeline import attach_grn
 
 from conftest import EDGES, tiny_config
 

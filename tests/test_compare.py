@@ -5,8 +5,9 @@ import warnings
 
 import pytest
 
-from modeling_scgrn.grn import GeneRegulatoryNetwork
-from modeling_scgrn.pipeline import prepare_cells, run_comparison
+from modeling_scgrn.networks import GeneRegulatoryNetwork
+from modeling_scgrn.data import prepare_cells
+from modeling_scgrn.pipeline import run_comparison
 
 from conftest import OMNIPATH_TABLE, shared_data_or_skip
 

@@ -6,16 +6,9 @@ import scipy.sparse as sp
 import torch
 
 from modeling_scgrn import ScGrnTokenizer
-from modeling_scgrn.data import (
-    DataCollatorForCellClassification,
-    DataCollatorForMaskedExpression,
-    check_raw_counts,
-    pbmc68k_reduced_counts,
-    save_dataset_atomically,
-    split_cells,
-    tokenize_anndata,
-)
-from modeling_scgrn.pipeline import read_cells
+from modeling_scgrn.collators import DataCollatorForCellClassification, DataCollatorForMaskedExpression
+from modeling_scgrn.data import check_raw_counts, pbmc68k_reduced_counts, save_dataset_atomically, split_cells, tokenize_anndata
+from modeling_scgrn.data import read_cells
 
 from conftest import CELLTYPIST_SAMPLE, shared_data_or_skip
 
@@ -230,8 +223,8 @@ def test_empty_cell_is_named_by_the_compiled_path(pbmc):
 
 
 def test_single_class_label_column_is_refused_before_anything_is_written(pbmc, tmp_path):
-    from modeling_scgrn.grn import GeneRegulatoryNetwork
-    from modeling_scgrn.pipeline import prepare_cells
+    from modeling_scgrn.networks import GeneRegulatoryNetwork
+    from modeling_scgrn.data import prepare_cells
 
     one_type = pbmc[:50].copy()
     one_type.obs["cell_type"] = "CD4+/CD45RA+/CD25- Naive T"
@@ -284,8 +277,8 @@ def test_compiled_encoder_with_unsorted_columns_equals_the_tokenizer(pbmc):
 def test_already_normalised_values_are_refused_unless_normalisation_is_switched_off(tmp_path):
     import scanpy as sc
 
-    from modeling_scgrn.grn import GeneRegulatoryNetwork
-    from modeling_scgrn.pipeline import prepare_cells
+    from modeling_scgrn.networks import GeneRegulatoryNetwork
+    from modeling_scgrn.data import prepare_cells
 
     reduced = sc.datasets.pbmc68k_reduced()
     logged = ad.AnnData(sp.csr_matrix(reduced.raw.X), obs=reduced.obs[["bulk_labels"]], var=reduced.raw.var)

@@ -4,8 +4,10 @@ import warnings
 
 import pytest
 
-from modeling_scgrn.grn import GeneRegulatoryNetwork
-from modeling_scgrn.pipeline import load_yaml_or_json, prepare_cells, run_finetuning
+from modeling_scgrn.networks import GeneRegulatoryNetwork
+from modeling_scgrn.cli import load_yaml_or_json
+from modeling_scgrn.data import prepare_cells
+from modeling_scgrn.pipeline import run_finetuning
 
 from conftest import OMNIPATH_TABLE, shared_data_or_skip
 from test_interpret import ROOT

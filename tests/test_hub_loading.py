@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from modeling_scgrn import ScGrnForCellClassification
-from modeling_scgrn.grn import GeneRegulatoryNetwork
-from modeling_scgrn.pipeline import save_model_folder
+from modeling_scgrn.networks import GeneRegulatoryNetwork
+from modeling_scgrn.hub import save_model_folder
 
 from conftest import EDGES, GENES, tiny_config
 
@@ -92,7 +92,7 @@ def test_model_folder_contents(hub_cache):
     folder = home / "hub" / "models--org--scgrn" / "snapshots" / REVISION
     names = sorted(p.name for p in folder.iterdir())
     assert names == sorted([
-        "README.md", "config.json", "configuration_scgrn.py", "grn_edges.parquet", "grn_prior.py",
+        "README.md", "config.json", "configuration_scgrn.py", "grn_edges.parquet", "kernels.py", "masks.py",
         "grn_provenance.json", "model.safetensors", "modeling_scgrn.py", "prior_report.json",
         "tokenization_scgrn.py", "tokenizer.json", "tokenizer_config.json",
     ])
@@ -106,7 +106,7 @@ def test_model_folder_contents(hub_cache):
     assert "grn_direction" in card.text and "regulator_to_target" in card.text
     loaded = GeneRegulatoryNetwork.load(folder)
     assert len(loaded) == len(EDGES) and loaded.provenance["resource"] == "hand-made"
-    for module in ("modeling_scgrn.py", "configuration_scgrn.py", "grn_prior.py", "tokenization_scgrn.py"):
+    for module in ("modeling_scgrn.py", "configuration_scgrn.py", "kernels.py", "masks.py", "tokenization_scgrn.py"):
         text = (folder / module).read_text()
         for heavy in ("anndata", "pandas", "scanpy", "scipy"):
             assert f"import {heavy}" not in text, (module, heavy)

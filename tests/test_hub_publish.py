@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from modeling_scgrn import ScGrnForCellClassification
-from modeling_scgrn.grn import GeneRegulatoryNetwork
+from modeling_scgrn.networks import GeneRegulatoryNetwork
 from modeling_scgrn.hub import push_model_folder, push_to_hub
-from modeling_scgrn.pipeline import attach_grn, save_model_folder
+from modeling_scgrn.hub import save_model_folder
+from modeling_scgrn.pipeline import attach_grn
 
 from conftest import EDGES, tiny_config
 

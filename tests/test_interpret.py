@@ -11,7 +11,8 @@ import torch
 
 from modeling_scgrn import ScGrnModel
 from modeling_scgrn.interpret import attention_scores, plot_attention_heatmap, prior_agreement, top_pairs
-from modeling_scgrn.pipeline import _load_prepared, attach_grn, new_config, prepare_cells
+from modeling_scgrn.data import load_prepared, prepare_cells
+from modeling_scgrn.pipeline import attach_grn, new_config
 
 from conftest import OMNIPATH_TABLE, shared_data_or_skip
 
@@ -21,14 +22,14 @@ TINY = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermed
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from modeling_scgrn.grn import GeneRegulatoryNetwork
+    from modeling_scgrn.networks import GeneRegulatoryNetwork
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         network = GeneRegulatoryNetwork.read(shared_data_or_skip(OMNIPATH_TABLE), "collectri")
     folder = tmp_path_factory.mktemp("interpret") / "data"
     prepare_cells("pbmc68k_reduced", network, folder, label_column="bulk_labels", max_length=128)
-    return folder, *_load_prepared(folder)[:3]
+    return folder, *load_prepared(folder)[:3]
 
 
 def tiny_model(tokenizer, network, mode):

@@ -8,8 +8,9 @@ from modeling_scgrn import (
     ScGrnForMaskedExpressionModeling,
     ScGrnModel,
 )
-from modeling_scgrn.grn_prior import edge_keys, lookup_pairs
-from modeling_scgrn.modeling_scgrn import ScGrnMLP, _SwiGLU
+from modeling_scgrn.masks import edge_keys, lookup_pairs
+from modeling_scgrn.kernels import _SwiGLU
+from modeling_scgrn.modeling_scgrn import ScGrnMLP
 
 from conftest import tiny_config
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from modeling_scgrn import ScGrnForCellClassification, ScGrnTokenizer
-from modeling_scgrn.data import DataCollatorForCellClassification, pbmc68k_reduced_counts, tokenize_anndata
+from modeling_scgrn.collators import DataCollatorForCellClassification
+from modeling_scgrn.data import pbmc68k_reduced_counts, tokenize_anndata
 from modeling_scgrn.tools import check_labels, embed, predict
 
 from conftest import tiny_config
@@ -94,7 +95,7 @@ def test_embedding_metrics_add_scib_scores_where_installed():
     import scanpy as sc
     from sklearn.metrics import silhouette_score
 
-    from modeling_scgrn.training import embedding_metrics
+    from modeling_scgrn.evaluation import embedding_metrics
 
     adata = sc.datasets.pbmc68k_reduced()
     embeddings, labels = adata.obsm["X_pca"][:, :20], adata.obs["bulk_labels"].astype(str).to_numpy()

@@ -11,8 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from modeling_scgrn.grn import GeneRegulatoryNetwork
-from modeling_scgrn.pipeline import prepare_cells, run_finetuning, run_pretraining, script_options
+from modeling_scgrn.networks import GeneRegulatoryNetwork
+from modeling_scgrn.cli import script_options
+from modeling_scgrn.data import prepare_cells
+from modeling_scgrn.pipeline import run_finetuning, run_pretraining
 from modeling_scgrn.training import TrainingConfig
 
 from conftest import CELLTYPIST_SAMPLE, OMNIPATH_TABLE, shared_data_or_skip
@@ -44,7 +46,7 @@ def test_resume_after_crash_gives_the_uninterrupted_weights(prepared, tmp_path):
     run_pretraining(prepared, tmp_path / "straight", model_options=TINY_MODEL, training_options=options)
 
     # Crash during step 7 (after the checkpoint at step 4), then resume from the latest checkpoint.
-    from modeling_scgrn import data as data_module
+    from modeling_scgrn import collators as data_module
 
     original = data_module.DataCollatorForMaskedExpression.pad
     calls = {"n": 0}
@@ -107,12 +109,13 @@ TWO_PROCESS_SCRIPT = textwrap.dedent(
     import torch
     from safetensors.torch import save_file
     from modeling_scgrn import ScGrnForMaskedExpressionModeling
-    from modeling_scgrn.data import DataCollatorForMaskedExpression
-    from modeling_scgrn.pipeline import _load_prepared, attach_grn, new_config
+    from modeling_scgrn.collators import DataCollatorForMaskedExpression
+    from modeling_scgrn.data import load_prepared
+    from modeling_scgrn.pipeline import attach_grn, new_config
     from modeling_scgrn.training import TrainingConfig, train
 
     prepared, output, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-    dataset, tokenizer, network, _ = _load_prepared(prepared)
+    dataset, tokenizer, network, _ = load_prepared(prepared)
     torch.manual_seed(0)
     model = ScGrnForMaskedExpressionModeling(new_config(tokenizer, **options))
     attach_grn(model, network, tokenizer)
@@ -125,13 +128,12 @@ TWO_PROCESS_SCRIPT = textwrap.dedent(
 
     config = TrainingConfig(output_dir=output, max_steps=4, per_device_batch_size=8, show_progress=False,
                             report_to="none", mixed_precision="no", logging_steps=2, seed=0)
-    history = train(model, dataset["train"], recording, config, batch_transform=collator.mask)
-    accelerator = history["accelerator"]
-    rank = accelerator.process_index
-    weights = {k: v.detach().contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+    result = train(model, dataset["train"], recording, config, batch_transform=collator.mask)
+    rank = result.process_index
+    weights = {k: v.detach().contiguous() for k, v in result.model.state_dict().items()}
     save_file(weights, f"{output}/weights_rank{rank}.safetensors")
     with open(f"{output}/seen_rank{rank}.json", "w") as handle:
-        json.dump({"world_size": accelerator.num_processes, "seen": seen}, handle)
+        json.dump({"world_size": result.num_processes, "seen": seen}, handle)
     """
 )
 

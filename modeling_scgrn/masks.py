@@ -10,6 +10,7 @@ without ever materialising a `vocab x vocab` matrix.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -511,3 +512,63 @@ def block_mask_to_dense(block_mask) -> torch.Tensor:
     cells = torch.arange(batch, device=device)[:, None, None]
     positions = torch.arange(length, device=device)
     return block_mask.mask_mod(cells, 0, positions[None, :, None], positions[None, None, :])[:, None]
+
+
+# ------------------------------------------------------------------------------------------ mask forms by kernel
+# rules: the `build_attention_mask` keywords (vocab_size, cls_token_id, special_token_ids, self_loops,
+# cls_attends_all, all_attend_cls, direction, isolated_genes, hops) from `ScGrnModel.mask_rules()`.
+
+
+def _boolean_grn(input_ids, attention_mask, edges, keys, rules):
+    return build_attention_mask(input_ids, attention_mask, edges, dense=False, keys=keys, **rules)
+
+
+def _boolean_dense(input_ids, attention_mask, rules):
+    return build_attention_mask(input_ids, attention_mask, None, dense=True, **rules)
+
+
+def _cheapest_dense(input_ids, attention_mask, rules):
+    return dense_attention_mask(input_ids, attention_mask, **rules)
+
+
+def _structured_grn(input_ids, attention_mask, edges, keys, rules):
+    if not structured_plan_supported(rules["hops"], rules["isolated_genes"], False):
+        return _boolean_grn(input_ids, attention_mask, edges, keys, rules)
+    plan_rules = {k: v for k, v in rules.items() if k not in ("hops", "isolated_genes")}
+    return build_structured_plan(input_ids, attention_mask, keys=keys, regulators=torch.unique(edges[0]), **plan_rules)
+
+
+def _flex_grn(input_ids, attention_mask, edges, keys, rules):
+    return build_block_mask(input_ids, attention_mask, edges, dense=False, keys=keys, **rules)
+
+
+def _flex_dense(input_ids, attention_mask, rules):
+    return build_block_mask(input_ids, attention_mask, None, dense=True, **rules)
+
+
+@dataclass(frozen=True)
+class MaskForm:
+    """What one attention implementation receives as its mask: `grn(input_ids, attention_mask, edges, keys, rules)`
+    for blocks that follow the prior, `dense(input_ids, attention_mask, rules)` for unconstrained blocks, and
+    whether the model puts regulators first (`reorders_tokens`) so that the mask's blocks are sparse."""
+
+    grn: Callable
+    dense: Callable
+    reorders_tokens: bool = False
+
+
+# The boolean `(batch, 1, L, L)` masks of every block (reported masks, interpretation, the eager reference).
+BOOLEAN_MASKS = MaskForm(_boolean_grn, _boolean_dense)
+# Each kernel's own form; any kernel not listed (sdpa, eager, other registered functions) takes boolean GRN masks
+# and the cheapest exact dense mask (`dense_attention_mask`).
+MASK_FORMS = {
+    "grn_structured": MaskForm(_structured_grn, _cheapest_dense),
+    # transformers' flex function would add a boolean tensor to the scores, so flex blocks all get BlockMasks
+    "flex_attention": MaskForm(_flex_grn, _flex_dense, reorders_tokens=True),
+}
+DEFAULT_MASK_FORM = MaskForm(_boolean_grn, _cheapest_dense)
+
+
+def mask_form(attn_implementation: str) -> MaskForm:
+    """The [`MaskForm`] of an attention implementation (`DEFAULT_MASK_FORM` when it has none of its own)."""
+    return MASK_FORMS.get(attn_implementation, DEFAULT_MASK_FORM)

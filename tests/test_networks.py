@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from modeling_scgrn import ScGrnModel, ScGrnTokenizer
-from modeling_scgrn.grn import (
+from modeling_scgrn.networks import (
     GeneRegulatoryNetwork,
     plot_mask,
     prior_report,
     read_mapping_table,
     select_gene_panel,
 )
-from modeling_scgrn.grn_prior import random_control_edges, shuffled_control_edges
+from modeling_scgrn.masks import random_control_edges, shuffled_control_edges
 
 from conftest import CELLTYPIST_SAMPLE, OMNIPATH_TABLE, shared_data_or_skip, tiny_config
 

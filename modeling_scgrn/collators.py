@@ -1,0 +1,113 @@
+"""Batches of tokenized cells: padding to the batch's longest cell, masking expression values for pretraining,
+integer labels (and class weights) for cell-type finetuning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def _pad(sequences, value, dtype) -> torch.Tensor:
+    length = max(len(s) for s in sequences)
+    out = torch.full((len(sequences), length), value, dtype=dtype)
+    for i, sequence in enumerate(sequences):
+        out[i, : len(sequence)] = torch.as_tensor(sequence, dtype=dtype)
+    return out
+
+
+def _pad_cells(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    batch = {"input_ids": _pad([f["input_ids"] for f in features], pad_token_id, torch.long)}
+    lengths = torch.tensor([len(f["input_ids"]) for f in features])
+    batch["attention_mask"] = (torch.arange(batch["input_ids"].shape[1])[None] < lengths[:, None]).long()
+    if "expression_values" in features[0]:
+        batch["expression_values"] = _pad([f["expression_values"] for f in features], 0.0, torch.float32)
+    if "expression_bins" in features[0]:
+        batch["expression_bins"] = _pad([f["expression_bins"] for f in features], 0, torch.long)
+    return batch
+
+
+@dataclass
+class DataCollatorForMaskedExpression:
+    """Pads to the batch's longest cell and hides the expression of a random `mask_probability` share of gene
+    tokens (never `[CLS]` or padding; at least one gene per cell). Masked bins become `n_bins + 1`, masked values
+    `mask_value`. `labels` hold the true bins (-100 elsewhere) or true values (NaN elsewhere).
+
+    Calling it does both (as transformers' collators do, e.g. for `Trainer`). The scgrn training loop calls
+    `pad` in the DataLoader and `mask` just before each step instead, so the random draws follow the step order
+    and a resumed run masks exactly as an uninterrupted one (DataLoaders prefetch, which would otherwise consume
+    the random state of batches not yet trained on)."""
+
+    pad_token_id: int
+    value_encoding: str
+    n_bins: int
+    mask_value: float = -1.0
+    mask_probability: float = 0.15
+    generator: torch.Generator | None = None
+
+    @classmethod
+    def from_config(cls, config, mask_probability: float = 0.15, seed: int | None = None):
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        return cls(config.pad_token_id, config.value_encoding, config.n_bins, config.mask_value, mask_probability, generator)
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        return self.mask(self.pad(features))
+
+    def pad(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        return _pad_cells(features, self.pad_token_id)
+
+    def mask(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Mask a padded batch (on any device); draws from `generator` or, without one, torch's global RNG."""
+        batch = dict(batch)
+        genes = batch["attention_mask"].bool().clone()
+        genes[:, 0] = False
+        if self.generator is None:
+            draw = torch.rand(genes.shape, device=genes.device)
+        else:
+            draw = torch.rand(genes.shape, generator=self.generator).to(genes.device)
+        masked = (draw < self.mask_probability) & genes
+        # at least one gene per cell (its lowest draw) is masked, so every cell contributes to the loss
+        forced = torch.where(genes, draw, torch.full_like(draw, 2.0)).argmin(1)
+        has_gene = genes.any(1)
+        masked[has_gene, forced[has_gene]] = True
+        if self.value_encoding == "binned":
+            labels = torch.where(masked, batch["expression_bins"], torch.full_like(batch["expression_bins"], -100))
+            batch["expression_bins"] = batch["expression_bins"].masked_fill(masked, self.n_bins + 1)
+        else:
+            labels = torch.where(masked, batch["expression_values"], torch.full_like(batch["expression_values"], float("nan")))
+            batch["expression_values"] = batch["expression_values"].masked_fill(masked, self.mask_value)
+        batch["labels"] = labels
+        return batch
+
+
+@dataclass
+class DataCollatorForCellClassification:
+    """Pads to the batch's longest cell and stacks integer `labels` (from the `label_column` via `label2id`)."""
+
+    pad_token_id: int
+    label2id: dict[str, int] | None = None
+    label_column: str = "labels"
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        batch = _pad_cells(features, self.pad_token_id)
+        if self.label_column in features[0]:
+            raw = [f[self.label_column] for f in features]
+            if self.label2id is not None:
+                unknown = sorted({str(r) for r in raw} - set(self.label2id))
+                if unknown:
+                    raise ValueError(f"labels {unknown} are not among the model's classes {list(self.label2id)}.")
+                raw = [self.label2id[str(r)] for r in raw]
+            batch["labels"] = torch.tensor(raw, dtype=torch.long)
+        return batch
+
+
+class WithClassWeights:
+    """Adds the inverse-frequency `class_weights` to every training batch."""
+
+    def __init__(self, collator, weights: torch.Tensor):
+        self.collator, self.weights = collator, weights
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        batch["class_weights"] = self.weights
+        return batch
