@@ -25,11 +25,12 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     source.add_argument("--h5ad", action="append", help="raw-count .h5ad file(s) (or pbmc68k_reduced) to tokenize "
                         "first into OUTPUT_DIR/data (needs --prior)")
     parser.add_argument("--prior", default=None, help="with --h5ad: OmniPath table or source,target network file")
-    parser.add_argument("--resource", default="collectri", help="with --h5ad and the OmniPath table: collectri or "
-                        "dorothea")
+    parser.add_argument("--resource", default=None, help="with --h5ad and the OmniPath table: collectri (default) "
+                        "or dorothea")
     parser.add_argument("--group_column", default=None, help="with --h5ad: obs column of donors/samples; the split "
                         "keeps each group in one split")
-    parser.add_argument("--max_length", type=int, default=1024, help="with --h5ad: tokens per cell")
+    parser.add_argument("--max_length", type=int, default=None, help="with --h5ad: tokens per cell (default: "
+                        "DataConfig's)")
     parser.add_argument("--pretrained", default=None, help="a pretrained scgrn model folder")
     parser.add_argument("--label_column", required=True, help="obs column with the cell types")
     parser.add_argument("--output_dir", required=True, help="checkpoints, logs, plots and model/ go here")
@@ -43,23 +44,16 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def finetune(args) -> dict:
-    from pathlib import Path
-
-    from modeling_scgrn.networks import GeneRegulatoryNetwork
     from modeling_scgrn.cli import script_options
-    from modeling_scgrn.data import prepare_cells
-    from modeling_scgrn.pipeline import run_finetuning
+    from modeling_scgrn.pipeline import run_data, run_finetuning
 
     options = script_options(args.config, args.overrides, {"model": None, "training": None})
     if args.resume_from_checkpoint:
         options["training"]["resume_from_checkpoint"] = args.resume_from_checkpoint
-    data = args.data
-    if args.h5ad:
-        data = f"{args.output_dir}/data"
-        if not (args.resume_from_checkpoint and (Path(data) / "dataset").is_dir()):  # a resumed run keeps its data
-            prepare_cells(args.h5ad, GeneRegulatoryNetwork.read(args.prior, args.resource), data,
-                          label_column=args.label_column, group_column=args.group_column,
-                          max_length=args.max_length, tokenizer=args.pretrained)
+    given = {k: v for k, v in (("resource", args.resource), ("max_length", args.max_length)) if v is not None}
+    data = run_data(args.data, args.output_dir, cells=args.h5ad, prior=args.prior, tokenizer=args.pretrained,
+                    label_column=args.label_column, group_column=args.group_column,
+                    resuming=bool(args.resume_from_checkpoint), **given)
     evaluation = run_finetuning(data, args.output_dir, label_column=args.label_column,
                                 pretrained=args.pretrained, model_options=options["model"],
                                 training_options=options["training"])

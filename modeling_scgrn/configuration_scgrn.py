@@ -10,6 +10,7 @@ GRN_DIRECTIONS = ("regulator_to_target", "target_to_regulator", "both")
 VALUE_ENCODINGS = ("binned", "continuous")
 POOLINGS = ("cls", "mean")
 ISOLATED_GENE_POLICIES = ("self", "dense")
+DEFAULT_N_BINS = 51  # expression bins per cell: the model's, the tokenizer's and DataConfig's default
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 # The one table of heads: transformers Auto class -> class in modeling_scgrn.py. The Auto registration
@@ -105,7 +106,7 @@ class ScGrnConfig(PretrainedConfig):
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
         value_encoding: str = "binned",
-        n_bins: int = 51,
+        n_bins: int = DEFAULT_N_BINS,
         mask_value: float = -1.0,
         pooling: str = "cls",
         grn_mode: str = "grn",

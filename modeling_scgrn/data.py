@@ -5,18 +5,22 @@ Uses anndata/pandas/datasets; never imported by the model files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import tempfile
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .cli import checked_dataclass
+from .configuration_scgrn import DEFAULT_N_BINS
 from .folders import atomic_folder, check_output_folder, file_sha256, jsonable
 from .networks import GeneRegulatoryNetwork, prior_report
 from .tokenization_scgrn import ScGrnTokenizer
@@ -24,6 +28,55 @@ from .tokenization_scgrn import ScGrnTokenizer
 logger = logging.getLogger(__name__)
 
 SEQUENCE_COLUMNS = ("input_ids", "expression_values", "expression_bins")
+PANELS = ("all", "hvg", "ranked", "union")
+
+
+@dataclass
+class DataConfig:
+    """Every data setting, with its default: how cells become tokens and splits. The single source of these
+    defaults; `prepare_cells`, the tokenizing functions, `tools` and the scripts read them from here."""
+
+    max_length: int | None = field(default=1024, metadata={"help": "tokens per cell, [CLS] included (None: all genes)"})
+    n_bins: int = field(default=DEFAULT_N_BINS, metadata={"help": "expression bins per cell"})
+    panel: str = field(default="all", metadata={"help": f"gene panel, one of {PANELS}: every gene, or a (prior-aware) "
+                                                        "variable-gene panel"})
+    n_top_genes: int = field(default=2000, metadata={"help": "panel size for hvg/ranked/union"})
+    test_size: float = field(default=0.2, metadata={"help": "share of cells (or groups) held out for testing"})
+    validation_size: float = field(default=0.1, metadata={"help": "share held out for validation"})
+    seed: int = field(default=0, metadata={"help": "split seed"})
+    min_genes: int = field(default=0, metadata={"help": "QC: drop cells with fewer detected genes (0: off)"})
+    min_cells: int = field(default=0, metadata={"help": "QC: drop genes detected in fewer cells (0: off)"})
+    backed: bool = field(default=False, metadata={"help": "read one .h5ad lazily (files larger than memory)"})
+    num_proc: int = field(default=1, metadata={"help": "tokenizing processes"})
+    chunk_size: int = field(default=10_000, metadata={"help": "cells read and tokenized at a time"})
+    max_shard_size: str = field(default="500MB", metadata={"help": "largest Arrow shard of the saved dataset"})
+    normalize: bool = field(default=True, metadata={"help": "normalise raw counts (False: values are already "
+                                                            "log1p-normalised)"})
+
+    def __post_init__(self):
+        if self.panel not in PANELS:
+            raise ValueError(f"panel={self.panel!r} is not one of {list(PANELS)}.")
+        for name in ("n_bins", "n_top_genes", "num_proc", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1.")
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"max_length={self.max_length} must be at least 2 ([CLS] and one gene).")
+        if not (0 < self.test_size < 1 and 0 < self.validation_size < 1 and self.test_size + self.validation_size < 1):
+            raise ValueError(f"test_size={self.test_size} and validation_size={self.validation_size} must be shares "
+                             "in (0, 1) that leave cells for training.")
+        if self.min_genes < 0 or self.min_cells < 0:
+            raise ValueError("min_genes and min_cells must not be negative.")
+        if self.backed and self.panel != "all":
+            raise ValueError(f"panel={self.panel!r} needs the matrix in memory (variable genes); use panel='all' with "
+                             "backed mode, or drop backed mode.")
+        if not self.normalize and self.panel != "all":
+            raise ValueError(f"normalize=False (values already normalised) needs panel='all', not {self.panel!r}: "
+                             "the variable-gene panels normalise raw counts themselves.")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DataConfig":
+        """Build from a mapping, refusing unknown keys and values of the wrong type."""
+        return checked_dataclass(cls, values, "data")
 
 
 def pbmc68k_reduced_counts():
@@ -77,7 +130,7 @@ def check_raw_counts(matrix, sample: int = 100_000) -> None:
 
 
 def qc_masks(adata, *, min_genes: int = 0, min_cells: int = 0, layer: str | None = None,
-             chunk_size: int = 10_000) -> tuple[np.ndarray, np.ndarray, dict]:
+             chunk_size: int = DataConfig.chunk_size) -> tuple[np.ndarray, np.ndarray, dict]:
     """Quality-control filters as scanpy's `filter_cells(min_genes)` / `filter_genes(min_cells)`, computed chunk
     by chunk over the rows (backed AnnData too). Returns `(cells_kept, genes_kept, report)` boolean masks and the
     counts dropped. Genes are counted on all cells, cells on all genes (both filters read the raw matrix once)."""
@@ -220,8 +273,8 @@ def tokenize_anndata(
     tokenizer,
     *,
     obs_columns: list[str] | tuple[str, ...] = (),
-    max_length: int | None = 2048,
-    chunk_size: int = 10_000,
+    max_length: int | None = DataConfig.max_length,
+    chunk_size: int = DataConfig.chunk_size,
     gene_column: str | None = None,
     layer: str | None = None,
     normalize: bool = True,
@@ -299,7 +352,8 @@ def tokenize_anndata(
     return datasets.Dataset(table, fingerprint=generate_random_fingerprint()), report
 
 
-def stream_anndata(adata, tokenizer, *, obs_columns=(), max_length: int | None = 2048, chunk_size: int = 10_000,
+def stream_anndata(adata, tokenizer, *, obs_columns=(), max_length: int | None = DataConfig.max_length,
+                   chunk_size: int = DataConfig.chunk_size,
                    gene_column: str | None = None, layer: str | None = None, normalize: bool = True,
                    cells_kept: np.ndarray | None = None):
     """A `datasets.IterableDataset` that tokenizes cells chunk by chunk as it is iterated: nothing tokenized is
@@ -443,116 +497,119 @@ def describe_sources(sources) -> list[dict]:
 
 
 def prepare_cells(
-    source: str | list[str],
+    source,
     network: GeneRegulatoryNetwork,
     output_dir: str | os.PathLike,
+    data: DataConfig | None = None,
     *,
     label_column: str | None = None,
     group_column: str | None = None,
     obs_columns: tuple[str, ...] = (),
-    max_length: int | None = 1024,
-    n_bins: int = 51,
-    panel: str = "all",
-    n_top_genes: int = 2000,
-    test_size: float = 0.2,
-    validation_size: float = 0.1,
-    seed: int = 0,
-    min_genes: int = 0,
-    min_cells: int = 0,
-    backed: bool = False,
-    num_proc: int = 1,
-    chunk_size: int = 10_000,
-    max_shard_size: str = "500MB",
     tokenizer: "ScGrnTokenizer | str | os.PathLike | None" = None,
-    normalize: bool = True,
     overwrite: bool = False,
+    **settings,
 ) -> dict:
     """Cells -> tokenizer + tokenized train/validation/test `DatasetDict` + prior report, under `output_dir`:
     `tokenizer/`, `dataset/` (Arrow shards of at most `max_shard_size`, with `scgrn_metadata.json`: QC, split,
-    drops, panel), `prior/` (GRN files), `prior_report.json`. Several sources are joined (`read_cells_from`).
+    drops, panel), `prior/` (GRN files), `prior_report.json`. `source` is an `.h5ad` path, `"pbmc68k_reduced"`, an
+    AnnData, or a list of them (joined, `read_cells_from`).
 
-    QC (`min_genes` per cell, `min_cells` per gene; 0 switches a filter off) drops cells and genes with counts in
-    the report. `backed=True` reads one `.h5ad` lazily (memory bounded by `chunk_size`; panel must be "all").
-    `num_proc` tokenizes chunks in parallel processes. `tokenizer` (a tokenizer, or a folder holding one, such as
-    a pretrained model's) fixes the vocabulary instead of building one from the data's genes, so the dataset can
-    finetune that model: genes outside it are dropped and counted (an error when none is left, a warning below half
-    of the vocabulary); panel must be "all" and `min_cells` 0 then. `normalize=False` takes values that are already
-    normalised (e.g. log1p of total-count-normalised counts) as they are, instead of refusing non-count data and
-    normalising it (panel "all" only: the variable-gene panels normalise raw counts themselves). Returns the
-    report. The sources are described by file name and SHA-256, never by path. A non-empty `output_dir` is refused
-    unless `overwrite`; the folder is written under a temporary name and renamed when complete."""
-    import datasets
-
-    from .networks import select_gene_panel
-
+    How cells become tokens and splits is a [`DataConfig`] (`data`; keyword `settings` override its fields, e.g.
+    `max_length=512`). `tokenizer` (a tokenizer, or a folder holding one, such as a pretrained model's) fixes the
+    vocabulary instead of building one from the data's genes, so the dataset can finetune that model: genes outside
+    it are dropped and counted (an error when none is left, a warning below half of the vocabulary); panel must be
+    "all" and `min_cells` 0 then. The sources are described by file name and SHA-256, never by path. A non-empty
+    `output_dir` is refused unless `overwrite`; the folder is written under a temporary name and renamed when
+    complete. Returns the report."""
+    data = DataConfig.from_dict({**dataclasses.asdict(data or DataConfig()), **settings})
     paths = tuple(s for s in (source if isinstance(source, (list, tuple)) else [source])
                   if isinstance(s, (str, os.PathLike)))
     check_output_folder(output_dir, overwrite=overwrite, inputs=paths)
-    adata = read_cells_from(source, backed=backed)
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        raise ValueError(f"the cells hold {adata.n_obs} cells x {adata.n_vars} genes; there is nothing to tokenize.")
-    if backed and panel != "all":
-        raise ValueError(f"panel={panel!r} needs the matrix in memory (variable genes); use panel='all' with backed "
-                         "mode, or drop backed mode.")
     columns = [c for c in (label_column, group_column, *obs_columns) if c]
-    missing = [c for c in columns if c not in adata.obs.columns]
-    if missing:
-        raise ValueError(f"{source} has no obs column(s) {missing}; columns are {list(adata.obs.columns)}.")
-    if label_column is not None and adata.obs[label_column].nunique() < 2:
-        raise ValueError(f"label column {label_column!r} has a single class; classification needs at least two.")
-    if not normalize and panel != "all":
-        raise ValueError(f"normalize=False (values already normalised) needs panel='all', not {panel!r}: the "
-                         "variable-gene panels normalise raw counts themselves.")
-    if tokenizer is not None:
-        if not isinstance(tokenizer, ScGrnTokenizer):
-            if not (Path(tokenizer) / "tokenizer.json").is_file():
-                raise ValueError(f"{tokenizer} holds no scgrn tokenizer (tokenizer.json); give a model/ folder a run "
-                                 "wrote, or a data folder's tokenizer/.")
-            tokenizer = ScGrnTokenizer.from_pretrained(tokenizer)
-        if panel != "all" or min_cells:
-            raise ValueError("with a given tokenizer its vocabulary is the gene panel: use panel='all' and "
-                             "min_cells=0 (genes outside the vocabulary are dropped and counted).")
-    cells_kept, genes_kept, qc_report = qc_masks(adata, min_genes=min_genes, min_cells=min_cells,
-                                                 chunk_size=chunk_size)
-    if tokenizer is not None:
-        genes = tokenizer.convert_ids_to_tokens(tokenizer.gene_vocab_ids.tolist())
-        panel_report = {"strategy": "tokenizer", "panel_genes": len(genes),
-                        "vocabulary_genes_in_data": tokenizer.check_coverage(list(adata.var_names.astype(str)))}
-    elif panel == "all":
-        genes = list(adata.var_names[genes_kept].astype(str))
-        panel_report = {"strategy": "all", "panel_genes": len(genes)}
-    else:
-        subset = adata[cells_kept][:, genes_kept] if not (cells_kept.all() and genes_kept.all()) else adata
-        genes, panel_report = select_gene_panel(subset, network, n_top_genes=n_top_genes, strategy=panel)
-    if tokenizer is None:
-        tokenizer = ScGrnTokenizer.from_genes(genes, n_bins=n_bins)
+    tokenizer = _given_tokenizer(tokenizer, data)
+    adata = _read_for_tokenizing(source, data, columns, label_column)
+    cells_kept, genes_kept, qc_report = qc_masks(adata, min_genes=data.min_genes, min_cells=data.min_cells,
+                                                 chunk_size=data.chunk_size)
+    genes, panel_report = _gene_panel(adata, network, data, tokenizer, cells_kept, genes_kept)
+    tokenizer = tokenizer or ScGrnTokenizer.from_genes(genes, n_bins=data.n_bins)
     report = prior_report(network, genes)
     network.to_vocab_edges(tokenizer)  # fails early, with the reason, when the prior misses the panel
-    dataset, tokenize_report = tokenize_anndata(adata, tokenizer, obs_columns=tuple(columns), max_length=max_length,
-                                                cells_kept=None if cells_kept.all() else cells_kept,
-                                                num_proc=num_proc, chunk_size=chunk_size, normalize=normalize)
+    dataset, tokenize_report = tokenize_anndata(
+        adata, tokenizer, obs_columns=tuple(columns), max_length=data.max_length, num_proc=data.num_proc,
+        cells_kept=None if cells_kept.all() else cells_kept, chunk_size=data.chunk_size, normalize=data.normalize)
     obs = adata.obs[cells_kept]
     if label_column is not None and obs[label_column].nunique() < 2:
         raise ValueError(f"after QC, label column {label_column!r} has a single class; lower min_genes.")
     splits = split_cells(obs, label_column=label_column, group_column=group_column,
-                         test_size=test_size, validation_size=validation_size, seed=seed)
-    dataset_dict = datasets.DatasetDict({name: dataset.select(rows) for name, rows in splits.items()})
+                         test_size=data.test_size, validation_size=data.validation_size, seed=data.seed)
     metadata = {
         "sources": describe_sources(source),
         "cells": int(cells_kept.sum()),
+        "data_config": dataclasses.asdict(data),
         "qc": qc_report,
-        "tokenization": {**tokenize_report, "normalized_by_scgrn": normalize},
+        "tokenization": {**tokenize_report, "normalized_by_scgrn": data.normalize},
         "panel": panel_report,
-        "split": {"seed": seed, "label_column": label_column, "group_column": group_column,
+        "split": {"seed": data.seed, "label_column": label_column, "group_column": group_column,
                   **{name: int(len(rows)) for name, rows in splits.items()}},
     }
     with atomic_folder(output_dir) as folder:
-        save_dataset_atomically(dataset_dict, folder / "dataset", metadata, max_shard_size=max_shard_size)
+        save_dataset_atomically(_split_dataset(dataset, splits), folder / "dataset", metadata,
+                                max_shard_size=data.max_shard_size)
         tokenizer.save_pretrained(folder / "tokenizer")
         network.restrict(genes).save(folder / "prior")
         (folder / "prior_report.json").write_text(json.dumps({"prior": report, **metadata}, indent=2,
                                                              default=jsonable))
     return {"prior": report, **metadata}
+
+
+def _split_dataset(dataset, splits: dict):
+    import datasets
+
+    return datasets.DatasetDict({name: dataset.select(rows) for name, rows in splits.items()})
+
+
+def _given_tokenizer(tokenizer, data: DataConfig):
+    """The tokenizer whose vocabulary the data must use (a folder is loaded), or None to build one."""
+    if tokenizer is None:
+        return None
+    if not isinstance(tokenizer, ScGrnTokenizer):
+        if not (Path(tokenizer) / "tokenizer.json").is_file():
+            raise ValueError(f"{tokenizer} holds no scgrn tokenizer (tokenizer.json); give a model/ folder a run "
+                             "wrote, or a data folder's tokenizer/.")
+        tokenizer = ScGrnTokenizer.from_pretrained(tokenizer)
+    if data.panel != "all" or data.min_cells:
+        raise ValueError("with a given tokenizer its vocabulary is the gene panel: use panel='all' and "
+                         "min_cells=0 (genes outside the vocabulary are dropped and counted).")
+    return tokenizer
+
+
+def _read_for_tokenizing(source, data: DataConfig, columns: list, label_column: str | None):
+    """The cells to tokenize, refused when nothing can come of them (no cells, missing columns, one class)."""
+    adata = read_cells_from(source, backed=data.backed)
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(f"the cells hold {adata.n_obs} cells x {adata.n_vars} genes; there is nothing to tokenize.")
+    missing = [c for c in columns if c not in adata.obs.columns]
+    if missing:
+        raise ValueError(f"the cells have no obs column(s) {missing}; columns are {list(adata.obs.columns)}.")
+    if label_column is not None and adata.obs[label_column].nunique() < 2:
+        raise ValueError(f"label column {label_column!r} has a single class; classification needs at least two.")
+    return adata
+
+
+def _gene_panel(adata, network, data: DataConfig, tokenizer, cells_kept, genes_kept) -> tuple[list, dict]:
+    """The genes of the vocabulary and how they were chosen: the given tokenizer's, every gene kept by QC, or a
+    (prior-aware) variable-gene panel."""
+    from .networks import select_gene_panel
+
+    if tokenizer is not None:
+        genes = tokenizer.convert_ids_to_tokens(tokenizer.gene_vocab_ids.tolist())
+        return genes, {"strategy": "tokenizer", "panel_genes": len(genes),
+                       "vocabulary_genes_in_data": tokenizer.check_coverage(list(adata.var_names.astype(str)))}
+    if data.panel == "all":
+        genes = list(adata.var_names[genes_kept].astype(str))
+        return genes, {"strategy": "all", "panel_genes": len(genes)}
+    subset = adata[cells_kept][:, genes_kept] if not (cells_kept.all() and genes_kept.all()) else adata
+    return select_gene_panel(subset, network, n_top_genes=data.n_top_genes, strategy=data.panel)
 
 
 def load_prepared(data_dir: Path):

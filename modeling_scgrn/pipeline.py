@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from .collators import DataCollatorForCellClassification, DataCollatorForMaskedExpression, WithClassWeights
-from .configuration_scgrn import ScGrnConfig
-from .data import load_prepared
+from .configuration_scgrn import DEFAULT_N_BINS, ScGrnConfig
+from .data import load_prepared, prepare_cells
 from .evaluation import (
     COMPARED_METRICS,
     classification_metrics,
@@ -50,7 +50,7 @@ def new_config(tokenizer: ScGrnTokenizer, **options) -> ScGrnConfig:
         cls_token_id=tokenizer.cls_token_id,
         mask_token_id=tokenizer.mask_token_id,
         unk_token_id=tokenizer.unk_token_id,
-        n_bins=tokenizer.n_bins or n_bins or 51,
+        n_bins=tokenizer.n_bins or n_bins or DEFAULT_N_BINS,
         **options,
     )
 
@@ -72,6 +72,27 @@ def check_model_options(options: dict) -> dict:
     if unknown:
         raise ValueError(f"unknown model option(s) {unknown}; see ScGrnConfig for the options.")
     return options
+
+
+def tokenize_files(cells, prior: str | Path, output_dir, *, resource: str = "collectri", **options) -> dict:
+    """`prepare_cells` from files: the prior is read from `prior` (OmniPath table or a source,target network file,
+    filtered to `resource`) and printed; `options` go to `prepare_cells` (its keywords and `DataConfig` fields)."""
+    network = GeneRegulatoryNetwork.read(prior, resource)
+    print(network)
+    return prepare_cells(cells, network, output_dir, **options)
+
+
+def run_data(data_dir, output_dir, *, cells=None, prior=None, resource: str = "collectri", resuming: bool = False,
+             **options):
+    """The tokenized data of a run: `data_dir` as given, or `cells` (.h5ad files or `pbmc68k_reduced`) tokenized
+    with `prior` into `output_dir/data` first (a resumed run keeps the data it tokenized). `options` go to
+    [`tokenize_files`]."""
+    if cells is None:
+        return data_dir
+    folder = Path(output_dir) / "data"
+    if not (resuming and (folder / "dataset").is_dir()):
+        tokenize_files(cells, prior, folder, resource=resource, **options)
+    return folder
 
 
 def run_pretraining(data_dir, output_dir, *, model_options: dict, training_options: dict,

@@ -14,6 +14,8 @@ import numpy as np
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import BatchEncoding, PreTrainedTokenizerFast
 
+from .configuration_scgrn import DEFAULT_N_BINS
+
 logger = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[MASK]", "[UNK]")
@@ -64,7 +66,8 @@ class ScGrnTokenizer(PreTrainedTokenizerFast):
 
     @classmethod
     def from_genes(
-        cls, genes: Iterable[str], gene_aliases: Mapping[str, str] | None = None, n_bins: int | None = 51, **kwargs
+        cls, genes: Iterable[str], gene_aliases: Mapping[str, str] | None = None, n_bins: int | None = DEFAULT_N_BINS,
+        **kwargs
     ) -> "ScGrnTokenizer":
         """A tokenizer whose vocabulary is the special tokens then `genes` in the given order (duplicates removed)."""
         vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
@@ -233,22 +236,7 @@ class ScGrnTokenizer(PreTrainedTokenizerFast):
             bins = None if bins is None else bins[cut]
         kept_per_cell = np.bincount(rows, minlength=num_cells)
 
-        length = int(kept_per_cell.max()) + 1
-        if padding == "max_length" or (padding is False and max_length is not None):
-            length = max_length
-        elif padding is False and (kept_per_cell != kept_per_cell[0]).any():
-            raise ValueError("cells have different numbers of genes; use padding='longest' or 'max_length'.")
-        input_ids = np.full((num_cells, length), self.pad_token_id, dtype=np.int64)
-        input_ids[:, 0] = self.cls_token_id
-        input_ids[rows, position + 1] = ids
-        expression = np.zeros((num_cells, length), dtype=np.float32)
-        expression[rows, position + 1] = values
-        encoded = {"input_ids": input_ids, "expression_values": expression}
-        if bins is not None:
-            expression_bins = np.zeros((num_cells, length), dtype=np.int64)
-            expression_bins[rows, position + 1] = bins
-            encoded["expression_bins"] = expression_bins
-        encoded["attention_mask"] = (np.arange(length)[None, :] <= kept_per_cell[:, None]).astype(np.int64)
+        encoded = self._padded(rows, position, ids, values, bins, kept_per_cell, padding, max_length)
 
         unknown = [str(g) for g, known in zip(gene_names, known_columns) if not known]
         self.last_report = {
@@ -269,6 +257,29 @@ class ScGrnTokenizer(PreTrainedTokenizerFast):
             encoded = {k: v.tolist() for k, v in encoded.items()}
             return BatchEncoding(encoded)
         return BatchEncoding(encoded, tensor_type=return_tensors)
+
+
+    def _padded(self, rows, position, ids, values, bins, kept_per_cell, padding, max_length) -> dict:
+        """`(cells, L)` arrays, `[CLS]` first, from the kept genes' cell `rows`, `position` in the cell, vocabulary
+        `ids`, `values` and `bins`."""
+        num_cells = kept_per_cell.size
+        length = int(kept_per_cell.max()) + 1
+        if padding == "max_length" or (padding is False and max_length is not None):
+            length = max_length
+        elif padding is False and (kept_per_cell != kept_per_cell[0]).any():
+            raise ValueError("cells have different numbers of genes; use padding='longest' or 'max_length'.")
+        input_ids = np.full((num_cells, length), self.pad_token_id, dtype=np.int64)
+        input_ids[:, 0] = self.cls_token_id
+        input_ids[rows, position + 1] = ids
+        expression = np.zeros((num_cells, length), dtype=np.float32)
+        expression[rows, position + 1] = values
+        encoded = {"input_ids": input_ids, "expression_values": expression}
+        if bins is not None:
+            expression_bins = np.zeros((num_cells, length), dtype=np.int64)
+            expression_bins[rows, position + 1] = bins
+            encoded["expression_bins"] = expression_bins
+        encoded["attention_mask"] = (np.arange(length)[None, :] <= kept_per_cell[:, None]).astype(np.int64)
+        return encoded
 
 
 ENSEMBL_GENE_ID = re.compile(r"ENS[A-Z]*G\d{6,}(\.\d+)?")

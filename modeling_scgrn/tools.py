@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .data import DataConfig
+
 logger = logging.getLogger(__name__)
 
 
@@ -45,7 +47,7 @@ def embed(
     tokenizer,
     *,
     key_added: str = "X_scgrn",
-    max_length: int | None = 2048,
+    max_length: int | None = DataConfig.max_length,
     batch_size: int = 32,
     gene_column: str | None = None,
     layer: str | None = None,
@@ -74,7 +76,7 @@ def predict(
     *,
     key_added: str = "scgrn",
     embedding_key: str | None = "X_scgrn",
-    max_length: int | None = 2048,
+    max_length: int | None = DataConfig.max_length,
     batch_size: int = 32,
     gene_column: str | None = None,
     layer: str | None = None,

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .cli import checked_dataclass
 from .evaluation import plot_training_curves
 from .folders import jsonable, run_task, write_run_manifest
 
@@ -61,43 +62,7 @@ class TrainingConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "TrainingConfig":
         """Build from a mapping, refusing unknown keys and values of the wrong type."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(f"unknown training option(s) {unknown}; known options are {sorted(known)}.")
-        checked = {}
-        for name, value in values.items():
-            expected = known[name].type
-            checked[name] = _coerce(name, value, expected)
-        return cls(**checked)
-
-
-def _coerce(name: str, value, expected: str):
-    if value is None and "None" in expected:
-        return None
-    base = expected.split("|")[0].strip()
-    if base == "bool":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-    elif base == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lstrip("-").isdigit():
-            return int(value)
-    elif base == "float":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif base == "str":
-        if isinstance(value, str):
-            return value
-    raise ValueError(f"training option {name!r} expects {expected}, got {value!r} ({type(value).__name__}).")
+        return checked_dataclass(cls, values, "training")
 
 
 RUN_STATE_FILE = "scgrn_run_state.json"

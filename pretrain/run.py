@@ -23,9 +23,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     source.add_argument("--h5ad", action="append", help="raw-count .h5ad file(s) (or pbmc68k_reduced) to tokenize "
                         "first into OUTPUT_DIR/data (needs --prior)")
     parser.add_argument("--prior", default=None, help="with --h5ad: OmniPath table or source,target network file")
-    parser.add_argument("--resource", default="collectri", help="with --h5ad and the OmniPath table: collectri or "
-                        "dorothea")
-    parser.add_argument("--max_length", type=int, default=1024, help="with --h5ad: tokens per cell")
+    parser.add_argument("--resource", default=None, help="with --h5ad and the OmniPath table: collectri (default) "
+                        "or dorothea")
+    parser.add_argument("--max_length", type=int, default=None, help="with --h5ad: tokens per cell (default: "
+                        "DataConfig's)")
     parser.add_argument("--output_dir", required=True, help="checkpoints, logs, summary and model/ go here")
     parser.add_argument("--init_from", default=None, help="continue from a saved scgrn model folder")
     parser.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'")
@@ -38,23 +39,16 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def pretrain(args) -> dict:
-    from pathlib import Path
-
-    from modeling_scgrn.networks import GeneRegulatoryNetwork
     from modeling_scgrn.cli import script_options
-    from modeling_scgrn.data import prepare_cells
-    from modeling_scgrn.pipeline import run_pretraining
+    from modeling_scgrn.pipeline import run_data, run_pretraining
 
     options = script_options(args.config, args.overrides, {"model": None, "training": None})
     if args.resume_from_checkpoint:
         options["training"]["resume_from_checkpoint"] = args.resume_from_checkpoint
-    data = args.data
-    if args.h5ad:
-        data = f"{args.output_dir}/data"
-        if not (args.resume_from_checkpoint and (Path(data) / "dataset").is_dir()):  # a resumed run keeps its data
-            # continuing a model: tokenize with its vocabulary
-            prepare_cells(args.h5ad, GeneRegulatoryNetwork.read(args.prior, args.resource), data,
-                          max_length=args.max_length, tokenizer=args.init_from)
+    given = {k: v for k, v in (("resource", args.resource), ("max_length", args.max_length)) if v is not None}
+    # continuing a model: its cells are tokenized with its vocabulary
+    data = run_data(args.data, args.output_dir, cells=args.h5ad, prior=args.prior, tokenizer=args.init_from,
+                    resuming=bool(args.resume_from_checkpoint), **given)
     summary = run_pretraining(data, args.output_dir, model_options=options["model"],
                               training_options=options["training"], init_from=args.init_from)
     print(json.dumps(summary, indent=2))
