@@ -1,0 +1,45 @@
+"""The GPU suite's CPU dry run (`benchmarks/gpu_suite.py --device cpu --quick`), so the suite that waits for a GPU
+never rots; and its long cells beyond the sample's distinct genes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import CELLTYPIST_SAMPLE, OMNIPATH_TABLE, shared_data_or_skip
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cpu_dry_run_checks_every_kernel_and_writes_its_tables(tmp_path):
+    shared_data_or_skip(CELLTYPIST_SAMPLE)
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_suite.py"), "--device", "cpu",
+                             "--quick", "--output_dir", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                            cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_suite.json").read_text())
+    rows = {(r["implementation"], r["dtype"]): r for r in report["correctness"]}
+    assert set(rows) == {(i, d) for i in ("eager", "sdpa", "grn_structured", "flex_attention") for d in ("fp32", "bf16")}
+    for implementation in ("sdpa", "grn_structured", "flex_attention"):
+        assert rows[(implementation, "fp32")]["output_max_abs_diff"] < 1e-4, implementation
+    assert rows[("grn_structured", "fp32")]["grad_max_abs_diff"] < 1e-4
+    assert rows[("flex_attention", "fp32")]["grad_max_abs_diff"] is None  # no flex backward on CPU
+    assert report["determinism"]["bitwise_identical"]
+    assert {(r["variant"], r["length"]) for r in report["speed"]} == {
+        (v, n) for v in ("scgrn_grn_structured", "scgrn_grn_flex", "scgrn_dense", "bert") for n in (128, 256)}
+    assert all("error" not in r and r["embed_cells_per_s"] > 0 for r in report["speed"])
+    assert report["accelerate"]["exit_status"] == 0 and report["accelerate"]["validation_loss"] > 0
+    assert "| grn_structured | fp32 |" in (tmp_path / "gpu_suite.md").read_text()
+
+
+def test_cells_longer_than_the_sample_come_from_the_vocabulary(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from gpu_suite import cells
+
+    tokenizer, batch, edges, source = cells(shared_data_or_skip(CELLTYPIST_SAMPLE), shared_data_or_skip(OMNIPATH_TABLE),
+                                            12_000, 2)
+    assert source.startswith("vocabulary genes drawn")
+    assert batch["input_ids"].shape == (2, 12_000)
+    for cell in batch["input_ids"]:
+        assert cell[0] == tokenizer.cls_token_id and len(set(cell[1:].tolist())) == 11_999  # distinct genes
+    assert (batch["expression_values"][:, 1:] > 0).all() and edges.shape[0] == 2
