@@ -1,6 +1,8 @@
 """The paper's table on your data, in one command: the same architecture and training budget finetuned with the
-GRN mask (`grn`), without a mask (`dense`) and with the two sparsity-matched controls (`random`, `shuffled`),
-over several seeds; mean +/- sd of accuracy, macro-F1 and embedding metrics.
+GRN mask (`grn`), without a mask (`dense`) and with the controls (`rewired`: the same genes as regulators and
+targets, as often, along none of the prior's edges; `random`; `shuffled`),
+over several seeds; mean +/- sd of accuracy, macro-F1 and embedding metrics, each mask's per-cell reach, and
+scikit-learn baselines on the same held-out cells. `--pretrain_config` adds an arm that pretrains each mask first.
 
     python finetune/compare.py --config finetune/configs/pbmc68k.yaml --data runs/pbmc68k/data \
         --label_column bulk_labels --output_dir runs/pbmc68k/compare --seeds 0 1 2
@@ -11,7 +13,7 @@ architecture (its grn_mode is overridden per run). A non-empty --output_dir is r
 
 import argparse
 
-MODES = ("grn", "dense", "random", "shuffled")
+MODES = ("grn", "dense", "rewired", "random", "shuffled")
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -22,7 +24,11 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", required=True, help="folder from data/tokenize_cells.py (with --label_column)")
     parser.add_argument("--label_column", required=True, help="obs column with the cell types")
     parser.add_argument("--output_dir", required=True, help="where the runs and the table go")
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="mask modes")
+    parser.add_argument("--modes", nargs="+", default=None, choices=MODES, help="mask modes (default: all; rewired "
+                        "is the control matched to what cells see)")
+    parser.add_argument("--pretrain_config", default=None, help="add a pretrained arm: each mask is pretrained on "
+                        "the same cells with this config's training section first (its model section, if any, sets "
+                        "the architecture of both arms)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds per mode")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
@@ -34,8 +40,14 @@ def compare(args) -> dict:
     from modeling_scgrn.pipeline import run_comparison
 
     options = script_options(args.config, args.overrides, {"model": None, "training": None})
-    result = run_comparison(args.data, args.output_dir, label_column=args.label_column, modes=args.modes,
-                            seeds=args.seeds, model_options=options["model"], training_options=options["training"])
+    pretraining = None
+    if args.pretrain_config:
+        pretrain = script_options(args.pretrain_config, [], {"model": None, "training": None})
+        options["model"], pretraining = {**pretrain["model"], **options["model"]}, pretrain["training"]
+    modes = {"modes": tuple(args.modes)} if args.modes else {}
+    result = run_comparison(args.data, args.output_dir, label_column=args.label_column, seeds=args.seeds,
+                            model_options=options["model"], training_options=options["training"],
+                            pretraining_options=pretraining, **modes)
     print(result["markdown"])
     return result
 
@@ -45,7 +57,7 @@ def main(argv=None) -> None:
     from modeling_scgrn.cli import run_script
 
     run_script(args, lambda: compare(args), output_dir=args.output_dir, task="compare",
-               inputs=(args.data, args.config))
+               inputs=(args.data, args.config, args.pretrain_config))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--max_length", type=int, default=None, help="with --h5ad: tokens per cell (default: "
                         "DataConfig's)")
     parser.add_argument("--pretrained", default=None, help="a pretrained scgrn model folder")
+    parser.add_argument("--architecture_from", default=None, help="without --pretrained: train from scratch with "
+                        "this model folder's architecture (a like-for-like control for finetuning that model)")
     parser.add_argument("--label_column", required=True, help="obs column with the cell types")
     parser.add_argument("--output_dir", required=True, help="checkpoints, logs, plots and model/ go here")
     parser.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'")
@@ -45,11 +47,15 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 def finetune(args) -> dict:
     from modeling_scgrn.cli import script_options
-    from modeling_scgrn.pipeline import run_data, run_finetuning
+    from modeling_scgrn.pipeline import architecture_of, run_data, run_finetuning
 
     options = script_options(args.config, args.overrides, {"model": None, "training": None})
     if args.resume_from_checkpoint:
         options["training"]["resume_from_checkpoint"] = args.resume_from_checkpoint
+    if args.architecture_from:
+        if args.pretrained:
+            raise ValueError("--architecture_from trains from scratch; drop it or drop --pretrained.")
+        options["model"] = {**architecture_of(args.architecture_from), **options["model"]}
     given = {k: v for k, v in (("resource", args.resource), ("max_length", args.max_length)) if v is not None}
     data = run_data(args.data, args.output_dir, cells=args.h5ad, prior=args.prior, tokenizer=args.pretrained,
                     label_column=args.label_column, group_column=args.group_column,
@@ -57,11 +63,10 @@ def finetune(args) -> dict:
     evaluation = run_finetuning(data, args.output_dir, label_column=args.label_column,
                                 pretrained=args.pretrained, model_options=options["model"],
                                 training_options=options["training"])
-    headline = {k: v for k, v in evaluation.items() if k not in ("per_class", "confusion_matrix")}
+    headline = {k: v for k, v in evaluation.items()
+                if k not in ("per_class", "confusion_matrix", "baselines", "baseline_table")}
     print(json.dumps(headline, indent=2))
-    print(f"held-out accuracy {evaluation['test_accuracy']:.3f} (majority class "
-          f"{evaluation['majority_class_accuracy']:.3f}), macro-F1 {evaluation['test_macro_f1']:.3f} (majority class "
-          f"{evaluation['majority_class_macro_f1']:.3f})")
+    print(evaluation["baseline_table"])
     return evaluation
 
 
@@ -71,7 +76,7 @@ def main(argv=None) -> None:
 
     run_script(args, lambda: finetune(args), output_dir=args.output_dir, task="finetune",
                resume=bool(args.resume_from_checkpoint), inputs=(args.data, *(args.h5ad or []), args.prior,
-                                                                 args.pretrained, args.config))
+                                                                 args.pretrained, args.architecture_from, args.config))
 
 
 if __name__ == "__main__":

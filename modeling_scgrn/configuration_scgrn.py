@@ -5,7 +5,7 @@ This file is shipped next to the weights for `trust_remote_code` loading: it imp
 
 from transformers import PretrainedConfig
 
-GRN_MODES = ("grn", "dense", "random", "shuffled")
+GRN_MODES = ("grn", "dense", "random", "shuffled", "rewired")
 GRN_DIRECTIONS = ("regulator_to_target", "target_to_regulator", "both")
 VALUE_ENCODINGS = ("binned", "continuous")
 POOLINGS = ("cls", "mean")
@@ -64,7 +64,10 @@ class ScGrnConfig(PretrainedConfig):
         grn_mode (`str`, defaults to `"grn"`): which edges form the mask. `"grn"`: the prior network;
             `"dense"`: no constraint (the unconstrained Transformer baseline); `"random"`: uniform random edges
             among the prior's genes, as many as the prior has (seeded by `grn_control_seed`);
-            `"shuffled"`: degree-preserving rewiring of the prior (every gene keeps its in- and out-degree).
+            `"shuffled"`: degree-preserving rewiring of the prior (every gene keeps its in- and out-degree);
+            `"rewired"`: the same rewiring with none of the prior's own edges left, so the same genes regulate and
+            are regulated, as often, in the same cells, but along wrong edges (the control matched to what cells
+            see; compare per-cell active pairs in `finetune/compare.py`).
         grn_direction (`str`, defaults to `"regulator_to_target"`): direction of information flow along an edge
             TF -> target. `"regulator_to_target"`: a target's query attends to its regulators' keys (the target
             reads its regulators); `"target_to_regulator"`: a regulator reads its targets; `"both"`: either.

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .cli import checked_dataclass
 from .configuration_scgrn import DEFAULT_N_BINS
 from .folders import atomic_folder, check_output_folder, file_sha256, jsonable
-from .networks import GeneRegulatoryNetwork, prior_report
+from .networks import LOW_COVERAGE, GeneRegulatoryNetwork, coverage_line, prior_coverage, prior_report
 from .tokenization_scgrn import ScGrnTokenizer
 
 logger = logging.getLogger(__name__)
@@ -533,10 +533,13 @@ def prepare_cells(
     genes, panel_report = _gene_panel(adata, network, data, tokenizer, cells_kept, genes_kept)
     tokenizer = tokenizer or ScGrnTokenizer.from_genes(genes, n_bins=data.n_bins)
     report = prior_report(network, genes)
-    network.to_vocab_edges(tokenizer)  # fails early, with the reason, when the prior misses the panel
+    edges = network.to_vocab_edges(tokenizer)  # fails early, with the reason, when the prior misses the panel
     dataset, tokenize_report = tokenize_anndata(
         adata, tokenizer, obs_columns=tuple(columns), max_length=data.max_length, num_proc=data.num_proc,
         cells_kept=None if cells_kept.all() else cells_kept, chunk_size=data.chunk_size, normalize=data.normalize)
+    report["per_cell"] = prior_coverage(dataset["input_ids"], edges, len(tokenizer), tokenizer.all_special_ids)
+    (logger.warning if report["per_cell"]["mean_share_of_tokens_with_partner"] < LOW_COVERAGE else logger.info)(
+        coverage_line(report["per_cell"]))
     obs = adata.obs[cells_kept]
     if label_column is not None and obs[label_column].nunique() < 2:
         raise ValueError(f"after QC, label column {label_column!r} has a single class; lower min_genes.")

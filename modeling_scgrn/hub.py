@@ -18,7 +18,7 @@ from safetensors import safe_open
 
 from .configuration_scgrn import AUTO_HEADS, SHIPPED_CODE, ScGrnConfig
 from .folders import atomic_folder, jsonable
-from .networks import GeneRegulatoryNetwork, plot_mask, prior_report
+from .networks import GeneRegulatoryNetwork, coverage_line, plot_mask, prior_report
 from .tokenization_scgrn import ScGrnTokenizer
 
 logger = logging.getLogger(__name__)
@@ -131,6 +131,8 @@ def model_card(
     training_data: str = "Not recorded.",
     evaluation: dict | None = None,
     comparison_markdown: str | None = None,
+    baselines_markdown: str | None = None,
+    prior_coverage: dict | None = None,
     license: str = "apache-2.0",
     datasets: list[str] | None = None,
 ) -> str:
@@ -167,8 +169,12 @@ def model_card(
         evaluation_text = "\n".join(lines)
     else:
         evaluation_text = "No evaluation recorded."
+    if baselines_markdown:
+        evaluation_text += "\n\nAgainst simple baselines on the same cells:\n\n" + baselines_markdown
     if comparison_markdown:
         evaluation_text += "\n\nPrior versus sparsity-matched controls:\n\n" + comparison_markdown
+    if prior_coverage:
+        prior_section += "\n- In the training cells: " + coverage_line(prior_coverage).removeprefix("prior coverage: ")
     template = files("modeling_scgrn").joinpath("model_cards/scgrn.md").read_text()
     return template.format(
         metadata=yaml.safe_dump(metadata, sort_keys=False).strip(),
@@ -226,7 +232,8 @@ def save_model_folder(
 def _flat_metrics(evaluation: dict | None) -> dict | None:
     if not evaluation:
         return None
-    return {k: v for k, v in evaluation.items() if isinstance(v, (int, float, str))}
+    return {k: v for k, v in evaluation.items()
+            if isinstance(v, (int, float)) or (isinstance(v, str) and "\n" not in v)}
 
 
 def check_model_source(source: str | os.PathLike) -> str:
@@ -286,7 +293,7 @@ def load_pretrained(model_class, source: str | os.PathLike, **options):
     if new_heads or unused:
         logger.warning(f"loaded the encoder of {source}; " + "; ".join(
             part for part in (f"new head ({', '.join(new_heads)}), trained from scratch" if new_heads else "",
-                              f"its {', '.join(unused)} head is not used" if unused else "") if part) + ".")
+                              f"not used: its {', '.join(unused)} weights" if unused else "") if part) + ".")
     return model
 
 

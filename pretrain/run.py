@@ -51,7 +51,9 @@ def pretrain(args) -> dict:
                     resuming=bool(args.resume_from_checkpoint), **given)
     summary = run_pretraining(data, args.output_dir, model_options=options["model"],
                               training_options=options["training"], init_from=args.init_from)
-    print(json.dumps(summary, indent=2))
+    shown = {k: v for k, v in summary.items() if k not in ("validation", "baseline_table")}
+    print(json.dumps(shown, indent=2))
+    print(summary["baseline_table"])
     return summary
 
 

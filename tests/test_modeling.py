@@ -148,7 +148,7 @@ def test_unconnected_gene_does_not_reach_gene_in_one_layer(tokenizer, edge_tenso
         assert (not torch.equal(before, after)) == should_change, (mode, gene)
 
 
-@pytest.mark.parametrize("grn_mode", ["grn", "dense", "random", "shuffled"])
+@pytest.mark.parametrize("grn_mode", ["grn", "dense", "random", "shuffled", "rewired"])
 @pytest.mark.parametrize("grn_direction", ["regulator_to_target", "target_to_regulator", "both"])
 def test_eager_and_sdpa_agree(tokenizer, edge_tensor, batch, grn_mode, grn_direction):
     eager = make(ScGrnModel, tokenizer, edge_tensor, grn_mode=grn_mode, grn_direction=grn_direction,

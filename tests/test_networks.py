@@ -152,6 +152,26 @@ def test_controls_match_density_and_degrees(collectri):
     assert not torch.equal(shuffled, shuffled_control_edges(prior, seed=2))
 
 
+def test_rewired_control_keeps_degrees_and_no_real_edge(collectri):
+    tokenizer = ScGrnTokenizer.from_genes(sorted(collectri.genes))  # all of CollecTRI: 63,785 edges
+    prior = torch.as_tensor(collectri.to_vocab_edges(tokenizer))
+    rewired = shuffled_control_edges(prior, seed=1, avoid_prior=True)
+    n = prior.shape[1]
+    assert rewired.shape == (2, n) and len({tuple(e) for e in rewired.T.tolist()}) == n
+    assert not (rewired[0] == rewired[1]).any()
+    assert torch.equal(torch.bincount(rewired[0]), torch.bincount(prior[0]))
+    assert torch.equal(torch.bincount(rewired[1], minlength=len(tokenizer)),
+                       torch.bincount(prior[1], minlength=len(tokenizer)))
+    assert not {tuple(e) for e in rewired.T.tolist()} & {tuple(e) for e in prior.T.tolist()}
+    assert torch.equal(rewired, shuffled_control_edges(prior, seed=1, avoid_prior=True))
+    model = ScGrnModel(tiny_config(tokenizer, grn_mode="rewired", grn_control_seed=1))
+    model.set_grn_edges(prior)
+    assert torch.equal(model.grn_edges, rewired)
+    # one regulator of every target: the prior is the only edge set with these degrees, so it cannot be rewired
+    with pytest.raises(ValueError, match="left 3 of 3 real edges"):
+        shuffled_control_edges(torch.tensor([[4, 4, 4], [5, 6, 7]]), seed=0, avoid_prior=True)
+
+
 def test_model_stores_the_control_it_uses(collectri):
     genes = sorted(collectri.genes)[:500]
     tokenizer = ScGrnTokenizer.from_genes(genes)

@@ -224,6 +224,31 @@ def test_cpu_smoke_config_learns_beyond_each_genes_mean(tmp_path):
     assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents*"))  # TensorBoard by default
 
 
+def test_shipped_pbmc68k_pretraining_beats_every_trivial_predictor(tmp_path):
+    """pretrain/configs/pbmc68k.yaml, the quickstart's pretraining, on its data: the masked-value error falls below
+    each gene's mean, the gene's mean plus the cell's offset, and the cell's own values, on the same masked
+    validation values (measured: 0.2675 against 0.2968 for the best of them, seed 0)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        network = GeneRegulatoryNetwork.read(shared_data_or_skip(OMNIPATH_TABLE), "collectri")
+    prepare_cells("pbmc68k_reduced", network, tmp_path / "data", label_column="bulk_labels")
+    options = script_options(str(root / "pretrain" / "configs" / "pbmc68k.yaml"),
+                             ["training.show_progress=false", "training.report_to=none"],
+                             {"model": None, "training": None})
+    summary = run_pretraining(tmp_path / "data", tmp_path / "run", model_options=options["model"],
+                              training_options=options["training"])
+    assert summary["loss"] == "mse" and summary["beats_every_baseline"]
+    best = min(summary["baselines"].values())
+    assert summary["validation_loss"] < 0.95 * best  # a clear margin, not a tie
+    written = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert written["baselines"] == summary["baselines"] and "scgrn beats every trivial" in written["baseline_table"]
+    card = (tmp_path / "run" / "model" / "README.md").read_text()
+    assert "| gene_mean_cell_offset |" in card and "active prior pairs per cell" in card
+
+
 def test_bf16_mixed_precision_trains_on_cpu(prepared, tmp_path):
     # Accelerate's precision is fixed once per process, so each precision trains in a process of its own
     weights = {}

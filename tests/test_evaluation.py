@@ -1,0 +1,84 @@
+"""Baselines beside every result: trivial masked-value predictors computed by hand, scikit-learn classifiers on the
+same real cells, and the prior's per-cell reach."""
+
+import math
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from modeling_scgrn.data import load_prepared, prepare_cells
+from modeling_scgrn.evaluation import (
+    _masked_batch_scores,
+    _smoothed,
+    classification_baselines,
+    classification_table,
+    masked_baseline_table,
+)
+from modeling_scgrn.networks import GeneRegulatoryNetwork, prior_coverage
+
+from conftest import OMNIPATH_TABLE, shared_data_or_skip
+
+
+def test_trivial_masked_value_predictors_by_hand():
+    # one cell: [CLS] then genes 4, 5, 6 with log1p values 1, 2, 4; gene 6 is masked (its value is hidden)
+    batch = {"input_ids": torch.tensor([[1, 4, 5, 6]]), "attention_mask": torch.ones(1, 4, dtype=torch.long),
+             "expression_values": torch.tensor([[0.0, 1.0, 2.0, -1.0]]),
+             "labels": torch.tensor([[math.nan, math.nan, math.nan, 4.0]])}
+    means = torch.zeros(8)
+    means[4], means[5], means[6] = 0.5, 1.0, 3.0
+    output = SimpleNamespace(logits=torch.tensor([[0.0, 0.0, 0.0, 3.5]]))
+    scores = _masked_batch_scores(batch, output, {"means": means}, binned=False)
+    assert float(scores["scgrn"][0]) == pytest.approx(0.25)  # (3.5 - 4)^2
+    assert float(scores["gene_mean"][0]) == pytest.approx(1.0)  # (3 - 4)^2
+    offset = ((1.0 - 0.5) + (2.0 - 1.0)) / 2  # the cell sits 0.75 above its visible genes' means
+    assert float(scores["gene_mean_cell_offset"][0]) == pytest.approx((3.0 + offset - 4.0) ** 2)
+    assert float(scores["cell_value_distribution"][0]) == pytest.approx((1.5 - 4.0) ** 2)
+
+
+def test_binned_predictors_use_bin_distributions():
+    # 3 bins (+ bin 0 for no value); visible genes sit in bins 1 and 1, the masked one is in bin 2
+    batch = {"input_ids": torch.tensor([[1, 4, 5, 6]]), "attention_mask": torch.ones(1, 4, dtype=torch.long),
+             "expression_bins": torch.tensor([[0, 1, 1, 4]]), "labels": torch.tensor([[-100, -100, -100, 2]])}
+    histograms = _smoothed(torch.tensor([[0.0, 1.0, 1.0, 2.0]]).repeat(8, 1))  # every gene: bins 1, 2, 3, 3
+    statistics = {"means": torch.full((8,), 2.25), "histograms": histograms}
+    output = SimpleNamespace(logits=torch.zeros(1, 4, 4))  # uniform over the 4 classes
+    scores = _masked_batch_scores(batch, output, statistics, binned=True)
+    assert float(scores["scgrn"][0]) == pytest.approx(math.log(4))
+    assert float(scores["gene_mean"][0]) == pytest.approx(-math.log((1 + 1 / 3) / (4 + 1)))
+    assert float(scores["cell_value_distribution"][0]) == pytest.approx(-math.log((1 / 3) / (2 + 1)))
+    assert scores["gene_mean_cell_offset"][0] is None  # no distribution: squared error only
+    metrics = {"loss_name": "cross_entropy", "masked_values": 1, "masked_loss": 1.0, "masked_mse": 0.1,
+               "baselines": {"gene_mean": {"loss": 0.9, "mse": 0.2}, "gene_mean_cell_offset": {"loss": None, "mse": 0.3}},
+               "beats_every_baseline": False}
+    assert "does NOT beat" in masked_baseline_table(metrics)
+
+
+def test_classification_baselines_on_real_cells(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        network = GeneRegulatoryNetwork.read(shared_data_or_skip(OMNIPATH_TABLE), "collectri")
+        prepare_cells("pbmc68k_reduced", network, tmp_path / "data", label_column="bulk_labels")
+    dataset, tokenizer, network, _ = load_prepared(tmp_path / "data")
+    baselines = classification_baselines(dataset["train"], dataset["test"], "bulk_labels", len(tokenizer))
+    assert list(baselines) == ["logistic_regression", "pca_logistic_regression", "knn", "majority_class"]
+    # the figures a user sees on pbmc68k_reduced's 140 held-out cells (split seed 0)
+    assert baselines["logistic_regression"]["accuracy"] == pytest.approx(0.850, abs=0.01)
+    assert baselines["majority_class"]["accuracy"] == pytest.approx(0.343, abs=0.001)
+    assert baselines["knn"]["accuracy"] > 0.7 and "CD14+ Monocyte" in baselines["knn"]["per_class"]
+    table = classification_table({"accuracy": 0.79, "macro_f1": 0.6}, baselines)
+    assert "scgrn does NOT beat logistic_regression" in table
+    coverage = prior_coverage(dataset["train"]["input_ids"], network.to_vocab_edges(tokenizer), len(tokenizer),
+                              tokenizer.all_special_ids)
+    assert 0.05 < coverage["mean_share_of_tokens_with_partner"] < 0.2  # the prior reaches few tokens here
+
+
+def test_prior_coverage_by_hand():
+    # vocabulary of 10; edges 4 -> 5 and 6 -> 7; cell A holds 4, 5, 6; cell B holds 6, 7, 8, 9; cell C holds 8
+    cells = [np.array([1, 4, 5, 6]), np.array([1, 6, 7, 8, 9]), np.array([1, 8])]
+    coverage = prior_coverage(cells, np.array([[4, 6], [5, 7]]), 10, special_ids=(0, 1, 2, 3))
+    assert coverage["mean_share_of_tokens_with_partner"] == pytest.approx((2 / 3 + 2 / 4 + 0) / 3)
+    assert coverage["mean_active_pairs_per_cell"] == pytest.approx(2 / 3)
+    assert coverage["share_of_cells_without_active_pair"] == pytest.approx(1 / 3)
