@@ -46,20 +46,17 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def finetune(args) -> dict:
-    from modeling_scgrn.cli import script_options
+    from modeling_scgrn.cli import training_script_options
     from modeling_scgrn.pipeline import architecture_of, run_data, run_finetuning
 
-    options = script_options(args.config, args.overrides, {"model": None, "training": None})
-    if args.resume_from_checkpoint:
-        options["training"]["resume_from_checkpoint"] = args.resume_from_checkpoint
+    options = training_script_options(args.config, args.overrides, args.resume_from_checkpoint)
     if args.architecture_from:
         if args.pretrained:
             raise ValueError("--architecture_from trains from scratch; drop it or drop --pretrained.")
         options["model"] = {**architecture_of(args.architecture_from), **options["model"]}
-    given = {k: v for k, v in (("resource", args.resource), ("max_length", args.max_length)) if v is not None}
     data = run_data(args.data, args.output_dir, cells=args.h5ad, prior=args.prior, tokenizer=args.pretrained,
-                    label_column=args.label_column, group_column=args.group_column,
-                    resuming=bool(args.resume_from_checkpoint), **given)
+                    label_column=args.label_column, group_column=args.group_column, resource=args.resource,
+                    max_length=args.max_length, resuming=bool(args.resume_from_checkpoint))
     evaluation = run_finetuning(data, args.output_dir, label_column=args.label_column,
                                 pretrained=args.pretrained, model_options=options["model"],
                                 training_options=options["training"])

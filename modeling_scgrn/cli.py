@@ -88,6 +88,15 @@ def script_options(config_path: str | None, overrides: list[str], sections: dict
     return options
 
 
+def training_script_options(config: str | None, overrides: list[str], resume_from_checkpoint: str | None = None):
+    """The `model` and `training` sections of a training script: its config file, `--set` overrides, and the
+    checkpoint to resume from."""
+    options = script_options(config, overrides, {"model": None, "training": None})
+    if resume_from_checkpoint:
+        options["training"]["resume_from_checkpoint"] = resume_from_checkpoint
+    return options
+
+
 def checked_dataclass(cls, values: dict, what: str):
     """`cls(**values)` for a config dataclass, refusing unknown keys and values of the wrong type (YAML and
     command-line strings such as "true" or "1e-3" are converted)."""

@@ -78,16 +78,15 @@ def tokenize_files(cells, prior: str | Path, output_dir, *, resource: str = "col
     return prepare_cells(cells, network, output_dir, **options)
 
 
-def run_data(data_dir, output_dir, *, cells=None, prior=None, resource: str = "collectri", resuming: bool = False,
-             **options):
+def run_data(data_dir, output_dir, *, cells=None, prior=None, resuming: bool = False, **options):
     """The tokenized data of a run: `data_dir` as given, or `cells` (.h5ad files or `pbmc68k_reduced`) tokenized
     with `prior` into `output_dir/data` first (a resumed run keeps the data it tokenized). `options` go to
-    [`tokenize_files`]."""
+    [`tokenize_files`]; those given as None take their defaults."""
     if cells is None:
         return data_dir
     folder = Path(output_dir) / "data"
     if not (resuming and (folder / "dataset").is_dir()):
-        tokenize_files(cells, prior, folder, resource=resource, **options)
+        tokenize_files(cells, prior, folder, **{k: v for k, v in options.items() if v is not None})
     return folder
 
 

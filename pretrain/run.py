@@ -39,16 +39,13 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def pretrain(args) -> dict:
-    from modeling_scgrn.cli import script_options
+    from modeling_scgrn.cli import training_script_options
     from modeling_scgrn.pipeline import run_data, run_pretraining
 
-    options = script_options(args.config, args.overrides, {"model": None, "training": None})
-    if args.resume_from_checkpoint:
-        options["training"]["resume_from_checkpoint"] = args.resume_from_checkpoint
-    given = {k: v for k, v in (("resource", args.resource), ("max_length", args.max_length)) if v is not None}
+    options = training_script_options(args.config, args.overrides, args.resume_from_checkpoint)
     # continuing a model: its cells are tokenized with its vocabulary
     data = run_data(args.data, args.output_dir, cells=args.h5ad, prior=args.prior, tokenizer=args.init_from,
-                    resuming=bool(args.resume_from_checkpoint), **given)
+                    resource=args.resource, max_length=args.max_length, resuming=bool(args.resume_from_checkpoint))
     summary = run_pretraining(data, args.output_dir, model_options=options["model"],
                               training_options=options["training"], init_from=args.init_from)
     shown = {k: v for k, v in summary.items() if k not in ("validation", "baseline_table")}
