@@ -1,6 +1,7 @@
 """What every scgrn script shares once its arguments are parsed: a user error becomes one line
 (`error: <what is wrong, how to fix it>`, exit status 2; the traceback only with `--debug` or `SCGRN_DEBUG=1`),
-printed once however many processes run, and the output folder's lifetime (`folders.output_folder`).
+printed once however many processes run; the output folder's lifetime (`folders.output_folder`); and the options
+themselves (config files with `--set` overrides, config dataclasses checked from dicts).
 
 The scripts parse their arguments with argparse alone and import scgrn after that, so `--help` answers at once.
 """
