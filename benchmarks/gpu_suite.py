@@ -198,7 +198,7 @@ def speed(variant: str, length: int, args, device, peak: float) -> dict:
         row["train_cells_per_s"], row["mfu"] = count / row["step_s"], flops / row["step_s"] / peak
     if device.type == "cuda":
         row["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-    del model, optimizer, batch
+    model = optimizer = batch = None  # free the GPU before the next variant
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row

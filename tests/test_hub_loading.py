@@ -15,7 +15,7 @@ from modeling_scgrn import ScGrnForCellClassification
 from modeling_scgrn.networks import GeneRegulatoryNetwork
 from modeling_scgrn.hub import save_model_folder
 
-from conftest import EDGES, GENES, tiny_config
+from conftest import EDGES, tiny_config
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
