@@ -1,0 +1,144 @@
+"""Cells simulated from a real network with sergio-rs (optional extra): determinism, counts, the true network's
+relation to the prior, knockouts, chunked corpora, and the script's errors."""
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from conftest import OMNIPATH_TABLE, shared_data_or_skip
+
+pytest.importorskip("sergio_rs")
+
+from modeling_scgrn.networks import GeneRegulatoryNetwork  # noqa: E402
+from modeling_scgrn.simulate import (  # noqa: E402
+    knockout_effects,
+    master_regulators,
+    regulation_signal,
+    select_subnetwork,
+    silenced_genes,
+    simulate_cells,
+    simulate_corpus,
+    simulate_knockout,
+    true_edges,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def prior():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return GeneRegulatoryNetwork.read(shared_data_or_skip(OMNIPATH_TABLE), "collectri")
+
+
+@pytest.fixture(scope="module")
+def cells(prior):
+    return simulate_cells(prior, n_genes=40, n_cells=150, n_cell_types=3, seed=1, keep_expression=True,
+                          targets_per_regulator=10)
+
+
+def test_simulation_is_deterministic_raw_counts_with_the_requested_cell_types(prior, cells):
+    again = simulate_cells(prior, n_genes=40, n_cells=150, n_cell_types=3, seed=1, targets_per_regulator=10)
+    assert sp.issparse(cells.X) and cells.X.format == "csr"
+    assert np.array_equal(cells.X.toarray(), again.X.toarray())
+    values = cells.X.data
+    assert values.min() >= 0 and np.array_equal(values, np.rint(values)) and values.max() > 1
+    assert cells.n_vars == 40 and cells.n_obs == 150
+    assert cells.obs["cell_type"].value_counts().to_dict() == {"type_0": 50, "type_1": 50, "type_2": 50}
+    other = simulate_cells(prior, n_genes=40, n_cells=150, n_cell_types=3, seed=2, targets_per_regulator=10)
+    assert not np.array_equal(other.X.toarray()[:, :5], cells.X.toarray()[:, :5])
+    parameters = cells.uns["scgrn_simulation"]["parameters"]
+    assert parameters["seed"] == 1 and parameters["n_genes"] == 40
+
+
+def test_true_network_is_a_connected_acyclic_piece_of_the_prior_with_its_signs(prior, cells):
+    edges = true_edges(cells)
+    prior_sign = {(s, t): np.sign(w) for s, t, w in prior.edges[["source", "target", "weight"]].itertuples(index=False)}
+    assert all((s, t) in prior_sign for s, t in zip(edges["source"], edges["target"]))
+    assert all(prior_sign[(s, t)] == sign for s, t, sign in edges[["source", "target", "sign"]].itertuples(index=False))
+    assert set(edges["source"]) | set(edges["target"]) == set(cells.var_names)
+    # acyclic: repeatedly peel genes without a regulator
+    remaining = edges.copy()
+    while len(remaining):
+        roots = set(remaining["source"]) - set(remaining["target"])
+        assert roots, "the simulated network has a cycle"
+        remaining = remaining[~remaining["source"].isin(roots)]
+    # connected, ignoring direction
+    component, frontier = set(), {edges["source"].iloc[0]}
+    while frontier:
+        component |= frontier
+        touching = edges[edges["source"].isin(frontier) | edges["target"].isin(frontier)]
+        frontier = (set(touching["source"]) | set(touching["target"])) - component
+    assert component == set(cells.var_names)
+
+
+def test_subnetwork_drops_cycle_edges_and_counts_them():
+    table = pd.DataFrame({"source": ["A", "A", "B", "B", "C", "C"], "target": ["B", "X", "A", "Y", "A", "Z"],
+                          "weight": [1, 1, -1, 1, 1, 1]})
+    network = GeneRegulatoryNetwork.from_dataframe(table)
+    edges, report = select_subnetwork(network, 6, seed=0, min_targets=1, max_targets=5)
+    assert report["cycle_edges_dropped"] >= 1 and report["genes"] == 6
+    assert not any((t, s) in set(zip(edges["source"], edges["target"])) for s, t in zip(edges["source"], edges["target"]))
+
+
+def test_knockout_silences_its_cascade_and_leaves_other_masters_alone(cells):
+    edges = true_edges(cells)
+    masters = master_regulators(edges)
+    assert len(masters) >= 2  # the fixture's network has several programs
+    knocked = max(masters, key=lambda m: (edges["source"] == m).sum())
+    ko = simulate_knockout(cells, [knocked], keep_expression=True)
+    assert list(ko.var_names) == list(cells.var_names) and ko.n_obs == cells.n_obs
+    silenced = silenced_genes(edges, [knocked])
+    assert knocked in silenced
+    assert np.all(ko[:, silenced].layers["expression"] == 0)
+    assert np.all(ko[:, silenced].X.toarray() == 0)
+    effects = knockout_effects(cells, ko, layer="expression")
+    assert effects.loc["all", knocked] < -3
+    for other in set(masters) - {knocked}:  # same production rates: only intrinsic noise differs
+        assert abs(effects.loc["all", other]) < 0.3
+    assert ko.uns["scgrn_simulation"]["knockout"] == [knocked]
+    with pytest.raises(ValueError, match="not genes"):
+        simulate_knockout(cells, ["NOT_A_GENE"])
+
+
+def test_simulator_is_guarded_by_a_timeout(prior):
+    with pytest.raises(TimeoutError, match="ran past"):
+        simulate_cells(prior, n_genes=40, n_cells=3000, n_cell_types=3, seed=1, timeout=0.05)
+
+
+def test_regulation_signal_reports_correlations_and_sparsity(cells):
+    signal = regulation_signal(cells)
+    assert 0 < signal["zero_fraction"] < 1 and signal["true_edges"] == len(true_edges(cells))
+    for key in ("true_edges_abs_r", "random_pairs_abs_r", "true_edges_abs_r_within_type"):
+        assert 0 <= signal[key] <= 1
+
+
+def test_corpus_is_simulated_in_chunks_and_joined(prior, tmp_path):
+    import anndata as ad
+
+    output = tmp_path / "corpus.h5ad"
+    summary = simulate_corpus(prior, output, 250, chunk_cells=100, num_proc=2, n_genes=30, n_cell_types=2, seed=2,
+                              show_progress=False)
+    corpus = ad.read_h5ad(output)
+    assert corpus.n_obs == 250 and summary["chunks"] == 3 and corpus.obs_names.is_unique
+    first = simulate_cells(prior, n_genes=30, n_cells=100, n_cell_types=2, seed=2, chunk=0)
+    assert np.array_equal(corpus.X[:100].toarray(), first.X.toarray())
+    assert len(true_edges(corpus)) == len(true_edges(first))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.h5ad"]  # no chunk or temporary left
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        simulate_corpus(prior, output, 100, n_genes=30)
+
+
+def test_script_refuses_bad_output_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "data" / "simulate_cells.py"), "--prior",
+                             str(shared_data_or_skip(OMNIPATH_TABLE)), "--output", str(tmp_path / "cells.csv")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --output") and "Traceback" not in result.stderr
