@@ -42,7 +42,8 @@ def predict_batches(model, dataset, collator, batch_size: int = 64, device=None)
             yield batch, model(**batch)
 
 
-def masked_expression_metrics(model, dataset, collator, statistics: dict, batch_size: int = 64) -> dict:
+def masked_expression_metrics(model, dataset, collator, statistics: dict, batch_size: int = 64,
+                              regulation: torch.Tensor | None = None) -> dict:
     """The model's masked-value loss on `dataset`, beside trivial predictors on the same masked tokens and in the
     loss's own units (cross-entropy over bins for binned encoding, squared error of log1p values for continuous):
 
@@ -54,10 +55,14 @@ def masked_expression_metrics(model, dataset, collator, statistics: dict, batch_
 
     Distributions are smoothed by one pseudo-observation spread over the bins. `statistics` comes from
     [`gene_statistics`] on the training split. Also the squared error of each prediction (binned: of the expected
-    bin), the model's Pearson r, and `beats_every_baseline`."""
+    bin), the model's Pearson r, and `beats_every_baseline`.
+
+    With `regulation`, a `(vocab_size, vocab_size)` boolean matrix of known regulator -> target edges (by token id),
+    `regulated_targets` repeats the model's and the predictors' losses on the masked tokens whose gene has a
+    regulator among the cell's visible genes: where a GRN prior should help if it helps anywhere."""
     binned = model.config.value_encoding == "binned"
     parts = {name: {"loss": [], "mse": []} for name in ("scgrn", *MASKED_BASELINES)}
-    truth_all, predicted_all = [], []
+    truth_all, predicted_all, flags = [], [], []
     for batch, output in predict_batches(model, dataset, collator, batch_size):
         for name, (loss, squared, truth, predicted) in _masked_batch_scores(batch, output, statistics, binned).items():
             parts[name]["loss"].append(loss)
@@ -65,10 +70,23 @@ def masked_expression_metrics(model, dataset, collator, statistics: dict, batch_
             if name == "scgrn":
                 truth_all.append(truth)
                 predicted_all.append(predicted)
+        if regulation is not None:
+            flags.append(_regulated_masked_tokens(batch, regulation, binned).cpu())
     truth, predicted = torch.cat(truth_all), torch.cat(predicted_all)
-    summary = {name: {k: (float(torch.cat(v).mean()) if v and v[0] is not None else None) for k, v in part.items()}
+
+    def mean_of(values, where=None):
+        values = torch.cat(values)
+        return float(values.mean() if where is None else values[where].mean())
+
+    summary = {name: {k: (mean_of(v) if v and v[0] is not None else None) for k, v in part.items()}
                for name, part in parts.items()}
     losses = {name: entry["loss"] for name, entry in summary.items() if entry["loss"] is not None}
+    regulated = None
+    if regulation is not None:
+        where = torch.cat(flags)
+        regulated = {"masked_values": int(where.sum()), **{
+            name: {k: (mean_of(v, where) if v and v[0] is not None and where.any() else None) for k, v in part.items()}
+            for name, part in parts.items()}}
     return {
         "loss_name": "cross_entropy" if binned else "mse",
         "masked_loss": summary["scgrn"]["loss"],
@@ -79,7 +97,19 @@ def masked_expression_metrics(model, dataset, collator, statistics: dict, batch_
         "baselines": {name: summary[name] for name in MASKED_BASELINES},
         "beats_every_baseline": all(losses["scgrn"] < v for k, v in losses.items() if k != "scgrn")
         and all(summary["scgrn"]["mse"] < summary[k]["mse"] for k in MASKED_BASELINES),
+        "regulated_targets": regulated,
     }
+
+
+def _regulated_masked_tokens(batch, regulation: torch.Tensor, binned: bool) -> torch.Tensor:
+    """Per masked token (in `_masked_batch_scores`' order): does a visible gene of the cell regulate its gene?"""
+    labels, ids = batch["labels"], batch["input_ids"]
+    scored = labels != -100 if binned else ~torch.isnan(labels)
+    visible = batch["attention_mask"].bool() & ~scored
+    visible[:, 0] = False
+    regulation = regulation.to(ids.device)
+    pairs = regulation[ids[:, :, None], ids[:, None, :]] & visible[:, :, None]  # (cell, regulator, target)
+    return pairs.any(1)[scored]
 
 
 MASKED_BASELINES = ("gene_mean", "gene_mean_cell_offset", "cell_value_distribution")

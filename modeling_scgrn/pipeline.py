@@ -91,15 +91,18 @@ def run_data(data_dir, output_dir, *, cells=None, prior=None, resuming: bool = F
 
 
 def run_pretraining(data_dir, output_dir, *, model_options: dict, training_options: dict,
-                    init_from: str | None = None) -> dict:
+                    init_from: str | None = None, network: GeneRegulatoryNetwork | None = None,
+                    regulation: GeneRegulatoryNetwork | None = None) -> dict:
     """Masked-expression pretraining on `data_dir` (from `prepare_cells`). Writes the model folder to
     `output_dir/model` (its card carries the baseline table) and `output_dir/summary.json`, and returns the summary:
     the validation loss beside trivial predictors on the same masked validation values, in the loss's own units
-    (`masked_expression_metrics`), the table and its verdict, and the prior's per-cell coverage."""
-
+    (`masked_expression_metrics`), the table and its verdict, and the prior's per-cell coverage. `network` replaces
+    the data folder's prior (a wrong or partial prior, for experiments); with `regulation` (the known true network
+    of simulated cells) the validation also scores the masked genes whose true regulators the cell shows."""
     training = TrainingConfig.from_dict({"output_dir": str(output_dir), **training_options})
     check_model_options(model_options)
-    dataset, tokenizer, network, metadata = load_prepared(data_dir)
+    dataset, tokenizer, data_network, metadata = load_prepared(data_dir)
+    network = data_network if network is None else network
     torch.manual_seed(training.seed)
     if init_from:
         check_compatible(init_from, tokenizer)
@@ -114,8 +117,10 @@ def run_pretraining(data_dir, output_dir, *, model_options: dict, training_optio
     evaluation_set = dataset["validation"]
     eval_collator = DataCollatorForMaskedExpression.from_config(model.config, training.mask_probability, seed=training.seed)
 
+    truth = None if regulation is None else _adjacency(regulation, tokenizer)
+
     def evaluate(unwrapped, accelerator):
-        return masked_expression_metrics(unwrapped, evaluation_set, eval_collator, statistics)
+        return masked_expression_metrics(unwrapped, evaluation_set, eval_collator, statistics, regulation=truth)
 
     result = train(model, dataset["train"], collator.pad, training, evaluate=evaluate, batch_transform=collator.mask,
                     project_name="pretrain",
@@ -132,6 +137,14 @@ def run_pretraining(data_dir, output_dir, *, model_options: dict, training_optio
                           baselines_markdown=table, prior_coverage=coverage)
         (Path(output_dir) / "summary.json").write_text(json.dumps(summary, indent=2, default=jsonable))
     return summary
+
+
+def _adjacency(network: GeneRegulatoryNetwork, tokenizer) -> torch.Tensor:
+    """`(vocab, vocab)` boolean regulator -> target matrix of `network` over the tokenizer's ids."""
+    edges = network.to_vocab_edges(tokenizer)
+    matrix = torch.zeros(len(tokenizer), len(tokenizer), dtype=torch.bool)
+    matrix[edges[0], edges[1]] = True
+    return matrix
 
 
 ARCHITECTURE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
@@ -173,6 +186,15 @@ def _classifier(classes, tokenizer, network, pretrained: str | None, model_optio
     return model
 
 
+def labelled_subset(split, label_column: str, per_class: int, seed: int = 0):
+    """At most `per_class` cells of each label of a tokenized split, drawn with `seed`, in their original order."""
+    labels = np.asarray(split[label_column]).astype(str)
+    rng = np.random.default_rng(seed)
+    keep = np.concatenate([rng.permutation(np.flatnonzero(labels == label))[:per_class]
+                           for label in np.unique(labels)])
+    return split.select(np.sort(keep))
+
+
 def log_prior_coverage(model, dataset) -> dict | None:
     """What the model's mask reaches in the training cells (`prior_coverage` of its own edges, so controls are
     measured as used), logged as one line; None for a dense model."""
@@ -186,18 +208,24 @@ def log_prior_coverage(model, dataset) -> dict | None:
 
 
 def run_finetuning(data_dir, output_dir, *, label_column: str, pretrained: str | None, model_options: dict,
-                   training_options: dict, save_outputs: bool = True, baselines: dict | None = None) -> dict:
+                   training_options: dict, save_outputs: bool = True, baselines: dict | None = None,
+                   labels_per_class: int | None = None, network: GeneRegulatoryNetwork | None = None) -> dict:
     """Cell-type finetuning on `data_dir` from a pretrained folder (or from scratch when `pretrained` is None: pass
     `architecture_of(folder)` in `model_options` to compare like-for-like); early stopping on validation
     macro-F1; held-out evaluation beside scikit-learn baselines on the same cells (`classification_baselines`),
     with embedding metrics of the test cells and the prior's per-cell coverage. `save_outputs` writes
     `metrics.json` (`{"scgrn": ..., "baselines": ...}`), the model folder (its card carries the same table) and
     the PNGs (confusion matrix, UMAP of test embeddings). `baselines` takes them already computed on the same
-    data folder (a comparison fits them once for all its runs)."""
+    data folder (a comparison fits them once for all its runs). `labels_per_class` keeps that many training cells of
+    each type (seeded; validation and test unchanged): finetuning with few labels. `network` replaces the data
+    folder's prior for a model trained from scratch."""
     training = TrainingConfig.from_dict({"output_dir": str(output_dir), **training_options})
     check_model_options(model_options)
-    dataset, tokenizer, network, metadata = load_prepared(data_dir)
+    dataset, tokenizer, data_network, metadata = load_prepared(data_dir)
+    network = data_network if network is None else network
     classes = _labelled_classes(dataset, label_column)
+    if labels_per_class is not None:
+        dataset["train"] = labelled_subset(dataset["train"], label_column, labels_per_class, training.seed)
     torch.manual_seed(training.seed)
     model = _classifier(classes, tokenizer, network, pretrained, model_options)
     coverage = log_prior_coverage(model, dataset["train"])

@@ -1,0 +1,90 @@
+"""The known-truth benchmark's pieces (wrong priors, edge recovery, few-label subsets) and its --quick run."""
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import OMNIPATH_TABLE, shared_data_or_skip
+from modeling_scgrn.known_truth import candidate_pairs, corrupted_network, edge_recovery, unrelated_network
+from modeling_scgrn.networks import GeneRegulatoryNetwork
+
+ROOT = Path(__file__).resolve().parents[1]
+TRUE = pd.DataFrame({"source": ["A", "A", "A", "B", "B", "C", "C", "C"],
+                     "target": ["B", "D", "E", "F", "G", "H", "D", "F"], "sign": [1, -1, 1, 1, 1, -1, 1, 1]})
+GENES = list("ABCDEFGH")
+
+
+def test_corrupted_networks_remove_and_add_the_stated_shares():
+    pairs = set(zip(TRUE["source"], TRUE["target"]))
+    removed = corrupted_network(TRUE, GENES, removed=0.5, seed=0).edges
+    assert len(removed) == 4 and set(zip(removed["source"], removed["target"])) <= pairs
+    added = corrupted_network(TRUE, GENES, added=0.5, seed=0).edges
+    new = set(zip(added["source"], added["target"])) - pairs
+    assert len(added) == 12 and len(new) == 4
+    assert all(s in {"A", "B", "C"} and s != t and t in GENES for s, t in new)
+    assert corrupted_network(TRUE, GENES, removed=0.5, seed=0).edges.equals(removed)
+
+
+def test_unrelated_network_is_a_real_topology_on_the_same_genes_without_true_edges():
+    pytest.importorskip("sergio_rs")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prior = GeneRegulatoryNetwork.read(shared_data_or_skip(OMNIPATH_TABLE), "collectri")
+    from modeling_scgrn.simulate import simulate_cells, true_edges
+
+    cells = simulate_cells(prior, n_genes=40, n_cells=30, n_cell_types=2, seed=3)
+    truth = true_edges(cells)
+    other = unrelated_network(prior, truth, cells.var_names, seed=0).edges
+    assert len(other) > 0 and set(other["source"]) | set(other["target"]) <= set(cells.var_names)
+    assert not set(zip(other["source"], other["target"])) & set(zip(truth["source"], truth["target"]))
+
+
+def test_edge_recovery_scores_perfect_and_random_rankings():
+    pairs = candidate_pairs(GENES, {"A", "B", "C"})
+    assert len(pairs) == 3 * 7
+    truth = set(zip(TRUE["source"], TRUE["target"]))
+    perfect = pairs.assign(score=[float(p in truth) for p in zip(pairs["regulator"], pairs["target"])])
+    shuffled = pairs.assign(score=np.random.default_rng(0).random(len(pairs)))
+    result = edge_recovery(perfect.assign(noise=shuffled["score"]), TRUE, ["score", "noise"])
+    assert result["true_pairs"] == 8 and result["random_auprc"] == pytest.approx(8 / 21)
+    assert result["score"] == {"auroc": 1.0, "auprc": 1.0}
+    assert 0.0 < result["noise"]["auroc"] < 1.0
+
+
+def test_labelled_subset_keeps_at_most_n_cells_per_label_in_order():
+    import datasets
+
+    from modeling_scgrn.pipeline import labelled_subset
+
+    split = datasets.Dataset.from_dict({"cell_type": list("aaaaabbbc"), "row": list(range(9))})
+    subset = labelled_subset(split, "cell_type", 2, seed=0)
+    assert pd.Series(subset["cell_type"]).value_counts().to_dict() == {"a": 2, "b": 2, "c": 1}
+    assert subset["row"] == sorted(subset["row"])
+    assert labelled_subset(split, "cell_type", 2, seed=0)["row"] == subset["row"]
+
+
+def test_quick_benchmark_writes_tables_with_baselines_and_pictures(tmp_path):
+    pytest.importorskip("sergio_rs")
+    output = tmp_path / "known_truth"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "known_truth.py"), "--prior",
+                             str(shared_data_or_skip(OMNIPATH_TABLE)), "--output", str(output), "--quick"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("known_truth.md", "known_truth.json", "label_efficiency.png", "pretraining.png"):
+        assert (output / name).stat().st_size > 0
+    results = json.loads((output / "known_truth.json").read_text())
+    assert {row["arm"] for row in results["pretraining"]} == {"grn", "dense", "random", "grn_dense_last",
+                                                              "50% removed", "unrelated"}
+    assert all(row["regulated_loss"] is not None for row in results["pretraining"])
+    assert {row["start"] for row in results["finetuning"]} == {"pretrained", "scratch"}
+    markdown = (output / "known_truth.md").read_text()
+    for row in ("logistic_regression (baseline)", "knn (baseline)", "majority_class (baseline)", "| trees |",
+                "Regulation check: true edges"):
+        assert row in markdown
+    assert 0.0 <= results["edge_recovery"]["pearson"]["auroc"] <= 1.0
