@@ -2,6 +2,7 @@
 
     from modeling_scgrn.tools import embed, predict
     predict(adata, model, tokenizer)            # adata.obs["scgrn_prediction"], adata.obsm["X_scgrn"], ...
+    perturb(adata, model, tokenizer, ["SPI1"])  # in-silico deletion: adata.uns["scgrn_perturbation"]
     sc.pp.neighbors(adata, use_rep="X_scgrn")
 """
 
@@ -15,6 +16,9 @@ import pandas as pd
 import torch
 
 from .data import DataConfig
+from .perturbation import perturb
+
+__all__ = ["embed", "predict", "perturb", "check_labels"]  # scanpy-style tools live together
 
 logger = logging.getLogger(__name__)
 
