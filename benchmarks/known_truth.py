@@ -18,7 +18,7 @@ import platform
 
 QUICK = {"n_genes": 60, "n_cells": 600, "n_cell_types": 3, "seeds": (0,), "budgets": (10, None),
          "arms": ("grn", "dense"), "single_seed_arms": ("random", "grn_dense_last", "50% removed", "unrelated"),
-         "pretraining": {"num_epochs": 2}, "finetuning": {"num_epochs": 3}}
+         "pretraining": {"num_epochs": 2}, "finetuning": {"max_steps": 20}}
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -32,11 +32,13 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--n_cell_types", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budgets", nargs="+", default=["10", "50", "200", "all"], help="labelled cells per type")
-    parser.add_argument("--arms", nargs="+", default=["grn", "dense", "rewired"], help="masks run with every seed")
-    parser.add_argument("--single_seed_arms", nargs="*", help="masks and wrong priors run with the first seed only "
-                        "(default: random shuffled grn_dense_last and the seven wrong priors)")
+    parser.add_argument("--arms", nargs="+", default=["grn", "dense"], help="masks run with every seed")
+    parser.add_argument("--single_seed_arms", nargs="*", help="masks and wrong priors (names in "
+                        "known_truth.WRONG_PRIORS) run with the first seed only (default: rewired random "
+                        "grn_dense_last, 50%% removed, 50%% false added, unrelated)")
     parser.add_argument("--pretrain_steps", type=int, default=400, help="pretraining optimizer steps")
-    parser.add_argument("--finetune_epochs", type=float, default=5, help="finetuning epochs (at most 60 steps)")
+    parser.add_argument("--finetune_steps", type=int, default=150, help="finetuning optimizer steps, the same for "
+                        "every label budget")
     parser.add_argument("--quick", action="store_true", help="a few-minute version (what the tests run)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
@@ -44,16 +46,14 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def options(args) -> dict:
-    from modeling_scgrn.known_truth import WRONG_PRIORS
-
     if args.quick:
         return dict(QUICK)
-    single = ("random", "shuffled", "grn_dense_last", *WRONG_PRIORS)
+    single = ("rewired", "random", "grn_dense_last", "50% removed", "50% false added", "unrelated")
     return {"n_genes": args.n_genes, "n_cells": args.n_cells, "n_cell_types": args.n_cell_types,
             "seeds": tuple(args.seeds), "budgets": tuple(None if b == "all" else int(b) for b in args.budgets),
             "arms": tuple(args.arms), "single_seed_arms": tuple(single if args.single_seed_arms is None
                                                                 else args.single_seed_arms),
-            "pretraining": {"max_steps": args.pretrain_steps}, "finetuning": {"num_epochs": args.finetune_epochs}}
+            "pretraining": {"max_steps": args.pretrain_steps}, "finetuning": {"max_steps": args.finetune_steps}}
 
 
 def benchmark(args) -> dict:

@@ -29,7 +29,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--n_cell_types", type=int, default=10, help="cell types (master-regulator programs)")
     parser.add_argument("--seed", type=int, default=0, help="the same seed gives identical cells")
     parser.add_argument("--noise", default="10x", help="technical noise: 10x, none, or a SERGIO setting (DS1..DS14)")
-    parser.add_argument("--chunk_cells", type=int, default=2_000, help="cells simulated at a time (memory grows with it: about 0.9 GB per 1,000 cells of 1,000 genes)")
+    parser.add_argument("--chunk_cells", type=int, default=2_000, help="cells simulated at a time (memory grows "
+                        "with it: about 0.9 GB per 1,000 cells of 1,000 genes)")
     parser.add_argument("--num_proc", type=int, default=1, help="chunks simulated in parallel")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")

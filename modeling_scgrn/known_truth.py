@@ -120,7 +120,8 @@ def attention_pair_scores(model, tokenizer, dataset, pairs: pd.DataFrame, *, lay
     `dataset` holding both and over heads and `layers` (`interpret.attention_scores`); 0 where never seen."""
     from .interpret import attention_scores
 
-    cells = dataset.select(range(min(max_cells, len(dataset)))).add_column("all_cells", ["all"] * min(max_cells, len(dataset)))
+    count = min(max_cells, len(dataset))
+    cells = dataset.select(range(count)).add_column("all_cells", ["all"] * count)
     frame = attention_scores(model, tokenizer, cells, "all_cells", layers=layers)["all"]
     scores = dict(zip(zip(frame["regulator"], frame["target"]), frame["score"]))
     return pairs.assign(**{column: [scores.get(pair, 0.0) for pair in zip(pairs["regulator"], pairs["target"])]})
@@ -160,9 +161,10 @@ MODEL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "i
          "hidden_dropout_prob": 0.0, "value_encoding": "continuous", "grn_direction": "regulator_to_target"}
 PRETRAINING = {"num_epochs": 3, "per_device_batch_size": 32, "learning_rate": 2e-3, "warmup_ratio": 0.05,
                "mask_probability": 0.15, "logging_steps": 50, "mixed_precision": "no", "report_to": "none"}
-FINETUNING = {"num_epochs": 5, "per_device_batch_size": 32, "learning_rate": 1e-3, "warmup_ratio": 0.05,
-              "logging_steps": 50, "mixed_precision": "no", "report_to": "none"}
-FINETUNING_MAX_STEPS = 60  # a cap, so that every label budget costs at most the same compute
+# every label budget gets the same optimizer steps (few labels: many epochs), so budgets differ in data, not compute;
+# 60 steps learnt nothing (macro-F1 at chance while logistic regression reached 0.98), 200 reached 0.78
+FINETUNING = {"max_steps": 150, "eval_steps": 50, "per_device_batch_size": 32, "learning_rate": 1e-3,
+              "warmup_ratio": 0.05, "logging_steps": 50, "mixed_precision": "no", "report_to": "none"}
 MASK_ARMS = ("grn", "dense", "rewired", "random", "shuffled")
 WRONG_PRIORS = {"25% removed": {"removed": 0.25}, "50% removed": {"removed": 0.5}, "75% removed": {"removed": 0.75},
                 "25% false added": {"added": 0.25}, "50% false added": {"added": 0.5},
@@ -224,16 +226,10 @@ def finetune_budgets(data_dir: Path, folder: Path, arm: str, seed: int, budgets,
     scratch; macro-F1 and accuracy on the held-out cells beside the baselines fitted on the same labelled cells."""
     from .pipeline import run_finetuning
 
-    from .data import load_prepared
-
-    counts = pd.Series(load_prepared(data_dir)[0]["train"]["cell_type"]).value_counts()
     rows = []
     for budget in budgets:
         options = {} if pretrained else {**model_options, **_arm_mode(arm), "grn_control_seed": seed}
-        cells = int(counts.clip(upper=budget).sum()) if budget else int(counts.sum())
-        steps = int(np.ceil(finetuning["num_epochs"] * cells / finetuning["per_device_batch_size"]))
-        training = {**finetuning, "seed": seed, "max_steps": min(steps, finetuning.get("max_steps_cap", 10**9))}
-        training.pop("max_steps_cap", None)
+        training = {**finetuning, "seed": seed}
         evaluation = run_finetuning(data_dir, folder / f"labels_{budget or 'all'}", label_column="cell_type",
                                     pretrained=pretrained, model_options=options, save_outputs=False,
                                     training_options=training, labels_per_class=budget,
@@ -358,8 +354,9 @@ def plot_pretraining(rows: list[dict], path: Path) -> None:
 
 def run_known_truth(prior: GeneRegulatoryNetwork, output, *, cells=None, n_genes: int = 1000, n_cells: int = 20_000,
                     n_cell_types: int = 10, seeds=(0, 1, 2), budgets=(10, 50, 200, None),
-                    arms=("grn", "dense", "rewired"), scratch_arms=("grn", "dense"),
-                    single_seed_arms=("random", "shuffled", "grn_dense_last", *WRONG_PRIORS),
+                    arms=("grn", "dense"), scratch_arms=("grn", "dense"),
+                    single_seed_arms=("rewired", "random", "grn_dense_last", "50% removed", "50% false added",
+                                      "unrelated"),
                     single_seed_budgets=(50,), model_options=None, pretraining=None, finetuning=None,
                     simulation_seed: int = 0) -> dict:
     """The whole benchmark into `output`: simulate (or take `cells`), tokenize with the true network, then for each
@@ -376,7 +373,7 @@ def run_known_truth(prior: GeneRegulatoryNetwork, output, *, cells=None, n_genes
     output.mkdir(parents=True, exist_ok=True)
     model_options = {**MODEL, **(model_options or {})}
     pretraining = {**PRETRAINING, **(pretraining or {})}
-    finetuning = {**FINETUNING, "max_steps_cap": FINETUNING_MAX_STEPS, **(finetuning or {})}
+    finetuning = {**FINETUNING, **(finetuning or {})}
     start = time.perf_counter()
     if cells is None:
         cells = simulate_cells(prior, n_genes, n_cells, n_cell_types, seed=simulation_seed)

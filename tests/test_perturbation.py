@@ -32,7 +32,8 @@ def cells():
 
 def masked_model(tokenizer, edge_tensor, **overrides):
     torch.manual_seed(0)
-    options = dict(grn_mode="grn", all_attend_cls=False, value_encoding="continuous", grn_direction="regulator_to_target")
+    options = dict(grn_mode="grn", all_attend_cls=False, value_encoding="continuous",
+                   grn_direction="regulator_to_target")
     model = ScGrnForMaskedExpressionModeling(tiny_config(tokenizer, **{**options, **overrides}))
     model.set_grn_edges(edge_tensor)
     model.config._attn_implementation = "eager"

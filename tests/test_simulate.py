@@ -60,7 +60,8 @@ def test_simulation_is_deterministic_raw_counts_with_the_requested_cell_types(pr
 
 def test_true_network_is_a_connected_acyclic_piece_of_the_prior_with_its_signs(prior, cells):
     edges = true_edges(cells)
-    prior_sign = {(s, t): np.sign(w) for s, t, w in prior.edges[["source", "target", "weight"]].itertuples(index=False)}
+    table = prior.edges[["source", "target", "weight"]]
+    prior_sign = {(s, t): np.sign(w) for s, t, w in table.itertuples(index=False)}
     assert all((s, t) in prior_sign for s, t in zip(edges["source"], edges["target"]))
     assert all(prior_sign[(s, t)] == sign for s, t, sign in edges[["source", "target", "sign"]].itertuples(index=False))
     assert set(edges["source"]) | set(edges["target"]) == set(cells.var_names)
