@@ -418,15 +418,17 @@ def _write_chunk(network, arguments: dict, chunk: int, n_cells: int, path: str) 
 
 
 def simulate_corpus(network, output, n_cells: int, *, chunk_cells: int = 2_000, num_proc: int = 1,
-                    overwrite: bool = False, show_progress: bool = True, **arguments) -> dict:
+                    overwrite: bool = False, show_progress: bool = True, chunk_timeout: float | None = 3600.0,
+                    **arguments) -> dict:
     """A large simulated corpus written to the `.h5ad` file `output` in chunks of `chunk_cells` cells (independent
-    seeds, the same network and cell types), `num_proc` at a time, so memory holds only a few chunks; the chunks
+    seeds, the same network and cell types), `num_proc` at a time, so memory holds only a few chunks (each waited
+    for at most `chunk_timeout` seconds: SERGIO can spin forever on a bad network); the chunks
     are joined on disk and the file appears only when complete. `arguments` go to `simulate_cells`. Returns a
     summary: cells, genes, seconds, cells per second, the subnetwork report and the regulation check of the first
     chunk."""
     import tempfile
     import time
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, TimeoutError as FutureTimeout
     from pathlib import Path
 
     import anndata as ad
@@ -445,10 +447,16 @@ def simulate_corpus(network, output, n_cells: int, *, chunk_cells: int = 2_000, 
         paths = [str(Path(folder) / f"chunk{c:05d}.h5ad") for c in range(len(sizes))]
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(num_proc, mp_context=context) as pool:
-            jobs = [pool.submit(_write_chunk, network, arguments, c, size, path)
+            jobs = [pool.submit(_guarded, _write_chunk, network, arguments, c, size, path)
                     for c, (size, path) in enumerate(zip(sizes, paths))]
             for job in tqdm(jobs, desc="simulating chunks", unit="chunk", disable=not show_progress):
-                job.result()
+                try:
+                    job.result(timeout=chunk_timeout)
+                except FutureTimeout:
+                    for process in list(pool._processes.values()):
+                        process.kill()
+                    raise TimeoutError(f"a chunk ran past {chunk_timeout:.0f} s; use smaller chunks or a larger "
+                                       "chunk_timeout.") from None
         first = ad.read_h5ad(paths[0])
         temporary = Path(folder) / "joined.h5ad"
         concat_on_disk(paths, temporary, index_unique=None)

@@ -135,6 +135,10 @@ def test_corpus_is_simulated_in_chunks_and_joined(prior, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.h5ad"]  # no chunk or temporary left
     with pytest.raises(FileExistsError, match="--overwrite"):
         simulate_corpus(prior, output, 100, n_genes=30)
+    with pytest.raises(TimeoutError, match="ran past"):  # a stuck chunk is stopped, and nothing is left behind
+        simulate_corpus(prior, tmp_path / "slow.h5ad", 3000, chunk_cells=3000, n_genes=40, chunk_timeout=0.05,
+                        show_progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.h5ad"]
 
 
 def test_script_refuses_bad_output_in_one_line(tmp_path):
