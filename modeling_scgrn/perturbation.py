@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .collators import _pad, _pad_cells
 from .data import DataConfig
 
 PERTURBATION_MODES = ("delete", "overexpress")
@@ -67,27 +68,14 @@ def _masked_inputs(cells: list[dict], groups: list[dict], n_groups: int, config)
         group_of = np.array([-1] + [assignment.get(int(i), -1) for i in cell["input_ids"][1:]])
         for group in range(n_groups):
             masked = group_of == group
-            row = {k: v.copy() for k, v in cell.items()}
+            row = dict(cell)
             if "expression_values" in row:
                 row["expression_values"] = np.where(masked, config.mask_value, row["expression_values"])
             if "expression_bins" in row:
                 row["expression_bins"] = np.where(masked, config.n_bins + 1, row["expression_bins"])
             rows.append(row)
             masks.append(masked)
-    length = max(len(r["input_ids"]) for r in rows)
-    batch = {"input_ids": np.full((len(rows), length), config.pad_token_id, dtype=np.int64),
-             "attention_mask": np.zeros((len(rows), length), dtype=np.int64)}
-    for key, dtype in (("expression_values", np.float32), ("expression_bins", np.int64)):
-        if key in rows[0]:
-            batch[key] = np.zeros((len(rows), length), dtype=dtype)
-    positions = np.zeros((len(rows), length), dtype=bool)
-    for r, (row, masked) in enumerate(zip(rows, masks)):
-        n = len(row["input_ids"])
-        batch["attention_mask"][r, :n] = 1
-        positions[r, :n] = masked
-        for key in row:
-            batch[key][r, :n] = row[key]
-    return {k: torch.from_numpy(v) for k, v in batch.items()}, torch.from_numpy(positions)
+    return _pad_cells(rows, config.pad_token_id), _pad(masks, False, torch.bool)
 
 
 @torch.no_grad()
@@ -113,25 +101,16 @@ def predicted_expression(model, cells: list[dict], *, n_groups: int = 7, seed: i
 
 @torch.no_grad()
 def _embeddings(encoder, cells: list[dict], device) -> torch.Tensor:
-    length = max(len(c["input_ids"]) for c in cells)
-    batch = {"input_ids": torch.full((len(cells), length), encoder.config.pad_token_id, dtype=torch.long),
-             "attention_mask": torch.zeros((len(cells), length), dtype=torch.long)}
-    for key, dtype in (("expression_values", torch.float32), ("expression_bins", torch.long)):
-        if key in cells[0]:
-            batch[key] = torch.zeros((len(cells), length), dtype=dtype)
-    for r, cell in enumerate(cells):
-        n = len(cell["input_ids"])
-        batch["attention_mask"][r, :n] = 1
-        for key, value in cell.items():
-            batch[key][r, :n] = torch.as_tensor(value)
     encoder.eval()
+    batch = _pad_cells(cells, encoder.config.pad_token_id)
     return encoder(**{k: v.to(device) for k, v in batch.items()}).pooler_output.float().cpu()
 
 
+@torch.no_grad()
 def _classify(classifier, cells: list[dict], device) -> np.ndarray:
-    with torch.no_grad():
-        embeddings = _embeddings(classifier.base_model, cells, device)
-        return classifier.classifier(embeddings.to(device)).argmax(-1).cpu().numpy()
+    classifier.eval()
+    batch = _pad_cells(cells, classifier.config.pad_token_id)
+    return classifier(**{k: v.to(device) for k, v in batch.items()}).logits.argmax(-1).cpu().numpy()
 
 
 def _check(model, tokenizer, genes, mode: str, classifier) -> list[int]:
@@ -142,7 +121,8 @@ def _check(model, tokenizer, genes, mode: str, classifier) -> list[int]:
                          "pretrained scgrn folder) to predict expression.")
     if classifier is not None and not hasattr(classifier, "classifier"):
         raise ValueError("classifier= must be a cell classifier (ScGrnForCellClassification).")
-    unknown = [g for g in genes if g not in tokenizer.get_vocab()]
+    vocabulary = tokenizer.get_vocab()
+    unknown = [g for g in genes if g not in vocabulary]
     if unknown:
         raise ValueError(f"{unknown} are not in the model's vocabulary; perturb genes the model knows.")
     return tokenizer.convert_tokens_to_ids(list(genes))
@@ -220,7 +200,8 @@ def _write_perturbation(adata, tokenizer, model, genes, mode, tally: _Tally, bas
     continuous = model.config.value_encoding != "binned"
     with np.errstate(invalid="ignore", divide="ignore"):
         means = tally.sums / tally.counts * (1 / math.log(2) if continuous else 1.0)
-    present = [g for g in dict.fromkeys(adata.var_names) if g in tokenizer.get_vocab()]
+    vocabulary = tokenizer.get_vocab()
+    present = [g for g in dict.fromkeys(adata.var_names) if g in vocabulary]
     effects = pd.DataFrame(means[:, tokenizer.convert_tokens_to_ids(present)], index=genes, columns=present)
     perturbed = ~np.isnan(tally.shift)
     result = {"effects": effects, "mode": mode,
