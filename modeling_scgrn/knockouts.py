@@ -22,7 +22,8 @@ def knockout_candidates(edges: pd.DataFrame, *, masters: int = 5, mid_level: int
 
     out_degree = edges.groupby("source").size().sort_values(ascending=False, kind="stable")
     top = master_regulators(edges)
-    regulated = [g for g in out_degree.index if g in set(edges["target"])]
+    targets = set(edges["target"])
+    regulated = [g for g in out_degree.index if g in targets]
     return sorted(top, key=lambda g: -out_degree[g])[:masters] + regulated[:mid_level]
 
 
@@ -42,7 +43,7 @@ def downstream(edges: pd.DataFrame, gene: str) -> dict[str, int]:
 def linear_baseline(cells, genes) -> pd.DataFrame:
     """Per knocked-out gene, each gene's change (log2 units of 1 + normalised value) predicted by a least-squares
     line on the knocked-out gene's log1p value in unperturbed `cells`, when that value goes to zero."""
-    from .known_truth import log_normalised
+    from .simulate import log_normalised
 
     values = log_normalised(cells)
     index = {g: i for i, g in enumerate(cells.var_names)}

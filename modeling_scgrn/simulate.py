@@ -116,8 +116,7 @@ def select_subnetwork(network, n_genes: int, *, seed: int = 0, min_targets: int 
             genes.setdefault(str(target))
     order = {tf: i for i, tf in enumerate(regulators)}
     edges = prior[prior["source"].isin(regulators) & prior["target"].isin(list(genes))]
-    into_earlier = edges["target"].map(order).lt(edges["source"].map(order)) | (
-        edges["target"].map(order).eq(edges["source"].map(order)))
+    into_earlier = edges["target"].map(order).le(edges["source"].map(order))
     edges = edges[~into_earlier.to_numpy()]
     edges = pd.DataFrame({"source": edges["source"].to_numpy(), "target": edges["target"].to_numpy(),
                           "sign": np.where(edges["weight"].to_numpy() < 0, -1, 1)})
@@ -140,7 +139,8 @@ ANCHOR = "__anchor__"  # a sink every master regulator touches by a negligible e
 
 def master_regulators(edges: pd.DataFrame) -> list[str]:
     """Genes with targets and no regulator, in order of first appearance."""
-    return [gene for gene in pd.unique(edges["source"]) if gene not in set(edges["target"])]
+    regulated = set(edges["target"])
+    return [gene for gene in pd.unique(edges["source"]) if gene not in regulated]
 
 
 def _sergio_network(edges: pd.DataFrame, parameters: SimulationParameters, silenced=frozenset()):
@@ -185,14 +185,19 @@ def _in_subprocess(function, args, timeout: float | None):
     try:
         return pool.submit(_guarded, function, *args).result(timeout)
     except FutureTimeout:
-        for process in list(pool._processes.values()):
-            process.kill()
+        _kill_workers(pool)
         raise TimeoutError(f"the simulation ran past {timeout:.0f} s; use fewer genes or cells, or a larger "
                            "timeout.") from None
     except BrokenProcessPool:
         raise RuntimeError("sergio-rs crashed while simulating (its message is above).") from None
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _kill_workers(pool) -> None:
+    """Stop a process pool's workers now (a stuck SERGIO run ignores cancellation)."""
+    for process in list(pool._processes.values()):
+        process.kill()
 
 
 def silenced_genes(edges: pd.DataFrame, knocked_out) -> list[str]:
@@ -308,19 +313,21 @@ def _plain(parameters: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in parameters.items()}
 
 
-def simulation_parameters(adata) -> SimulationParameters:
-    """The `SimulationParameters` stored by `simulate_cells` in `adata.uns["scgrn_simulation"]`."""
+def _record(adata) -> dict:
     if SIMULATION_KEY not in adata.uns:
         raise ValueError("these cells carry no uns['scgrn_simulation']; simulate them with simulate_cells.")
+    return adata.uns[SIMULATION_KEY]
+
+
+def simulation_parameters(adata) -> SimulationParameters:
+    """The `SimulationParameters` stored by `simulate_cells` in `adata.uns["scgrn_simulation"]`."""
     return SimulationParameters(**{k: tuple(v) if isinstance(v, (list, np.ndarray)) else v
-                                   for k, v in adata.uns[SIMULATION_KEY]["parameters"].items()})
+                                   for k, v in _record(adata)["parameters"].items()})
 
 
 def true_edges(adata) -> pd.DataFrame:
     """The true network of simulated cells: `source, target, sign, weight`."""
-    if SIMULATION_KEY not in adata.uns:
-        raise ValueError("these cells carry no uns['scgrn_simulation']; simulate them with simulate_cells.")
-    return pd.DataFrame(adata.uns[SIMULATION_KEY]["edges"])
+    return pd.DataFrame(_record(adata)["edges"])
 
 
 def resimulate(simulation, n_cells: int | None = None, *, chunk: int | None = None, knockout=(),
@@ -374,13 +381,24 @@ def knockout_effects(control, knocked, *, layer: str | None = None, pseudocount:
 
 
 # ---------------------------------------------------------------------------------------------------- checks
+def log_normalised(adata) -> np.ndarray:
+    """Dense `(cells, genes)` log1p of counts per 10,000."""
+    matrix = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X, dtype=float)
+    return np.log1p(matrix / np.maximum(matrix.sum(1, keepdims=True), 1) * 1e4)
+
+
+def abs_correlation(values: np.ndarray) -> np.ndarray:
+    """`(genes, genes)` |Pearson r| between the columns of `values`; 0 for a gene constant in these cells."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.abs(np.nan_to_num(np.corrcoef(values, rowvar=False)))
+
+
 def regulation_signal(adata, edges: pd.DataFrame | None = None, *, n_random: int = 2000, seed: int = 0) -> dict:
     """Is the regulation visible in the data? Mean |Pearson r| of log1p-normalised expression over the true edges
     against as many random gene pairs, across all cells and within each cell type (averaged over types), beside
     the zero fraction. A prior cannot help where true edges look like random pairs."""
     edges = true_edges(adata) if edges is None else edges
-    matrix = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X, dtype=float)
-    matrix = np.log1p(matrix / np.maximum(matrix.sum(1, keepdims=True), 1) * 1e4)
+    matrix = log_normalised(adata)
     index = {g: i for i, g in enumerate(adata.var_names)}
     true_pairs = np.array([[index[s], index[t]] for s, t in zip(edges["source"], edges["target"])])
     rng = np.random.default_rng(seed)
@@ -388,9 +406,7 @@ def regulation_signal(adata, edges: pd.DataFrame | None = None, *, n_random: int
     random_pairs = random_pairs[random_pairs[:, 0] != random_pairs[:, 1]]
 
     def mean_abs_r(values, pairs):
-        with np.errstate(invalid="ignore", divide="ignore"):  # a gene constant in these cells has no correlation
-            correlation = np.nan_to_num(np.corrcoef(values, rowvar=False))
-        return float(np.abs(correlation[pairs[:, 0], pairs[:, 1]]).mean())
+        return float(abs_correlation(values)[pairs[:, 0], pairs[:, 1]].mean())
 
     types = adata.obs["cell_type"].to_numpy()
     within = [(mean_abs_r(matrix[types == t], true_pairs), mean_abs_r(matrix[types == t], random_pairs))
@@ -453,8 +469,7 @@ def simulate_corpus(network, output, n_cells: int, *, chunk_cells: int = 2_000, 
                 try:
                     job.result(timeout=chunk_timeout)
                 except FutureTimeout:
-                    for process in list(pool._processes.values()):
-                        process.kill()
+                    _kill_workers(pool)
                     raise TimeoutError(f"a chunk ran past {chunk_timeout:.0f} s; use smaller chunks or a larger "
                                        "chunk_timeout.") from None
         first = ad.read_h5ad(paths[0])
