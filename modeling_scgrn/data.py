@@ -188,19 +188,27 @@ def _tokenize_rows(adata, matrix, tokenizer, gene_names, start, stop, cells_kept
     kept = None if cells_kept is None else cells_kept[start:stop]
     if kept is not None and not kept.all():
         chunk = chunk[np.flatnonzero(kept)]
-    fast = _encode_compiled(chunk, tokenizer, gene_names, max_length, reuse) if normalize else None
-    if fast is not None:
-        columns, report = fast
-    else:
-        encoded = tokenizer.encode_cells(chunk, gene_names, max_length=max_length, normalize=normalize,
-                                         return_tensors="np")
-        columns, report = _arrow_columns(encoded, encoded["attention_mask"].sum(1)), dict(tokenizer.last_report)
+    columns, report = encode_chunk(chunk, tokenizer, gene_names, max_length, normalize, reuse)
     for column in obs_columns:
         values = adata.obs[column].iloc[start:stop]
         if kept is not None:
             values = values[kept]
         columns[column] = pa.array(values.astype(str).tolist())
     return pa.table(columns), report
+
+
+def encode_chunk(chunk, tokenizer, gene_names, max_length: int | None, normalize: bool = True,
+                 reuse: dict | None = None) -> tuple[dict, dict]:
+    """Tokenize a `(cells, genes)` matrix of raw counts (or normalised values with `normalize=False`) into ragged
+    Arrow columns (`input_ids`, `expression_values`, `expression_bins`, `length`) and the tokenizer's report: the
+    compiled encoder where it applies, the tokenizer's own path otherwise (identical tokens either way). Every
+    reader (AnnData chunks, SOMA blocks) goes through here, so the same cells give the same tokens."""
+    fast = _encode_compiled(chunk, tokenizer, gene_names, max_length, reuse) if normalize else None
+    if fast is not None:
+        return fast
+    encoded = tokenizer.encode_cells(chunk, gene_names, max_length=max_length, normalize=normalize,
+                                     return_tensors="np")
+    return _arrow_columns(encoded, encoded["attention_mask"].sum(1)), dict(tokenizer.last_report)
 
 
 def _encode_compiled(chunk, tokenizer, gene_names, max_length, reuse: dict | None = None):
@@ -615,7 +623,10 @@ def _gene_panel(adata, network, data: DataConfig, tokenizer, cells_kept, genes_k
     return select_gene_panel(subset, network, n_top_genes=data.n_top_genes, strategy=data.panel)
 
 
-def load_prepared(data_dir: Path):
+def load_prepared(data_dir: Path, streamed: bool = False):
+    """The tokenized splits, tokenizer, prior and metadata of a data folder. A folder whose training cells stream
+    from a SOMA experiment (`soma.prepare_soma`) holds only `validation` and `train_sample`; it is refused unless
+    `streamed` (pretraining reads its training cells with `soma.training_cells`)."""
     import datasets
 
     data_dir = Path(data_dir)
@@ -625,6 +636,9 @@ def load_prepared(data_dir: Path):
         if not (data_dir / part).exists():
             raise ValueError(f"{data_dir} lacks {part}/; create it with data/tokenize_cells.py.")
     dataset = datasets.load_from_disk(str(data_dir / "dataset"))
+    if "train" not in dataset and not streamed:
+        raise ValueError(f"{data_dir} streams its training cells from a SOMA experiment, which serves pretraining "
+                         "only; tokenize labelled cells with data/tokenize_cells.py to finetune or evaluate.")
     needed = {"input_ids", "expression_values", "expression_bins"}
     for name, split in dataset.items():
         missing = needed - set(split.column_names)

@@ -78,16 +78,52 @@ def tokenize_files(cells, prior: str | Path, output_dir, *, resource: str = "col
     return prepare_cells(cells, network, output_dir, **options)
 
 
-def run_data(data_dir, output_dir, *, cells=None, prior=None, resuming: bool = False, **options):
+def run_data(data_dir, output_dir, *, cells=None, soma=None, prior=None, resuming: bool = False, **options):
     """The tokenized data of a run: `data_dir` as given, or `cells` (.h5ad files or `pbmc68k_reduced`) tokenized
-    with `prior` into `output_dir/data` first (a resumed run keeps the data it tokenized). `options` go to
-    [`tokenize_files`]; those given as None take their defaults."""
-    if cells is None:
+    with `prior` into `output_dir/data` first, or a SOMA experiment (`soma.SomaSource`) described there for
+    streaming (`soma.prepare_soma`); a resumed run keeps the folder it wrote. `options` go to [`tokenize_files`]
+    or `prepare_soma`; those given as None take their defaults."""
+    if cells is None and soma is None:
         return data_dir
     folder = Path(output_dir) / "data"
-    if not (resuming and (folder / "dataset").is_dir()):
-        tokenize_files(cells, prior, folder, **{k: v for k, v in options.items() if v is not None})
+    options = {k: v for k, v in options.items() if v is not None}
+    with _one_writer_per_folder():
+        if (folder / "dataset").is_dir() and (resuming or _other_process_wrote(folder)):
+            return folder
+        if soma is None:
+            tokenize_files(cells, prior, folder, **options)
+        else:
+            from .soma import prepare_soma
+
+            network = GeneRegulatoryNetwork.read(prior, options.pop("resource", "collectri"))
+            print(network)
+            prepare_soma(soma, network, folder, **options)
     return folder
+
+
+def _other_process_wrote(folder: Path) -> bool:
+    """In a run of several processes, the data folder that another process of this run has just written."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and (folder / "dataset").is_dir()
+
+
+def _one_writer_per_folder():
+    """Several processes (torchrun, accelerate launch): the first process writes the data folder while the others
+    wait, then on each machine the first of its processes (on a disk that machine does not share), then the rest,
+    which find it written; one process alone just runs."""
+    import os
+    from contextlib import ExitStack, nullcontext
+
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return nullcontext()
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # as the training's Accelerator will ask
+    stack = ExitStack()
+    stack.enter_context(state.main_process_first())
+    stack.enter_context(state.local_main_process_first())
+    return stack
 
 
 def run_pretraining(data_dir, output_dir, *, model_options: dict, training_options: dict,
@@ -101,8 +137,9 @@ def run_pretraining(data_dir, output_dir, *, model_options: dict, training_optio
     of simulated cells) the validation also scores the masked genes whose true regulators the cell shows."""
     training = TrainingConfig.from_dict({"output_dir": str(output_dir), **training_options})
     check_model_options(model_options)
-    dataset, tokenizer, data_network, metadata = load_prepared(data_dir)
+    dataset, tokenizer, data_network, metadata = load_prepared(data_dir, streamed=True)
     network = data_network if network is None else network
+    train_cells, sample = _training_cells(data_dir, dataset, tokenizer, training)
     torch.manual_seed(training.seed)
     if init_from:
         check_compatible(init_from, tokenizer)
@@ -110,10 +147,9 @@ def run_pretraining(data_dir, output_dir, *, model_options: dict, training_optio
     else:
         model = ScGrnForMaskedExpressionModeling(new_config(tokenizer, **model_options))
         attach_grn(model, network, tokenizer)
-    coverage = log_prior_coverage(model, dataset["train"])
+    coverage = log_prior_coverage(model, sample)
     collator = DataCollatorForMaskedExpression.from_config(model.config, training.mask_probability)
-    statistics = gene_statistics(dataset["train"], model.config.vocab_size, model.config.value_encoding,
-                                 model.config.n_bins)
+    statistics = gene_statistics(sample, model.config.vocab_size, model.config.value_encoding, model.config.n_bins)
     evaluation_set = dataset["validation"]
     eval_collator = DataCollatorForMaskedExpression.from_config(model.config, training.mask_probability, seed=training.seed)
 
@@ -122,7 +158,7 @@ def run_pretraining(data_dir, output_dir, *, model_options: dict, training_optio
     def evaluate(unwrapped, accelerator):
         return masked_expression_metrics(unwrapped, evaluation_set, eval_collator, statistics, regulation=truth)
 
-    result = train(model, dataset["train"], collator.pad, training, evaluate=evaluate, batch_transform=collator.mask,
+    result = train(model, train_cells, collator.pad, training, evaluate=evaluate, batch_transform=collator.mask,
                     project_name="pretrain",
                     extra_tracker_config={f"model/{k}": v for k, v in model.config.mask_description().items()})
     final = result.history["eval"][-1]
@@ -137,6 +173,21 @@ def run_pretraining(data_dir, output_dir, *, model_options: dict, training_optio
                           baselines_markdown=table, prior_coverage=coverage)
         (Path(output_dir) / "summary.json").write_text(json.dumps(summary, indent=2, default=jsonable))
     return summary
+
+
+def _training_cells(data_dir, dataset, tokenizer, training: TrainingConfig):
+    """What pretraining reads, and the training cells the trivial baselines and coverage are computed on: the
+    tokenized train split for both, or, for a folder streaming from SOMA, the stream and the folder's sample."""
+    if "train" in dataset:
+        return dataset["train"], dataset["train"]
+    from .soma import SomaCellStream, training_cells
+
+    cells, described = training_cells(data_dir)
+    stream = SomaCellStream(cells, tokenizer, batch_size=training.per_device_batch_size, seed=training.seed,
+                            max_length=described["max_length"], num_workers=training.dataloader_num_workers)
+    logger.warning(f"streaming {len(cells)} training cells from SOMA experiment {cells.source.display_name()} "
+                   f"({stream.units_per_epoch} batches of {stream.batch_size} per epoch, all processes together)")
+    return stream, dataset["train_sample"]
 
 
 def _adjacency(network: GeneRegulatoryNetwork, tokenizer) -> torch.Tensor:

@@ -76,14 +76,17 @@ class _RunState:
         self.step = 0
         self.best_metric = -math.inf
         self.evaluations_without_gain = 0
+        self.stream: dict | None = None  # a streamed source's position (`SomaCellStream.state_dict`)
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "best_metric": self.best_metric, "without_gain": self.evaluations_without_gain}
+        state = {"step": self.step, "best_metric": self.best_metric, "without_gain": self.evaluations_without_gain}
+        return state if self.stream is None else {**state, "stream": self.stream}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
         self.best_metric = float(state["best_metric"])
         self.evaluations_without_gain = int(state["without_gain"])
+        self.stream = state.get("stream")
 
     def save(self, folder: Path) -> None:
         (folder / RUN_STATE_FILE).write_text(json.dumps(self.state_dict()))  # -inf is written as -Infinity
@@ -177,6 +180,7 @@ class _Run:
     state: _RunState = field(default_factory=_RunState)
     history: dict = field(default_factory=lambda: {"step": [], "loss": [], "eval": []})
     best_state: dict | None = None
+    stream: Any = None  # a source that shards itself across processes (`soma.SomaCellStream`); None: a Dataset
 
     @property
     def checkpoint_root(self) -> Path:
@@ -211,6 +215,8 @@ def _prepare(accelerator, model, train_dataset, collator, config: TrainingConfig
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     if config.torch_compile:
         model = torch.compile(model)
+    if isinstance(train_dataset, torch.utils.data.IterableDataset):
+        return _prepare_stream(accelerator, model, train_dataset, collator, config)
     loader = torch.utils.data.DataLoader(
         train_dataset,
         batch_size=config.per_device_batch_size,
@@ -229,6 +235,22 @@ def _prepare(accelerator, model, train_dataset, collator, config: TrainingConfig
     return _Run(accelerator, model, optimizer, loader, scheduler, config, total_steps, updates_per_epoch)
 
 
+def _prepare_stream(accelerator, model, stream, collator, config: TrainingConfig) -> _Run:
+    """A streamed source (`soma.SomaCellStream`) gives each process its own cells, so its DataLoader is not handed
+    to Accelerate (which would read every cell in every process, or dispatch them from the first); its batches are
+    moved to the device in `_batches`. An epoch is one pass of all processes over the cells."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    loader = stream.loader(collator, config.dataloader_num_workers)
+    optimizer = _optimizer(model, config)
+    updates_per_epoch = max(1, math.ceil(stream.units_per_epoch / accelerator.num_processes
+                                         / config.gradient_accumulation_steps))
+    total_steps = config.max_steps if config.max_steps > 0 else max(1, math.ceil(config.num_epochs * updates_per_epoch))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    return _Run(accelerator, model, optimizer, loader, scheduler, config, total_steps, updates_per_epoch, stream=stream)
+
+
 def _start(run: _Run, project_name: str, extra_tracker_config: dict | None) -> Path | None:
     """Claim the output folder, resume from a checkpoint where asked, start the trackers. Returns the checkpoint
     resumed from, if any."""
@@ -245,6 +267,11 @@ def _start(run: _Run, project_name: str, extra_tracker_config: dict | None) -> P
     accelerator.wait_for_everyone()
     if resume_path is not None:
         run.state.load(resume_path)
+        if run.stream is not None:
+            if run.state.stream is None:
+                raise ValueError(f"{resume_path} records no stream position: it was not written by a streamed run; "
+                                 "resume it with the data it was trained on.")
+            run.stream.load_state_dict(run.state.stream)
         accelerator.load_state(str(resume_path))
         accelerator.print(f"resumed from {resume_path} at step {run.state.step}")
     if accelerator.log_with:
@@ -267,6 +294,8 @@ def _save_checkpoint(run: _Run) -> None:
     accelerator.save_state(str(temporary))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if run.stream is not None:  # every process has consumed the same number of batches
+            run.state.stream = run.stream.state_dict(run.state.step * run.config.gradient_accumulation_steps)
         run.state.save(temporary)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temporary, final)
@@ -343,10 +372,9 @@ def _loop(run: _Run, resume_path, batch_transform, evaluate, metric_for_best, pr
     epoch = state.step // max(run.updates_per_epoch, 1)
     run.model.train()
     while state.step < run.total_steps:
-        run.loader.set_epoch(epoch)  # the seedable sampler shuffles by (seed, epoch): a resumed run sees the same order
-        skip = (state.step % run.updates_per_epoch) * config.gradient_accumulation_steps if resume_path else 0
+        batches = _batches(run, epoch, resume_path is not None)
         resume_path = None
-        for batch in run.accelerator.skip_first_batches(run.loader, skip) if skip else run.loader:
+        for batch in batches:
             _step(run, batch_transform(batch) if batch_transform is not None else batch, window)
             if not run.accelerator.sync_gradients:
                 continue
@@ -368,6 +396,20 @@ def _loop(run: _Run, resume_path, batch_transform, evaluate, metric_for_best, pr
     return last_saved_step
 
 
+def _batches(run: _Run, epoch: int, resuming: bool):
+    """The batches of one epoch (for a Dataset, from where a resumed run stopped), or a stream's endless batches
+    from its position, on the device."""
+    config, state = run.config, run.state
+    if run.stream is not None:
+        if not resuming:
+            run.stream.position = state.step * config.gradient_accumulation_steps
+        device = run.accelerator.device
+        return ({k: v.to(device) for k, v in batch.items()} for batch in run.loader)
+    run.loader.set_epoch(epoch)  # the seedable sampler shuffles by (seed, epoch): a resumed run sees the same order
+    skip = (state.step % run.updates_per_epoch) * config.gradient_accumulation_steps if resuming else 0
+    return run.accelerator.skip_first_batches(run.loader, skip) if skip else run.loader
+
+
 def train(
     model,
     train_dataset,
@@ -380,7 +422,8 @@ def train(
     project_name: str = "scgrn",
     extra_tracker_config: dict | None = None,
 ) -> TrainingResult:
-    """Train `model` on `train_dataset` (a `datasets.Dataset`) batched by `collator`.
+    """Train `model` on `train_dataset` (a `datasets.Dataset`, or a stream that shards itself across processes:
+    `soma.SomaCellStream`) batched by `collator`.
 
     `batch_transform(batch) -> batch` runs on each batch right before its step (random masking belongs there:
     see `DataCollatorForMaskedExpression`). `evaluate(model, accelerator) -> dict` runs at each evaluation point;

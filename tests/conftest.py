@@ -73,3 +73,14 @@ def shared_data_or_skip(path: Path) -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def torchrun(arguments: list, port: int, cwd=None, timeout: int = 600):
+    """`torchrun --nproc_per_node 2` (gloo, CPU, one thread a process) of a script and its arguments."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(port), *map(str, arguments)], env=env, capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd)

@@ -17,7 +17,7 @@ from modeling_scgrn.data import prepare_cells
 from modeling_scgrn.pipeline import run_finetuning, run_pretraining
 from modeling_scgrn.training import TrainingConfig
 
-from conftest import CELLTYPIST_SAMPLE, OMNIPATH_TABLE, shared_data_or_skip
+from conftest import CELLTYPIST_SAMPLE, OMNIPATH_TABLE, shared_data_or_skip, torchrun
 
 TINY_MODEL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                   hidden_dropout_prob=0.1, value_encoding="continuous")
@@ -143,12 +143,7 @@ def test_two_processes_see_different_cells_and_end_with_identical_weights(prepar
     script.write_text(TWO_PROCESS_SCRIPT)
     output = tmp_path / "out"
     output.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-         str(script), str(prepared), str(output), json.dumps(TINY_MODEL)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )
+    result = torchrun([script, prepared, output, json.dumps(TINY_MODEL)], port=29517)
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [json.loads((output / f"seen_rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["world_size"] == 2 for r in ranks)
