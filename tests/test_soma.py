@@ -324,3 +324,18 @@ def test_pretrain_script_streams_with_two_processes(files, tmp_path):
     assert described["train_cells"] == 650 and described["source"]["obs_filter"] == "dataset == 'pbmc68k'"
     assert str(tmp_path) not in (output / "model" / "README.md").read_text()  # no local path in the card
     assert [p.name for p in output.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+
+
+def test_a_prior_aware_panel_is_chosen_from_the_experiment(files, network):
+    soma = soma_or_skip()
+    from modeling_scgrn.data import DataConfig
+    from modeling_scgrn.networks import prior_report
+
+    cells = soma.query_cells(soma.SomaSource(files["uri"], obs_filter="dataset == 'celltypist_sample'"))
+    ranked, report = soma.soma_gene_panel(cells, network, DataConfig(panel="ranked", n_top_genes=500),
+                                          sample_cells=400)
+    hvg, _ = soma.soma_gene_panel(cells, network, DataConfig(panel="hvg", n_top_genes=500), sample_cells=400)
+    assert len(ranked) == len(hvg) == 500 and report["chosen_on_cells"] == 400
+    assert prior_report(network, ranked)["edges_in_panel"] > 2 * prior_report(network, hvg)["edges_in_panel"]
+    everything, _ = soma.soma_gene_panel(cells, network, DataConfig(panel="all"))
+    assert len(everything) == len(set(cells.gene_names)) == 32_787  # the two datasets' genes, joined by name
