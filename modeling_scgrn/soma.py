@@ -121,8 +121,11 @@ def query_cells(source: SomaSource) -> SomaCells:
                                           obs_query=tiledbsoma.AxisQuery(value_filter=source.obs_filter))
             joinids = np.sort(query.obs_joinids().to_numpy().astype(np.int64))
         except (tiledbsoma.SOMAError, ValueError, TypeError) as error:
-            raise ValueError(f"obs_filter {source.obs_filter!r} could not be applied ({' '.join(str(error).split())}); "
-                             "write it as a TileDB value filter over obs columns, e.g. \"dataset == 'pbmc'\".") from error
+            reason = " ".join(str(error).split("At:")[0].split())  # tiledbsoma appends its own stack as text
+            columns = [c for c in experiment.obs.schema.names if c != "soma_joinid"]
+            raise ValueError(f"obs_filter {source.obs_filter!r} could not be applied ({reason}); write it as a TileDB "
+                             f"value filter (e.g. \"tissue == 'blood' and n_genes > 200\") over the obs columns "
+                             f"{columns}.") from error
         if joinids.size == 0:
             raise ValueError(f"the query matches no cells (obs_filter {source.obs_filter!r} over "
                              f"{experiment.obs.count} cells); loosen the filter.")

@@ -272,19 +272,23 @@ def run_script(*arguments, cwd=ROOT):
                           cwd=cwd, timeout=300, env={**os.environ, "SCGRN_DEBUG": ""})
 
 
-@pytest.mark.parametrize("case", ["bad_uri", "empty_query", "missing_layer"])
+@pytest.mark.parametrize("case", ["bad_uri", "empty_query", "missing_layer", "bad_filter", "missing_measurement"])
 def test_bad_soma_sources_give_one_line(case, files, tmp_path):
     soma_or_skip()
     arguments = {"bad_uri": ["--soma", str(tmp_path / "no_such_experiment")],
                  "empty_query": ["--soma", files["uri"], "--obs_filter", "dataset == 'no such dataset'"],
-                 "missing_layer": ["--soma", files["uri"], "--layer", "counts"]}[case]
+                 "missing_layer": ["--soma", files["uri"], "--layer", "counts"],
+                 "bad_filter": ["--soma", files["uri"], "--obs_filter", "tissue == 'blood'"],
+                 "missing_measurement": ["--soma", files["uri"], "--measurement", "ATAC"]}[case]
     result = run_script(*arguments, "--prior", str(OMNIPATH_TABLE), "--output_dir", str(tmp_path / "run"))
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
     expected = {"bad_uri": "is not a TileDB-SOMA experiment", "empty_query": "the query matches no cells",
-                "missing_layer": "has no X layer 'counts'; its layers are ['raw']"}[case]
+                "missing_layer": "has no X layer 'counts'; its layers are ['raw']",
+                "bad_filter": "Column tissue does not exist in schema'); write it as a TileDB value filter",
+                "missing_measurement": "has no measurement 'ATAC'; it has ['RNA']"}[case]
     assert expected in errors[0]
     assert not (tmp_path / "run").exists()  # nothing left behind
 
