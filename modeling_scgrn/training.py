@@ -55,6 +55,8 @@ class TrainingConfig:
     mask_probability: float = field(default=0.15, metadata={"help": "pretraining: share of gene values hidden"})
     class_weighting: bool = field(default=True, metadata={"help": "finetuning: inverse-frequency class weights"})
     early_stopping_patience: int = field(default=0, metadata={"help": "finetuning: evaluations without macro-F1 gain before stopping; 0 = off"})
+    layer_decay: float = field(default=1.0, metadata={"help": "finetuning: layer-wise learning-rate decay; each "
+                                                              "layer below the head learns this factor slower (1 = off)"})
     freeze_encoder: bool = field(default=False, metadata={"help": "finetuning: train the classifier only (linear probe)"})
     dataloader_num_workers: int = field(default=0, metadata={"help": "worker processes of each DataLoader"})
     show_progress: bool = field(default=True, metadata={"help": "tqdm progress bar on the main process"})
@@ -142,14 +144,33 @@ def _warn_unapplied_sharding(accelerator) -> None:
             )
 
 
+def layer_depth(name: str, num_layers: int) -> int:
+    """How far a parameter sits from the output, for layer-wise learning-rate decay: 0 for the head and the final
+    norm, `num_layers - i` for Transformer layer `i`, `num_layers + 1` for the embeddings."""
+    parts = name.split(".")
+    if "layers" in parts:
+        return num_layers - int(parts[parts.index("layers") + 1])
+    return num_layers + 1 if "embeddings" in parts else 0
+
+
 def _optimizer(model, config: TrainingConfig):
-    decay, no_decay = [], []
+    """AdamW without weight decay on norms, biases and embeddings; with `layer_decay < 1`, each parameter's learning
+    rate is `learning_rate x layer_decay ** layer_depth` (BEiT/ELECTRA-style finetuning: the head learns fastest,
+    the embeddings slowest)."""
+    num_layers = getattr(getattr(model, "config", None), "num_hidden_layers", 0)
+    groups: dict[tuple, dict] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        (no_decay if parameter.ndim < 2 or "norm" in name or "embeddings" in name else decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.learning_rate)
+        decayed = not (parameter.ndim < 2 or "norm" in name or "embeddings" in name)
+        scale = config.layer_decay ** layer_depth(name, num_layers) if config.layer_decay != 1.0 else 1.0
+        group = groups.setdefault((decayed, scale), {"params": [], "weight_decay": config.weight_decay if decayed
+                                                     else 0.0, "lr": config.learning_rate * scale})
+        group["params"].append(parameter)
+    if not 0 < config.layer_decay <= 1:
+        raise ValueError(f"layer_decay={config.layer_decay} must be in (0, 1]; 1 turns it off.")
+    ordered = sorted(groups.items(), key=lambda item: (not item[0][0], -item[0][1]))  # decayed first, as always
+    return torch.optim.AdamW([group for _, group in ordered], lr=config.learning_rate)
 
 
 @dataclass

@@ -303,3 +303,26 @@ def test_pretrained_model_finetunes_on_a_new_dataset_with_other_genes(prepared, 
     renamed.write_h5ad(tmp_path / "ensembl.h5ad")
     with pytest.raises(ValueError, match="none of the 765 genes"):
         prepare_cells(str(tmp_path / "ensembl.h5ad"), network, tmp_path / "y", tokenizer=pretrained)
+
+
+def test_layer_decay_gives_each_layer_its_learning_rate(tokenizer):
+    from conftest import tiny_config
+    from modeling_scgrn import ScGrnForCellClassification
+    from modeling_scgrn.training import _optimizer, layer_depth
+
+    model = ScGrnForCellClassification(tiny_config(tokenizer, num_hidden_layers=3))
+    assert [layer_depth(n, 3) for n in ("classifier.weight", "scgrn.norm.weight", "scgrn.layers.2.mlp.up_proj.weight",
+                                        "scgrn.layers.0.self_attn.q_proj.weight",
+                                        "scgrn.embeddings.gene_embeddings.weight")] == [0, 0, 1, 3, 4]
+    optimizer = _optimizer(model, TrainingConfig(learning_rate=1e-3, layer_decay=0.5))
+    rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    parameters = dict(model.named_parameters())
+    assert rate[id(parameters["classifier.weight"])] == pytest.approx(1e-3)
+    assert rate[id(parameters["scgrn.layers.2.mlp.up_proj.weight"])] == pytest.approx(5e-4)
+    assert rate[id(parameters["scgrn.layers.0.mlp.up_proj.weight"])] == pytest.approx(1.25e-4)
+    assert rate[id(parameters["scgrn.embeddings.gene_embeddings.weight"])] == pytest.approx(6.25e-5)
+    plain = _optimizer(model, TrainingConfig(learning_rate=1e-3))  # off: the two groups as always
+    assert [g["weight_decay"] for g in plain.param_groups] == [0.01, 0.0]
+    assert {g["lr"] for g in plain.param_groups} == {1e-3}
+    with pytest.raises(ValueError, match="layer_decay=1.5 must be in"):
+        _optimizer(model, TrainingConfig(layer_decay=1.5))
