@@ -87,17 +87,20 @@ def run_data(data_dir, output_dir, *, cells=None, soma=None, prior=None, resumin
         return data_dir
     folder = Path(output_dir) / "data"
     options = {k: v for k, v in options.items() if v is not None}
-    with _one_writer_per_folder():
+
+    def write():
         if (folder / "dataset").is_dir() and (resuming or _other_process_wrote(folder)):
-            return folder
+            return
         if soma is None:
             tokenize_files(cells, prior, folder, **options)
-        else:
-            from .soma import prepare_soma
+            return
+        from .soma import prepare_soma
 
-            network = GeneRegulatoryNetwork.read(prior, options.pop("resource", "collectri"))
-            print(network)
-            prepare_soma(soma, network, folder, **options)
+        network = GeneRegulatoryNetwork.read(prior, options.pop("resource", "collectri"))
+        print(network)
+        prepare_soma(soma, network, folder, **options)
+
+    _in_turn(write)
     return folder
 
 
@@ -108,22 +111,28 @@ def _other_process_wrote(folder: Path) -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and (folder / "dataset").is_dir()
 
 
-def _one_writer_per_folder():
-    """Several processes (torchrun, accelerate launch): the first process writes the data folder while the others
-    wait, then on each machine the first of its processes (on a disk that machine does not share), then the rest,
-    which find it written; one process alone just runs."""
+def _in_turn(write) -> None:
+    """Run `write` once per folder in a run of several processes (torchrun, accelerate launch): first in process 0
+    while the others wait, then in the first process of each machine (whose disk may be its own), then in the
+    rest, which find the folder written. When a writer fails (it prints the one-line error), the others end with
+    status 2 and nothing more to say. One process alone just writes."""
     import os
-    from contextlib import ExitStack, nullcontext
+    import sys
 
     if int(os.environ.get("WORLD_SIZE", "1")) < 2:
-        return nullcontext()
+        write()
+        return
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())  # as the training's Accelerator will ask
-    stack = ExitStack()
-    stack.enter_context(state.main_process_first())
-    stack.enter_context(state.local_main_process_first())
-    return stack
+    turn = 0 if state.is_main_process else 1 if state.is_local_main_process else 2
+    for now in range(3):
+        if now == turn:
+            write()
+        try:
+            state.wait_for_everyone()
+        except RuntimeError:  # a writer's process ended: its error line is the report
+            sys.exit(2)
 
 
 def run_pretraining(data_dir, output_dir, *, model_options: dict, training_options: dict,

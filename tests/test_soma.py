@@ -343,3 +343,17 @@ def test_a_prior_aware_panel_is_chosen_from_the_experiment(files, network):
     assert prior_report(network, ranked)["edges_in_panel"] > 2 * prior_report(network, hvg)["edges_in_panel"]
     everything, _ = soma.soma_gene_panel(cells, network, DataConfig(panel="all"))
     assert len(everything) == len(set(cells.gene_names)) == 32_787  # the two datasets' genes, joined by name
+
+
+def test_a_bad_source_under_torchrun_ends_every_process_with_one_line(tmp_path):
+    """The first process finds the experiment missing and says so once; the other, waiting for the data folder,
+    ends without a traceback of its own (torchrun still prints its launcher's summary)."""
+    soma_or_skip()
+    result = torchrun(["pretrain/run.py", "--soma", tmp_path / "missing", "--prior", OMNIPATH_TABLE, "--output_dir",
+                       tmp_path / "run"], port=29535, cwd=ROOT)
+    assert result.returncode != 0
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: {tmp_path / 'missing'} is not a TileDB-SOMA experiment (DoesNotExistError); give the folder "
+        "tiledbsoma.io.from_anndata wrote, or a Census release with --census."]
+    assert "Connection closed by peer" not in result.stderr and "[rank1]" not in result.stderr
+    assert not (tmp_path / "run").exists()
