@@ -428,6 +428,8 @@ def prepare_soma(source: SomaSource, network, output_dir, data=None, *, tokenize
     from .tokenization_scgrn import ScGrnTokenizer
 
     data = DataConfig.from_dict({**dataclasses.asdict(data or DataConfig()), **settings})
+    if not data.normalize:
+        raise ValueError("a SOMA layer is read as raw counts (the Census's 'raw'); normalize=False does not apply.")
     check_output_folder(output_dir, overwrite=overwrite, inputs=(source.uri,) if "://" not in source.uri else ())
     cells = query_cells(source)
     check_raw_counts(read_block(cells, cells.joinids[:200])[0])
@@ -503,5 +505,7 @@ def census_source(release: str, *, organism: str = "homo_sapiens", obs_filter: s
         raise ImportError("--census needs the census extra: pip install 'scgrn[census]'") from error
     with cellxgene_census.open_soma(census_version=release) as census:
         experiment = census["census_data"][organism]
-        config = {k: v for k, v in census.context.tiledb_config.items() if str(k).startswith("vfs.s3.")}
+        # the region and anonymous access only: credentials and local paths never go into the data folder
+        config = {k: v for k, v in census.context.tiledb_config.items()
+                  if k in ("vfs.s3.region", "vfs.s3.no_sign_request")}
         return SomaSource(experiment.uri, "RNA", "raw", obs_filter, gene_column, config)
