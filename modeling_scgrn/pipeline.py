@@ -89,7 +89,8 @@ def run_data(data_dir, output_dir, *, cells=None, soma=None, prior=None, resumin
     options = {k: v for k, v in options.items() if v is not None}
 
     def write():
-        if (folder / "dataset").is_dir() and (resuming or _other_process_wrote(folder)):
+        # a resumed run keeps its folder; in a run of several processes, another one may just have written it
+        if (folder / "dataset").is_dir() and (resuming or _processes() > 1):
             return
         if soma is None:
             tokenize_files(cells, prior, folder, **options)
@@ -104,11 +105,11 @@ def run_data(data_dir, output_dir, *, cells=None, soma=None, prior=None, resumin
     return folder
 
 
-def _other_process_wrote(folder: Path) -> bool:
-    """In a run of several processes, the data folder that another process of this run has just written."""
+def _processes() -> int:
+    """The processes of this run (torchrun, accelerate launch), before any process group exists."""
     import os
 
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and (folder / "dataset").is_dir()
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _in_turn(write) -> None:
@@ -116,10 +117,9 @@ def _in_turn(write) -> None:
     while the others wait, then in the first process of each machine (whose disk may be its own), then in the
     rest, which find the folder written. When a writer fails (it prints the one-line error), the others end with
     status 2 and nothing more to say. One process alone just writes."""
-    import os
     import sys
 
-    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+    if _processes() < 2:
         write()
         return
     from accelerate import PartialState

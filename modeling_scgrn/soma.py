@@ -18,6 +18,7 @@ never imported by the model files.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -106,7 +107,9 @@ class SomaCells:
     def subset(self, joinids) -> "SomaCells":
         return dataclasses.replace(self, joinids=np.sort(np.asarray(joinids, dtype=np.int64)))
 
+    @functools.cached_property
     def fingerprint(self) -> str:
+        """SHA-256 of the joinids, computed once (every checkpoint records it)."""
         return hashlib.sha256(np.ascontiguousarray(self.joinids, dtype=np.int64).tobytes()).hexdigest()
 
 
@@ -239,7 +242,7 @@ class SomaCellStream(torch.utils.data.IterableDataset):
         """What a checkpoint records: the position, and what the sequence depends on (checked on resume)."""
         _, world_size = _distributed()
         return {"position": int(self.position if position is None else position), "cells": len(self.cells),
-                "cells_sha256": self.cells.fingerprint(), "batch_size": self.batch_size, "seed": self.seed,
+                "cells_sha256": self.cells.fingerprint, "batch_size": self.batch_size, "seed": self.seed,
                 "shuffle_chunk_size": self.shuffle_chunk_size, "io_batches": self.io_batches,
                 "world_size": world_size, "num_workers": max(self.num_workers, 1)}
 
@@ -453,7 +456,7 @@ def prepare_soma(source: SomaSource, network, output_dir, data=None, *, tokenize
                 "cells": len(cells), "data_config": dataclasses.asdict(data), "panel": panel_report,
                 "split": {"seed": data.seed, "train": len(train), "validation": len(validation), "test": 0,
                           "train_sample": len(sample)}}
-    described = {"source": cells.source.to_dict(), "train_cells": len(train), "train_cells_sha256": train.fingerprint(),
+    described = {"source": cells.source.to_dict(), "train_cells": len(train), "train_cells_sha256": train.fingerprint,
                  "validation_joinids": validation.joinids.tolist(), "max_length": data.max_length,
                  "obs_columns": list(obs_columns)}
     import datasets
@@ -488,7 +491,7 @@ def training_cells(data_dir) -> tuple[SomaCells, dict]:
     described = json.loads((Path(data_dir) / SOURCE_FILE).read_text())
     cells = query_cells(SomaSource(**described["source"]))
     train = cells.subset(np.setdiff1d(cells.joinids, np.asarray(described["validation_joinids"], dtype=np.int64)))
-    if train.fingerprint() != described["train_cells_sha256"]:
+    if train.fingerprint != described["train_cells_sha256"]:
         raise ValueError(f"the SOMA query now matches other training cells ({len(train)}) than when {data_dir} was "
                          f"written ({described['train_cells']}); the experiment changed: write a new data folder.")
     return train, described

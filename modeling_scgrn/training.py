@@ -157,18 +157,18 @@ def _optimizer(model, config: TrainingConfig):
     """AdamW without weight decay on norms, biases and embeddings; with `layer_decay < 1`, each parameter's learning
     rate is `learning_rate x layer_decay ** layer_depth` (BEiT/ELECTRA-style finetuning: the head learns fastest,
     the embeddings slowest)."""
+    if not 0 < config.layer_decay <= 1:
+        raise ValueError(f"layer_decay={config.layer_decay} must be in (0, 1]; 1 turns it off.")
     num_layers = getattr(getattr(model, "config", None), "num_hidden_layers", 0)
     groups: dict[tuple, dict] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
         decayed = not (parameter.ndim < 2 or "norm" in name or "embeddings" in name)
-        scale = config.layer_decay ** layer_depth(name, num_layers) if config.layer_decay != 1.0 else 1.0
+        scale = config.layer_decay ** layer_depth(name, num_layers)  # 1 when off
         group = groups.setdefault((decayed, scale), {"params": [], "weight_decay": config.weight_decay if decayed
                                                      else 0.0, "lr": config.learning_rate * scale})
         group["params"].append(parameter)
-    if not 0 < config.layer_decay <= 1:
-        raise ValueError(f"layer_decay={config.layer_decay} must be in (0, 1]; 1 turns it off.")
     ordered = sorted(groups.items(), key=lambda item: (not item[0][0], -item[0][1]))  # decayed first, as always
     return torch.optim.AdamW([group for _, group in ordered], lr=config.learning_rate)
 
@@ -230,45 +230,40 @@ def _accelerator(config: TrainingConfig):
 
 
 def _prepare(accelerator, model, train_dataset, collator, config: TrainingConfig) -> _Run:
+    """The DataLoader, optimizer and schedule, through Accelerate. A stream that shards itself across processes
+    (`soma.SomaCellStream`) keeps its own DataLoader: Accelerate would read every cell in every process, or
+    dispatch them from the first; its batches are moved to the device in `_batches`. An epoch is one pass of all
+    processes over the cells either way."""
     from transformers import get_cosine_schedule_with_warmup
 
     if config.gradient_checkpointing:  # transformers renamed it activation checkpointing; the old name warns
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     if config.torch_compile:
         model = torch.compile(model)
-    if isinstance(train_dataset, torch.utils.data.IterableDataset):
-        return _prepare_stream(accelerator, model, train_dataset, collator, config)
-    loader = torch.utils.data.DataLoader(
-        train_dataset,
-        batch_size=config.per_device_batch_size,
-        shuffle=True,
-        collate_fn=collator,
-        num_workers=config.dataloader_num_workers,
-        # its own generator: starting an iterator then draws from it, not from the global RNG, so a resumed run
-        # keeps the global random stream (masks, dropout) of the uninterrupted one
-        generator=torch.Generator().manual_seed(config.seed),
-    )
+    stream = train_dataset if isinstance(train_dataset, torch.utils.data.IterableDataset) else None
+    if stream is None:
+        loader = torch.utils.data.DataLoader(
+            train_dataset,
+            batch_size=config.per_device_batch_size,
+            shuffle=True,
+            collate_fn=collator,
+            num_workers=config.dataloader_num_workers,
+            # its own generator: starting an iterator then draws from it, not from the global RNG, so a resumed run
+            # keeps the global random stream (masks, dropout) of the uninterrupted one
+            generator=torch.Generator().manual_seed(config.seed),
+        )
+        batches_per_epoch = len(loader)
+    else:
+        loader, batches_per_epoch = stream.loader(collator, config.dataloader_num_workers), stream.units_per_epoch
     optimizer = _optimizer(model, config)
-    updates_per_epoch = math.ceil(len(loader) / accelerator.num_processes / config.gradient_accumulation_steps)
-    total_steps = config.max_steps if config.max_steps > 0 else max(1, math.ceil(config.num_epochs * updates_per_epoch))
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    return _Run(accelerator, model, optimizer, loader, scheduler, config, total_steps, updates_per_epoch)
-
-
-def _prepare_stream(accelerator, model, stream, collator, config: TrainingConfig) -> _Run:
-    """A streamed source (`soma.SomaCellStream`) gives each process its own cells, so its DataLoader is not handed
-    to Accelerate (which would read every cell in every process, or dispatch them from the first); its batches are
-    moved to the device in `_batches`. An epoch is one pass of all processes over the cells."""
-    from transformers import get_cosine_schedule_with_warmup
-
-    loader = stream.loader(collator, config.dataloader_num_workers)
-    optimizer = _optimizer(model, config)
-    updates_per_epoch = max(1, math.ceil(stream.units_per_epoch / accelerator.num_processes
+    updates_per_epoch = max(1, math.ceil(batches_per_epoch / accelerator.num_processes
                                          / config.gradient_accumulation_steps))
     total_steps = config.max_steps if config.max_steps > 0 else max(1, math.ceil(config.num_epochs * updates_per_epoch))
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if stream is None:
+        model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    else:
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     return _Run(accelerator, model, optimizer, loader, scheduler, config, total_steps, updates_per_epoch, stream=stream)
 
 
