@@ -84,3 +84,16 @@ def torchrun(arguments: list, port: int, cwd=None, timeout: int = 600):
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                            str(port), *map(str, arguments)], env=env, capture_output=True, text=True, timeout=timeout,
                           cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def collectri_prior():
+    """The real CollecTRI network (OmniPath's table in ../shared/data), read once for the session; its warnings
+    (self edges, merged duplicates) are the reader's own tests' business."""
+    import warnings
+
+    from modeling_scgrn.networks import GeneRegulatoryNetwork
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return GeneRegulatoryNetwork.read(shared_data_or_skip(OMNIPATH_TABLE), "collectri")

@@ -1,13 +1,10 @@
 """Knockout validation: reachability, scoring against truth, the linear baseline, and a tiny end-to-end run."""
 
-import warnings
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from conftest import OMNIPATH_TABLE, shared_data_or_skip
 from modeling_scgrn.knockouts import downstream, knockout_candidates, score_knockout
 
 EDGES = pd.DataFrame({"source": ["A", "A", "B", "B", "D"], "target": ["B", "C", "D", "E", "F"], "sign": 1})
@@ -29,19 +26,15 @@ def test_scores_reward_the_right_signs_and_ranking():
     assert flipped["sign_accuracy_direct"] == 0.0 and flipped["pearson"] == pytest.approx(-1.0)
 
 
-def test_tiny_validation_runs_every_predictor():
+def test_tiny_validation_runs_every_predictor(collectri_prior):
     pytest.importorskip("sergio_rs")
     from modeling_scgrn import ScGrnForMaskedExpressionModeling, ScGrnTokenizer
     from modeling_scgrn.knockouts import validate_knockouts
-    from modeling_scgrn.networks import GeneRegulatoryNetwork
     from modeling_scgrn.simulate import simulate_cells, true_edges
 
     from conftest import tiny_config
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prior = GeneRegulatoryNetwork.read(shared_data_or_skip(OMNIPATH_TABLE), "collectri")
-    cells = simulate_cells(prior, n_genes=40, n_cells=60, n_cell_types=3, seed=1, targets_per_regulator=10)
+    cells = simulate_cells(collectri_prior, n_genes=40, n_cells=60, n_cell_types=3, seed=1, targets_per_regulator=10)
     tokenizer = ScGrnTokenizer.from_genes(list(cells.var_names), n_bins=5)
     torch.manual_seed(0)
     model = ScGrnForMaskedExpressionModeling(tiny_config(tokenizer, value_encoding="continuous", grn_mode="dense"))

@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ import pytest
 
 from conftest import OMNIPATH_TABLE, shared_data_or_skip
 from modeling_scgrn.known_truth import candidate_pairs, corrupted_network, edge_recovery, unrelated_network
-from modeling_scgrn.networks import GeneRegulatoryNetwork
 
 ROOT = Path(__file__).resolve().parents[1]
 TRUE = pd.DataFrame({"source": ["A", "A", "A", "B", "B", "C", "C", "C"],
@@ -31,11 +29,9 @@ def test_corrupted_networks_remove_and_add_the_stated_shares():
     assert corrupted_network(TRUE, GENES, removed=0.5, seed=0).edges.equals(removed)
 
 
-def test_unrelated_network_is_a_real_topology_on_the_same_genes_without_true_edges():
+def test_unrelated_network_is_a_real_topology_on_the_same_genes_without_true_edges(collectri_prior):
     pytest.importorskip("sergio_rs")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prior = GeneRegulatoryNetwork.read(shared_data_or_skip(OMNIPATH_TABLE), "collectri")
+    prior = collectri_prior
     from modeling_scgrn.simulate import simulate_cells, true_edges
 
     cells = simulate_cells(prior, n_genes=40, n_cells=30, n_cell_types=2, seed=3)

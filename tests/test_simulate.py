@@ -3,7 +3,6 @@ relation to the prior, knockouts, chunked corpora, and the script's errors."""
 
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def prior():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return GeneRegulatoryNetwork.read(shared_data_or_skip(OMNIPATH_TABLE), "collectri")
+def prior(collectri_prior):
+    return collectri_prior
 
 
 @pytest.fixture(scope="module")

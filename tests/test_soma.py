@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,6 @@ import torch
 from safetensors.torch import load_file
 
 from modeling_scgrn.data import pbmc68k_reduced_counts, tokenize_anndata
-from modeling_scgrn.networks import GeneRegulatoryNetwork
 from modeling_scgrn.pipeline import run_pretraining
 
 from conftest import CELLTYPIST_SAMPLE, OMNIPATH_TABLE, shared_data_or_skip, torchrun
@@ -55,10 +53,8 @@ def files(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def network():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return GeneRegulatoryNetwork.read(shared_data_or_skip(OMNIPATH_TABLE), "collectri")
+def network(collectri_prior):
+    return collectri_prior
 
 
 @pytest.fixture(scope="module")
