@@ -7,6 +7,7 @@ corrupt checkpoint; `resume_from_checkpoint="latest"` continues the same run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -46,6 +47,9 @@ class TrainingConfig:
     mixed_precision: str = field(default="auto", metadata={"help": "'no', 'bf16', 'fp16' or 'auto' (bf16 where the GPU has it)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory"})
     torch_compile: bool = field(default=False, metadata={"help": "compile the model with torch.compile"})
+    deterministic: bool = field(default=False, metadata={"help": "deterministic kernels only (torch's "
+                                                                 "use_deterministic_algorithms): bit-identical reruns "
+                                                                 "and resumes on a GPU, at some cost in speed"})
     logging_steps: int = field(default=10, metadata={"help": "log metrics every N optimizer steps"})
     eval_steps: int = field(default=0, metadata={"help": "evaluate every N steps; 0 = at the end of each epoch"})
     checkpoint_steps: int = field(default=0, metadata={"help": "save a resumable checkpoint every N steps; 0 = only at the end"})
@@ -447,28 +451,45 @@ def train(
     `early_stopping_patience` applies. The output folder is claimed for `project_name` (a fresh run refuses one
     holding another run's checkpoints). Returns a [`TrainingResult`].
     """
-    accelerator = _accelerator(config)
-    run = _prepare(accelerator, model, train_dataset, collator, config)
-    resume_path = _start(run, project_name, extra_tracker_config)
-    progress = tqdm(
-        total=run.total_steps, initial=run.state.step, desc=project_name,
-        mininterval=0.1 if _interactive() else 5.0,
-        disable=not (config.show_progress and accelerator.is_local_main_process),
-    )
-    last_saved_step = _loop(run, resume_path, batch_transform, evaluate, metric_for_best, progress)
-    progress.close()
-    if last_saved_step != run.state.step:  # the final state, unless the last step was just checkpointed
-        _save_checkpoint(run)
-    unwrapped = accelerator.unwrap_model(run.model)
-    if run.best_state is not None:
-        unwrapped.load_state_dict(run.best_state)
-    accelerator.end_training()
-    if accelerator.is_main_process:
-        output_dir = Path(config.output_dir)
-        plot_training_curves(run.history, output_dir / "training_curves.png")
-        (output_dir / "history.json").write_text(json.dumps(run.history, indent=2, default=jsonable))
-    return TrainingResult(unwrapped, run.history, run.state.step, accelerator.is_main_process,
-                          accelerator.process_index, accelerator.num_processes)
+    with deterministic_kernels(config.deterministic):
+        accelerator = _accelerator(config)
+        run = _prepare(accelerator, model, train_dataset, collator, config)
+        resume_path = _start(run, project_name, extra_tracker_config)
+        progress = tqdm(
+            total=run.total_steps, initial=run.state.step, desc=project_name,
+            mininterval=0.1 if _interactive() else 5.0,
+            disable=not (config.show_progress and accelerator.is_local_main_process),
+        )
+        last_saved_step = _loop(run, resume_path, batch_transform, evaluate, metric_for_best, progress)
+        progress.close()
+        if last_saved_step != run.state.step:  # the final state, unless the last step was just checkpointed
+            _save_checkpoint(run)
+        unwrapped = accelerator.unwrap_model(run.model)
+        if run.best_state is not None:
+            unwrapped.load_state_dict(run.best_state)
+        accelerator.end_training()
+        if accelerator.is_main_process:
+            output_dir = Path(config.output_dir)
+            plot_training_curves(run.history, output_dir / "training_curves.png")
+            (output_dir / "history.json").write_text(json.dumps(run.history, indent=2, default=jsonable))
+        return TrainingResult(unwrapped, run.history, run.state.step, accelerator.is_main_process,
+                              accelerator.process_index, accelerator.num_processes)
+
+
+@contextlib.contextmanager
+def deterministic_kernels(enabled: bool):
+    """torch's deterministic algorithms while a run lasts (`training.deterministic`), the previous setting restored
+    after; cuBLAS's workspace setting too, which it reads when its first handle is made. Off: nothing changes."""
+    if not enabled:
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
 
 
 def _interactive() -> bool:

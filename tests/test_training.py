@@ -75,6 +75,25 @@ def test_resume_after_crash_gives_the_uninterrupted_weights(prepared, tmp_path):
     assert kept == ["step_00000008", "step_00000012"]  # keep_last_checkpoints=2
 
 
+def test_deterministic_kernels_run_the_same_steps_and_are_switched_off_after(prepared, tmp_path, monkeypatch):
+    """`training.deterministic` runs every step (grn_structured's index_add/scatter included) under torch's
+    deterministic algorithms, restores the previous setting after, and on CPU changes no result."""
+    from modeling_scgrn import collators as data_module
+
+    seen, original = {}, data_module.DataCollatorForMaskedExpression.pad
+    options = quiet(max_steps=4, per_device_batch_size=16, seed=1)
+    for name, deterministic in [("plain", False), ("deterministic", True)]:
+        flags = seen.setdefault(name, [])  # every batch, training's and evaluation's
+        monkeypatch.setattr(data_module.DataCollatorForMaskedExpression, "pad", lambda self, features, flags=flags: (
+            flags.append(torch.are_deterministic_algorithms_enabled()) or original(self, features)))
+        run_pretraining(prepared, tmp_path / name, model_options=TINY_MODEL,
+                        training_options={**options, "deterministic": deterministic})
+    assert True not in seen["plain"] and seen["deterministic"].count(True) >= 4  # the 4 training steps
+    assert not torch.are_deterministic_algorithms_enabled()
+    plain, deterministic = final_weights(tmp_path / "plain"), final_weights(tmp_path / "deterministic")
+    assert all(torch.equal(plain[name], deterministic[name]) for name in plain)
+
+
 class _Exploit:
     """Unpickling this creates a file: what a crafted checkpoint could do if anything in it were unpickled."""
 
