@@ -1,5 +1,6 @@
 """Attention functions and hand-written autograd kernels of the scgrn encoder: the eager reference, the exact
-prior-structured attention (registered in transformers' attention registry as `"grn_structured"`), and the SwiGLU
+prior-structured attention (registered in transformers' attention registry as `"grn_structured"`), the default
+`"grn_auto"` that runs the kernel chosen for the device of its inputs (`DEVICE_ATTENTION`), and the SwiGLU
 feed-forward that keeps less for its backward pass.
 
 Shipped next to the weights for `trust_remote_code` loading: it imports only torch, transformers and its sibling
@@ -253,4 +254,32 @@ def flex_compile_scope(attn_implementation: str, device: torch.device):
     return contextlib.nullcontext()
 
 
+AUTO_ATTENTION = "grn_auto"
+# The kernel the default `attn_implementation="grn_auto"` runs on each device type, chosen from measurements
+# (benchmarks/README.md, "The default attention on each device"). CPU: `grn_structured` trains 3-8x faster than
+# the dense model at 2,048-8,192 genes and flex has no backward. CUDA: no GPU timing yet; on the same real cells
+# `grn_structured` scores 0.01-0.16% of the L^2 pairs where flex computes 4-18% of the 128 x 128 blocks, and it
+# builds its mask in ~10 ms where flex's BlockMask took 0.7-21 s and up to 10 GiB per 32,768-token batch
+# (2,048-32,768 genes). `benchmarks/gpu_suite.py` prints the fastest exact kernel it measures beside this table.
+DEVICE_ATTENTION = {"cpu": "grn_structured", "cuda": "grn_structured"}
+FALLBACK_ATTENTION = "grn_structured"  # plain torch ops: exact on any device type not in the table
+
+
+def attention_on(attn_implementation: str, device: torch.device | str) -> str:
+    """The kernel an `attn_implementation` runs on `device`: `DEVICE_ATTENTION`'s entry for the device's type (else
+    `FALLBACK_ATTENTION`) for `"grn_auto"`, and the implementation itself for any other name."""
+    if attn_implementation != AUTO_ATTENTION:
+        return attn_implementation
+    return DEVICE_ATTENTION.get(torch.device(device).type, FALLBACK_ATTENTION)
+
+
+def auto_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask, **kwargs):
+    """`attn_implementation="grn_auto"`: the registered kernel of [`attention_on`] for the inputs' device (the
+    model builds the mask in that kernel's form, from the same choice)."""
+    kernel = ALL_ATTENTION_FUNCTIONS.get_interface(attention_on(AUTO_ATTENTION, query.device), eager_attention_forward)
+    return kernel(module, query, key, value, attention_mask, **kwargs)
+
+
 AttentionInterface.register("grn_structured", grn_structured_attention_forward)
+AttentionInterface.register(AUTO_ATTENTION, auto_attention_forward)

@@ -20,7 +20,14 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_scgrn import ScGrnConfig
-from .kernels import _SwiGLU, eager_attention_forward, flex_compile_scope, is_plain_linear
+from .kernels import (
+    AUTO_ATTENTION,
+    _SwiGLU,
+    attention_on,
+    eager_attention_forward,
+    flex_compile_scope,
+    is_plain_linear,
+)
 from .masks import (
     BOOLEAN_MASKS,
     StructuredAttentionPlan,
@@ -208,17 +215,19 @@ class ScGrnPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
 
     def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
-        """Without an explicit choice, use the prior-structured exact attention (`"grn_structured"`, which hands
-        dense blocks and mask options it does not cover to `sdpa`); `"eager"`, `"sdpa"`, `"flex_attention"` (with a
-        block mask built from the prior) and any registered function stay selectable by `attn_implementation`."""
+        """Without an explicit choice, `"grn_auto"`: at each forward pass, the kernel chosen for the inputs' device
+        (`kernels.DEVICE_ATTENTION`; today the prior-structured exact `"grn_structured"` on CPU and CUDA, which
+        hands dense blocks and mask options it does not cover to `sdpa`). `"grn_structured"`, `"eager"`, `"sdpa"`,
+        `"flex_attention"` (with a block mask built from the prior) and any registered function stay selectable by
+        `attn_implementation`."""
         if requested_attention is None:
-            return "grn_structured"
+            return AUTO_ATTENTION
         known = {"eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()}
         if requested_attention not in known and "/" not in requested_attention and "|" not in requested_attention:
             raise ValueError(
-                f"attn_implementation={requested_attention!r} is not available; choose 'grn_structured' (the "
-                "default, exact and prior-structured), 'sdpa', 'flex_attention' or 'eager' (the only one returning "
-                "attention weights).")
+                f"attn_implementation={requested_attention!r} is not available; choose 'grn_auto' (the default: "
+                "the kernel chosen for the inputs' device), 'grn_structured' (exact and prior-structured), 'sdpa', "
+                "'flex_attention' or 'eager' (the only one returning attention weights).")
         return super().get_correct_attn_implementation(requested_attention, is_init_check)
 
     def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
@@ -314,13 +323,13 @@ class ScGrnModel(ScGrnPreTrainedModel):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, boolean: bool = True
     ) -> list:
         """The boolean `(batch, 1, L, L)` mask of each block (the same object where blocks share a mask). With
-        `boolean=False`, what each block's attention receives, in the form its kernel takes ([`mask_form`]): with
-        `attn_implementation="grn_structured"`, GRN blocks get the equivalent [`StructuredAttentionPlan`] (never
-        materialised as L x L); with `"flex_attention"`, every block gets the equivalent flex `BlockMask`; dense
-        blocks of other kernels get the cheapest exact form ([`dense_attention_mask`]: `None` without padding, else
-        a key-padding mask)."""
+        `boolean=False`, what each block's attention receives, in the form its kernel on the inputs' device takes
+        ([`mask_form`] of [`attention_on`]): with `"grn_structured"`, GRN blocks get the equivalent
+        [`StructuredAttentionPlan`] (never materialised as L x L); with `"flex_attention"`, every block gets the
+        equivalent flex `BlockMask`; dense blocks of other kernels get the cheapest exact form
+        ([`dense_attention_mask`]: `None` without padding, else a key-padding mask)."""
         c = self.config
-        form = BOOLEAN_MASKS if boolean else mask_form(c._attn_implementation)
+        form = BOOLEAN_MASKS if boolean else mask_form(attention_on(c._attn_implementation, input_ids.device))
         rules = self.mask_rules()
         num_grn = self.num_grn_layers
         dense = [form.dense(input_ids, attention_mask, rules)] if num_grn < c.num_hidden_layers else []
@@ -387,8 +396,8 @@ class ScGrnModel(ScGrnPreTrainedModel):
         if attention_mask is None:
             attention_mask = (input_ids != self.config.pad_token_id).long()
         token_inputs = (input_ids, attention_mask, expression_values, expression_bins)
-        order = None
-        if mask_form(self.config._attn_implementation).reorders_tokens and self.num_grn_layers > 0:
+        order, kernel = None, attention_on(self.config._attn_implementation, input_ids.device)
+        if mask_form(kernel).reorders_tokens and self.num_grn_layers > 0:
             # regulators first makes the flex block mask sparse; outputs are put back in the input order below
             order = regulators_first_order(input_ids, self.grn_edges[0].to(input_ids.device), self.config.cls_token_id)
             token_inputs = tuple(None if t is None else t.gather(1, order) for t in token_inputs)
@@ -396,7 +405,7 @@ class ScGrnModel(ScGrnPreTrainedModel):
         hidden_states = self.embeddings(token_inputs[0], *token_inputs[2:])
         all_hidden = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
-        with flex_compile_scope(self.config._attn_implementation, hidden_states.device):
+        with flex_compile_scope(kernel, hidden_states.device):
             for layer, mask in zip(self.layers, masks):
                 hidden_states, weights = layer(hidden_states, mask, output_attentions)
                 if output_hidden_states:

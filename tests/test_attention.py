@@ -5,9 +5,10 @@ import itertools
 import pytest
 import anndata as ad
 import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from modeling_scgrn import ScGrnModel, ScGrnTokenizer
-from modeling_scgrn.kernels import eager_attention_forward
+from modeling_scgrn.kernels import DEVICE_ATTENTION, attention_on, eager_attention_forward
 from modeling_scgrn.networks import GeneRegulatoryNetwork
 from modeling_scgrn.masks import build_attention_mask, build_structured_plan, edge_keys
 
@@ -43,11 +44,39 @@ def test_structured_matches_eager_forward_and_backward(tokenizer, edge_tensor, b
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=2e-4, rtol=1e-4, msg=name)  # sums over tokens of values ~10
 
 
-def test_structured_is_the_default_and_keeps_other_choices(tokenizer, edge_tensor):
-    assert ScGrnModel(tiny_config(tokenizer)).config._attn_implementation == "grn_structured"
-    for implementation in ["eager", "sdpa"]:
+def test_the_default_follows_the_device_and_keeps_other_choices(tokenizer, edge_tensor):
+    assert ScGrnModel(tiny_config(tokenizer)).config._attn_implementation == "grn_auto"
+    assert attention_on("grn_auto", "cpu") == DEVICE_ATTENTION["cpu"] == "grn_structured"
+    assert attention_on("grn_auto", torch.device("cuda", 1)) == DEVICE_ATTENTION["cuda"]
+    assert attention_on("grn_auto", "meta") == "grn_structured"  # device types not in the table: plain torch ops
+    for implementation in ["eager", "sdpa", "flex_attention"]:
         assert ScGrnModel(tiny_config(tokenizer, attn_implementation=implementation)).config._attn_implementation \
             == implementation
+        assert attention_on(implementation, "cuda") == implementation
+
+
+@pytest.mark.parametrize("kernel", ["grn_structured", "sdpa", "eager"])
+def test_the_default_runs_the_kernel_chosen_for_the_device(tokenizer, edge_tensor, batch, monkeypatch, kernel):
+    """With the table pointing this device at `kernel`, the default builds that kernel's mask form and runs that
+    kernel: bit for bit the model that names it, forward and backward."""
+    monkeypatch.setitem(DEVICE_ATTENTION, "cpu", kernel)
+    called = []
+    original = ALL_ATTENTION_FUNCTIONS.get_interface
+    monkeypatch.setattr(ALL_ATTENTION_FUNCTIONS, "get_interface",
+                        lambda name, default: called.append(name) or original(name, default))
+    results = []
+    for implementation in [kernel, None]:
+        model = make(ScGrnModel, tokenizer, edge_tensor, attn_implementation=implementation, grn_dense_last_layers=1)
+        masks = model.build_attention_masks(batch["input_ids"], batch["attention_mask"], boolean=False)
+        out = model(**batch).last_hidden_state
+        out[batch["attention_mask"].bool()].pow(2).sum().backward()
+        results.append((out.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None},
+                        [type(m) for m in masks]))
+    assert called.count("grn_auto") == 2 and called.count(kernel) == 4  # 2 layers, each model
+    (want, want_grads, want_forms), (got, got_grads, got_forms) = results
+    assert got_forms == want_forms
+    assert torch.equal(got, want)
+    assert all(torch.equal(got_grads[n], g) for n, g in want_grads.items())
 
 
 @pytest.mark.parametrize("options", [dict(grn_hops=2), dict(isolated_genes="dense"), dict(grn_mode="dense")])

@@ -43,7 +43,7 @@ def test_grn_attention_lies_on_the_prior_and_ranks_it_perfectly(prepared):
     _, dataset, tokenizer, network = prepared
     model = tiny_model(tokenizer, network, "grn")
     scores = attention_scores(model, tokenizer, dataset["test"], "bulk_labels", max_cells_per_label=20)
-    assert model.config._attn_implementation == "grn_structured"  # restored after the eager pass
+    assert model.config._attn_implementation == "grn_auto"  # restored after the eager pass
     assert len(scores) >= 5
     edges = set(zip(network.edges["source"], network.edges["target"]))
     for label, frame in scores.items():
