@@ -11,7 +11,12 @@ from rotting (the test suite runs `--device cpu --quick`).
    model `dense` (SDPA, flash kernel) and a `BertModel` of the same size, at 2,048 to 32,768 genes per cell; model
    FLOP utilisation against a bf16 matmul peak measured in the same run; peak memory from
    `torch.cuda.max_memory_allocated` (not measured on CPU).
-3. A 1-process `accelerate launch pretrain/run.py` in bf16 mixed precision.
+3. Mask cost, device-independent work: for `grn_structured` and `flex_attention`, the share of the L^2 scores each
+   computes on these cells (scored pairs; 128 x 128 blocks not skipped) and the time (and on CUDA the peak memory)
+   to build its mask for one batch.
+4. The default: from the training-step times, the fastest exact kernel for the GRN mask at each length, beside the
+   kernel the default `attn_implementation="grn_auto"` runs on this device (`modeling_scgrn.kernels.DEVICE_ATTENTION`).
+5. A 1-process `accelerate launch pretrain/run.py` in bf16 mixed precision.
 
 Cells are real genes of real cells (benchmarks/real_cells.py) up to the celltypist sample's 9,810 distinct genes;
 longer cells take vocabulary genes drawn with the sample's detection frequencies and values drawn from its values,
@@ -22,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -37,6 +44,7 @@ from train_step import build
 
 IMPLEMENTATIONS = ["eager", "sdpa", "grn_structured", "flex_attention"]
 SPEED_VARIANTS = ["scgrn_grn_structured", "scgrn_grn_flex", "scgrn_dense", "bert"]
+SECTIONS = ["correctness", "speed", "mask_cost", "accelerate"]
 
 
 def device_name(device: torch.device) -> str:
@@ -130,8 +138,25 @@ def correctness(tokenizer, batch, edges, device) -> list[dict]:
     return rows
 
 
-def determinism(tokenizer, batch, edges, device) -> dict:
-    """Two identical AdamW steps of the default kernel, from the same weights and batch: the largest difference."""
+def determinism(tokenizer, batch, edges, device, deterministic: bool = False) -> dict:
+    """Two identical AdamW steps of the default kernel, from the same weights and batch: the largest difference.
+    With `deterministic`, under `torch.use_deterministic_algorithms(True)` (what `training.deterministic` sets)."""
+    from modeling_scgrn.kernels import attention_on
+
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        finals, implementation = _two_runs(tokenizer, batch, edges, device)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    difference = max(float((finals[0][n] - finals[1][n]).abs().max()) for n in finals[0])
+    return {"implementation": f"{implementation} ({attention_on(implementation, device)})",
+            "deterministic_algorithms": deterministic, "max_abs_diff_after_2_steps": difference,
+            "bitwise_identical": difference == 0.0}
+
+
+def _two_runs(tokenizer, batch, edges, device) -> tuple[list[dict], str]:
+    """The parameters after two AdamW steps of a default model, twice from the same seed; and its implementation."""
     from modeling_scgrn import ScGrnConfig, ScGrnModel
 
     finals = []
@@ -147,9 +172,7 @@ def determinism(tokenizer, batch, edges, device) -> dict:
             optimizer.step()
             optimizer.zero_grad()
         finals.append({n: p.detach().clone() for n, p in model.named_parameters()})
-    difference = max(float((finals[0][n] - finals[1][n]).abs().max()) for n in finals[0])
-    return {"implementation": model.config._attn_implementation, "max_abs_diff_after_2_steps": difference,
-            "bitwise_identical": difference == 0.0}
+    return finals, model.config._attn_implementation
 
 
 def bf16_matmul_peak(device, size: int = 4096, repeats: int = 5) -> float:
@@ -204,6 +227,64 @@ def speed(variant: str, length: int, args, device, peak: float) -> dict:
     return row
 
 
+def mask_cost(kernel: str, length: int, args, device) -> dict:
+    """The share of the L^2 scores `kernel` computes on these cells (structured pairs, or flex's 128 x 128 blocks not
+    skipped) and the time (peak memory on CUDA) to build its mask for one batch, in the model's own token order."""
+    from modeling_scgrn import ScGrnConfig, ScGrnModel
+    from modeling_scgrn.masks import regulators_first_order
+
+    count = max(1, args.tokens_per_batch // length)
+    tokenizer, batch, edges, source = cells(Path(args.h5ad), Path(args.prior), length, count)
+    ids, real = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    model = ScGrnModel(ScGrnConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, intermediate_size=64, attn_implementation=kernel)).to(device)
+    model.set_grn_edges(edges)
+    if kernel == "flex_attention":  # regulators first, as the model lays tokens out for flex
+        order = regulators_first_order(ids, model.grn_edges[0], model.config.cls_token_id)
+        ids, real = ids.gather(1, order), real.gather(1, order)
+    row = {"kernel": kernel, "length": length, "cells": count, "cells_from": source}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    try:
+        start = time.perf_counter()
+        mask = model.build_attention_masks(ids, real, boolean=False)[0]
+        synchronize(device)
+        row["build_s"] = time.perf_counter() - start
+        if hasattr(mask, "scored_pairs"):
+            row["scored_share"] = mask.scored_pairs / (count * length**2)
+        else:
+            full = 0 if mask.full_kv_num_blocks is None else int(mask.full_kv_num_blocks.sum())
+            row["scored_share"] = (int(mask.kv_num_blocks.sum()) + full) / mask.kv_indices.numel()
+    except Exception as error:  # flex's block mask at 32,768 genes may not fit: a result
+        row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
+    if device.type == "cuda":
+        row["build_peak_mib"] = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    else:  # the process's high-water mark: run one length and kernel per process to read it as the build's
+        row["process_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    mask = model = None
+    return row
+
+
+def default_choice(report: dict, device) -> dict:
+    """The fastest kernel for training with the GRN mask at each length, among those exact on this device (forward
+    and backward within 1e-3 of eager in float32), beside the kernel `attn_implementation="grn_auto"` runs here."""
+    from modeling_scgrn.kernels import attention_on
+
+    kernels = {"scgrn_grn_structured": "grn_structured", "scgrn_grn_flex": "flex_attention"}
+    exact = {r["implementation"] for r in report["correctness"] if r["dtype"] == "fp32" and "error" not in r
+             and r["grad_max_abs_diff"] is not None and max(r["output_max_abs_diff"], r["grad_max_abs_diff"]) < 1e-3}
+    fastest = {}
+    for row in report["speed"]:
+        kernel = kernels.get(row["variant"])
+        if kernel in exact and row.get("step_s") and row["step_s"] < fastest.get(row["length"], (None, 1e30))[1]:
+            fastest[row["length"]] = (kernel, row["step_s"])
+    default = attention_on("grn_auto", device)
+    measured = {str(length): kernel for length, (kernel, _) in sorted(fastest.items())}
+    return {"default": default, "fastest_training_kernel": measured,
+            "default_is_fastest": bool(measured) and set(measured.values()) == {default}}
+
+
 def accelerate_smoke(args, device, folder: Path) -> dict:
     """`accelerate launch` (1 process, bf16 mixed precision) of pretrain/run.py on pbmc68k_reduced."""
     steps = 2 if args.quick else 20
@@ -225,22 +306,28 @@ def accelerate_smoke(args, device, folder: Path) -> dict:
     return result
 
 
-def markdown(report: dict) -> str:
-    lines = [f"GPU suite on {report['device']} (torch {report['torch']}), {report['date']}"
-             + (" [quick]" if report["quick"] else ""), "",
-             "| implementation | dtype | output max abs diff vs eager fp32 | grad max abs diff |", "| --- | --- | --- | --- |"]
+def _correctness_lines(report: dict) -> list[str]:
+    lines = ["| implementation | dtype | output max abs diff vs eager fp32 | grad max abs diff |",
+             "| --- | --- | --- | --- |"]
     for row in report["correctness"]:
         if "error" in row:
             lines.append(f"| {row['implementation']} | {row['dtype']} | {row['error']} | |")
         else:
             grad = "no backward on CPU" if row["grad_max_abs_diff"] is None else f"{row['grad_max_abs_diff']:.2e}"
             lines.append(f"| {row['implementation']} | {row['dtype']} | {row['output_max_abs_diff']:.2e} | {grad} |")
-    d = report["determinism"]
-    lines += ["", f"Determinism ({d['implementation']}, two identical 2-step runs): max abs diff "
-              f"{d['max_abs_diff_after_2_steps']:.2e} ({'bitwise identical' if d['bitwise_identical'] else 'not identical'}).",
-              "", f"bf16 matmul peak: {report['bf16_matmul_peak_tflops']:.1f} TFLOP/s", "",
-              "| genes | variant | cells | s / step | cells/s train | MFU | cells/s embed | peak MiB | cells from |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines.append("")
+    for d in report["determinism"]:
+        lines.append(f"Determinism ({d['implementation']}, two identical 2-step runs"
+                     + (", deterministic algorithms" if d["deterministic_algorithms"] else "") + "): max abs diff "
+                     f"{d['max_abs_diff_after_2_steps']:.2e} ("
+                     f"{'bitwise identical' if d['bitwise_identical'] else 'not identical'}).")
+    return lines
+
+
+def _speed_lines(report: dict) -> list[str]:
+    lines = [f"bf16 matmul peak: {report['bf16_matmul_peak_tflops']:.1f} TFLOP/s", "",
+             "| genes | variant | cells | s / step | cells/s train | MFU | cells/s embed | peak MiB | cells from |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["speed"]:
         step = "-" if r.get("step_s") is None else f"{r['step_s']:.3f}"
         train = "-" if "train_cells_per_s" not in r else f"{r['train_cells_per_s']:.2f}"
@@ -249,10 +336,45 @@ def markdown(report: dict) -> str:
         memory = f"{r['peak_memory_mib']:.0f}" if "peak_memory_mib" in r else "-"
         lines.append(f"| {r['length']} | {r['variant']} | {r['cells']} | {step} | {train} | {mfu} | {embed} | "
                      f"{memory} | {r['cells_from']} |")
+    return lines
+
+
+def _mask_cost_lines(report: dict) -> list[str]:
+    lines = ["| genes | kernel | cells | share of L^2 scores computed | mask build s | build peak MiB (CUDA) / "
+             "process peak RSS MiB (CPU) | cells from |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in report["mask_cost"]:
+        share = r.get("error") or f"{100 * r['scored_share']:.3g}%"
+        build = "-" if "build_s" not in r else f"{r['build_s']:.3f}"
+        lines.append(f"| {r['length']} | {r['kernel']} | {r['cells']} | {share} | {build} | "
+                     f"{r.get('build_peak_mib', r.get('process_peak_rss_mib', 0)):.0f} | {r['cells_from']} |")
+    return lines
+
+
+def _choice_lines(report: dict) -> list[str]:
+    choice = report["default_choice"]
+    fastest = ", ".join(f"{kernel} at {int(length):,}" for length, kernel in choice["fastest_training_kernel"].items())
+    return [f"Default attention here (`grn_auto`): {choice['default']}; fastest exact kernel for a training step "
+            f"by genes per cell: {fastest or 'none measured'}" + ("" if choice["default_is_fastest"] else
+            " (the default is not the fastest measured here: see modeling_scgrn/kernels.py DEVICE_ATTENTION)") + "."]
+
+
+def _accelerate_lines(report: dict) -> list[str]:
     a = report["accelerate"]
-    lines += ["", f"accelerate launch pretrain/run.py, bf16, {a['steps']} steps: exit {a['exit_status']} in "
-              f"{a['seconds']:.0f} s" + (f", validation loss {a['validation_loss']:.4f}" if "validation_loss" in a
-                                          else f" ({a.get('error')})")]
+    return [f"accelerate launch pretrain/run.py, bf16, {a['steps']} steps: exit {a['exit_status']} in "
+            f"{a['seconds']:.0f} s" + (f", validation loss {a['validation_loss']:.4f}" if "validation_loss" in a
+                                       else f" ({a.get('error')})")]
+
+
+MARKDOWN = {"correctness": _correctness_lines, "speed": _speed_lines, "mask_cost": _mask_cost_lines,
+            "default_choice": _choice_lines, "accelerate": _accelerate_lines}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"GPU suite on {report['device']} (torch {report['torch']}), {report['date']}"
+             + (" [quick]" if report["quick"] else "")]
+    for key, section in MARKDOWN.items():
+        if key in report:
+            lines += ["", *section(report)]
     return "\n".join(lines) + "\n"
 
 
@@ -272,7 +394,10 @@ def main() -> None:
     parser.add_argument("--h5ad", default=str(h5ad))
     parser.add_argument("--prior", default=str(prior))
     parser.add_argument("--output_dir", default=str(ROOT / "benchmarks" / "gpu_results"))
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=SECTIONS,
+                        help="parts to run (default: all); --sections mask_cost measures the masks alone")
     args = parser.parse_args()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before any cuBLAS handle: deterministic runs
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA GPU; run --device cpu --quick for the dry run")
     if args.quick:
@@ -289,18 +414,26 @@ def main() -> None:
 
 
 def run(args, device) -> dict:
-    tokenizer, batch, edges, source = cells(Path(args.h5ad), Path(args.prior), 128 if args.quick else 1024, 4)
-    batch = {k: v.to(device) for k, v in padded(batch, tokenizer.pad_token_id).items()}
-    peak = bf16_matmul_peak(device, 512 if args.quick else 8192)
     report = {"device": device_name(device), "torch": torch.__version__, "quick": args.quick,
-              "date": time.strftime("%Y-%m-%d"), "correctness_cells_from": source,
-              "correctness": correctness(tokenizer, batch, edges, device),
-              "determinism": determinism(tokenizer, batch, edges, device),
-              "bf16_matmul_peak_tflops": peak / 1e12,
-              "speed": [speed(variant, length, args, device, peak) for length in args.lengths
-                        for variant in SPEED_VARIANTS]}
-    with tempfile.TemporaryDirectory(prefix="scgrn-gpu-suite-") as folder:
-        report["accelerate"] = accelerate_smoke(args, device, Path(folder))
+              "date": time.strftime("%Y-%m-%d")}
+    if "correctness" in args.sections:
+        tokenizer, batch, edges, source = cells(Path(args.h5ad), Path(args.prior), 128 if args.quick else 1024, 4)
+        batch = {k: v.to(device) for k, v in padded(batch, tokenizer.pad_token_id).items()}
+        report.update(correctness_cells_from=source, correctness=correctness(tokenizer, batch, edges, device),
+                      determinism=[determinism(tokenizer, batch, edges, device, deterministic)
+                                   for deterministic in (False, True)])
+    if "speed" in args.sections:
+        peak = bf16_matmul_peak(device, 512 if args.quick else 8192)
+        report.update(bf16_matmul_peak_tflops=peak / 1e12, speed=[
+            speed(variant, length, args, device, peak) for length in args.lengths for variant in SPEED_VARIANTS])
+    if "mask_cost" in args.sections:
+        report["mask_cost"] = [mask_cost(kernel, length, args, device) for length in args.lengths
+                               for kernel in ("grn_structured", "flex_attention")]
+    if "correctness" in report and "speed" in report:
+        report["default_choice"] = default_choice(report, device)
+    if "accelerate" in args.sections:
+        with tempfile.TemporaryDirectory(prefix="scgrn-gpu-suite-") as folder:
+            report["accelerate"] = accelerate_smoke(args, device, Path(folder))
     return report
 
 

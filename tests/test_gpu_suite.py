@@ -24,12 +24,23 @@ def test_cpu_dry_run_checks_every_kernel_and_writes_its_tables(tmp_path):
         assert rows[(implementation, "fp32")]["output_max_abs_diff"] < 1e-4, implementation
     assert rows[("grn_structured", "fp32")]["grad_max_abs_diff"] < 1e-4
     assert rows[("flex_attention", "fp32")]["grad_max_abs_diff"] is None  # no flex backward on CPU
-    assert report["determinism"]["bitwise_identical"]
+    assert [d["deterministic_algorithms"] for d in report["determinism"]] == [False, True]
+    assert all(d["bitwise_identical"] and d["implementation"] == "grn_auto (grn_structured)"
+               for d in report["determinism"])
+    costs = {(r["kernel"], r["length"]): r for r in report["mask_cost"]}
+    assert set(costs) == {(k, n) for k in ("grn_structured", "flex_attention") for n in (128, 256)}
+    for length in (128, 256):  # the structured plan scores fewer pairs than flex's blocks hold
+        structured, flex = costs[("grn_structured", length)], costs[("flex_attention", length)]
+        assert 0 < structured["scored_share"] < flex["scored_share"] <= 1 and structured["build_s"] > 0
+    # on CPU flex has no backward, so the fastest exact kernel for training is the structured one: the default here
+    assert report["default_choice"] == {"default": "grn_structured", "default_is_fastest": True,
+                                        "fastest_training_kernel": {"128": "grn_structured", "256": "grn_structured"}}
     assert {(r["variant"], r["length"]) for r in report["speed"]} == {
         (v, n) for v in ("scgrn_grn_structured", "scgrn_grn_flex", "scgrn_dense", "bert") for n in (128, 256)}
     assert all("error" not in r and r["embed_cells_per_s"] > 0 for r in report["speed"])
     assert report["accelerate"]["exit_status"] == 0 and report["accelerate"]["validation_loss"] > 0
-    assert "| grn_structured | fp32 |" in (tmp_path / "gpu_suite.md").read_text()
+    table = (tmp_path / "gpu_suite.md").read_text()
+    assert "| grn_structured | fp32 |" in table and "Default attention here (`grn_auto`): grn_structured" in table
 
 
 def test_cells_longer_than_the_sample_come_from_the_vocabulary(monkeypatch):
