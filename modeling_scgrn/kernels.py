@@ -259,7 +259,7 @@ AUTO_ATTENTION = "grn_auto"
 # (benchmarks/README.md, "The default attention on each device"). CPU: `grn_structured` trains 3-8x faster than
 # the dense model at 2,048-8,192 genes and flex has no backward. CUDA: no GPU timing yet; on the same real cells
 # `grn_structured` scores 0.01-0.16% of the L^2 pairs where flex computes 4-18% of the 128 x 128 blocks, and it
-# builds its mask in ~10 ms where flex's BlockMask took 0.7-21 s and up to 10 GiB per 32,768-token batch
+# builds its mask in ~10 ms where flex's compiled BlockMask build takes 0.08-1.4 s per 32,768-token batch
 # (2,048-32,768 genes). `benchmarks/gpu_suite.py` prints the fastest exact kernel it measures beside this table.
 DEVICE_ATTENTION = {"cpu": "grn_structured", "cuda": "grn_structured"}
 FALLBACK_ATTENTION = "grn_structured"  # plain torch ops: exact on any device type not in the table

