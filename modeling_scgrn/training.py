@@ -467,6 +467,7 @@ def train(
         unwrapped = accelerator.unwrap_model(run.model)
         if run.best_state is not None:
             unwrapped.load_state_dict(run.best_state)
+        _release_before_teardown(run)
         accelerator.end_training()
         if accelerator.is_main_process:
             output_dir = Path(config.output_dir)
@@ -474,6 +475,15 @@ def train(
             (output_dir / "history.json").write_text(json.dumps(run.history, indent=2, default=jsonable))
         return TrainingResult(unwrapped, run.history, run.state.step, accelerator.is_main_process,
                               accelerator.process_index, accelerator.num_processes)
+
+
+def _release_before_teardown(run: _Run) -> None:
+    """Drop the prepared objects and wait for every process, so that `end_training` destroys the process group
+    while all peers are still there. DDP's reducer holds the group: freed only when `train` returned, after a peer
+    had exited, gloo's destructor once waited forever (`~ProcessGroupGloo` from the reducer's release, torchrun)."""
+    run.model = run.optimizer = run.loader = run.scheduler = None
+    run.accelerator.free_memory()
+    run.accelerator.wait_for_everyone()
 
 
 @contextlib.contextmanager
