@@ -409,7 +409,8 @@ def write_known_truth(results: dict, output: Path) -> str:
         pretraining_markdown(results["pretraining"]),
         "### Cell-type macro-F1 on held-out cells, by labelled cells per type", "",
         finetuning_markdown(results["finetuning"]),
-        "### Edge recovery (correlation: every cell; trees: 1,000 of them; attention: 500 test cells)", "", recovery_markdown(results["edge_recovery"]),
+        "### Edge recovery (correlation: every cell; trees: 1,000 of them; attention: 500 test cells)", "",
+        recovery_markdown(results["edge_recovery"]),
         f"Total time: {results['seconds']} s."])
     (output / "known_truth.md").write_text(markdown)
     save_json(results, output / "known_truth.json")

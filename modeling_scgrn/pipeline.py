@@ -31,7 +31,7 @@ from .hub import check_compatible, check_model_source, load_pretrained, save_mod
 from .modeling_scgrn import ScGrnForCellClassification, ScGrnForMaskedExpressionModeling
 from .networks import GeneRegulatoryNetwork, coverage_line, prior_coverage
 from .tokenization_scgrn import ScGrnTokenizer
-from .training import TrainingConfig, train
+from .training import TrainingConfig, launched_processes, train
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def run_data(data_dir, output_dir, *, cells=None, soma=None, prior=None, resumin
 
     def write():
         # a resumed run keeps its folder; in a run of several processes, another one may just have written it
-        if (folder / "dataset").is_dir() and (resuming or _processes() > 1):
+        if (folder / "dataset").is_dir() and (resuming or launched_processes() > 1):
             return
         if soma is None:
             tokenize_files(cells, prior, folder, **options)
@@ -105,13 +105,6 @@ def run_data(data_dir, output_dir, *, cells=None, soma=None, prior=None, resumin
     return folder
 
 
-def _processes() -> int:
-    """The processes of this run (torchrun, accelerate launch), before any process group exists."""
-    import os
-
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def _in_turn(write) -> None:
     """Run `write` once per folder in a run of several processes (torchrun, accelerate launch): first in process 0
     while the others wait, then in the first process of each machine (whose disk may be its own), then in the
@@ -119,7 +112,7 @@ def _in_turn(write) -> None:
     status 2 and nothing more to say. One process alone just writes."""
     import sys
 
-    if _processes() < 2:
+    if launched_processes() < 2:
         write()
         return
     from accelerate import PartialState

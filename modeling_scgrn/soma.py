@@ -481,10 +481,6 @@ def _hold_out(cells: SomaCells, data, validation_cells: int) -> tuple[SomaCells,
     return cells.subset(chosen), cells.subset(np.setdiff1d(cells.joinids, chosen))
 
 
-def is_soma_folder(data_dir) -> bool:
-    return (Path(data_dir) / SOURCE_FILE).is_file()
-
-
 def training_cells(data_dir) -> tuple[SomaCells, dict]:
     """The training cells of a folder `prepare_soma` wrote, queried again and checked against the SHA-256 it
     recorded (an experiment that gained or lost matching cells since is refused), and the folder's description."""

@@ -212,6 +212,11 @@ class _Run:
         return Path(self.config.output_dir) / "checkpoints"
 
 
+def launched_processes() -> int:
+    """The processes of this run (torchrun, accelerate launch), read before any process group exists."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def _accelerator(config: TrainingConfig):
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
@@ -219,7 +224,7 @@ def _accelerator(config: TrainingConfig):
     output_dir = Path(config.output_dir)
     log_with = None if config.report_to in ("none", "", None) else config.report_to.split(",")
     # torchrun on machines without GPUs: run the processes on CPU with gloo (accelerate wants cpu=True for that)
-    cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    cpu_processes = launched_processes() > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(
         cpu=cpu_processes,
         mixed_precision=_mixed_precision(config.mixed_precision),
