@@ -26,6 +26,7 @@ and the output says which. Writes `gpu_suite.md` and `gpu_suite.json` under --ou
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -53,9 +54,11 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+@functools.cache  # the speed and mask-cost rows of one length share their cells: read and tokenized once
 def cells(h5ad: Path, prior: Path, length: int, count: int, seed: int = 0):
     """`(tokenizer, batch, edges, source)`: real cells where the sample has enough distinct genes, else cells of
-    vocabulary genes drawn with the sample's detection frequencies (`source` says which)."""
+    vocabulary genes drawn with the sample's detection frequencies (`source` says which). Callers leave them as
+    they are (moving to a device or padding makes new tensors)."""
     try:
         tokenizer, batch, edges, _ = load_real_cells(h5ad, prior, length, count, seed)
         return tokenizer, batch, edges, "real cells"
