@@ -22,8 +22,13 @@ import json
 from pathlib import Path
 
 import torch
-
-from real_cells import best_seconds, default_paths, load_real_cells, peak_rss_mib, run_isolated
+from real_cells import (
+    best_seconds,
+    default_paths,
+    load_real_cells,
+    peak_rss_mib,
+    run_isolated,
+)
 
 VARIANTS = ["dense_sdpa", "grn_sdpa_mask", "grn_eager", "grn_structured", "grn_flex"]
 
@@ -33,10 +38,19 @@ def one(variant: str, length: int, cells: int, heads: int, head_dim: int, repeat
 
     from transformers.integrations.flex_attention import flex_attention_forward
 
-    from modeling_scgrn.masks import (build_attention_mask, build_block_mask, build_structured_plan, edge_keys,
-                                          regulators_first_order)
-    from modeling_scgrn.kernels import eager_attention_forward, flex_compile_scope, grn_structured_attention_forward
-    from modeling_scgrn.modeling_scgrn import _gather_tokens
+    from modeling_scgrn.model.kernels import (
+        eager_attention_forward,
+        flex_compile_scope,
+        grn_structured_attention_forward,
+    )
+    from modeling_scgrn.model.masks import (
+        build_attention_mask,
+        build_block_mask,
+        build_structured_plan,
+        edge_keys,
+        regulators_first_order,
+    )
+    from modeling_scgrn.model.modeling_scgrn import _gather_tokens
 
     tokenizer, batch, edges, _ = load_real_cells(h5ad, prior, length, cells)
     ids, valid = batch["input_ids"], batch["attention_mask"]

@@ -15,7 +15,7 @@ from rotting (the test suite runs `--device cpu --quick`).
    computes on these cells (scored pairs; 128 x 128 blocks not skipped) and the time (and on CUDA the peak memory)
    to build its mask for one batch.
 4. The default: from the training-step times, the fastest exact kernel for the GRN mask at each length, beside the
-   kernel the default `attn_implementation="grn_auto"` runs on this device (`modeling_scgrn.kernels.DEVICE_ATTENTION`).
+   kernel the default `attn_implementation="grn_auto"` runs on this device (`modeling_scgrn.model.kernels.DEVICE_ATTENTION`).
 5. A 1-process `accelerate launch pretrain/run.py` in bf16 mixed precision.
 
 Cells are real genes of real cells (benchmarks/real_cells.py) up to the celltypist sample's 9,810 distinct genes;
@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from real_cells import ROOT, best_seconds, default_paths, load_real_cells
 from train_step import build
 
@@ -144,7 +143,7 @@ def correctness(tokenizer, batch, edges, device) -> list[dict]:
 def determinism(tokenizer, batch, edges, device, deterministic: bool = False) -> dict:
     """Two identical AdamW steps of the default kernel, from the same weights and batch: the largest difference.
     With `deterministic`, under `torch.use_deterministic_algorithms(True)` (what `training.deterministic` sets)."""
-    from modeling_scgrn.kernels import attention_on
+    from modeling_scgrn.model.kernels import attention_on
 
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(deterministic)
@@ -235,7 +234,7 @@ def mask_cost(kernel: str, length: int, args, device) -> dict:
     skipped) and the time (peak memory on CUDA) to build its mask for one batch, in the model's own token order:
     the first build (flex's includes compiling `create_block_mask`) and a second one."""
     from modeling_scgrn import ScGrnConfig, ScGrnModel
-    from modeling_scgrn.masks import regulators_first_order
+    from modeling_scgrn.model.masks import regulators_first_order
 
     count = max(1, args.tokens_per_batch // length)
     tokenizer, batch, edges, source = cells(Path(args.h5ad), Path(args.prior), length, count)
@@ -274,7 +273,7 @@ def mask_cost(kernel: str, length: int, args, device) -> dict:
 def default_choice(report: dict, device) -> dict:
     """The fastest kernel for training with the GRN mask at each length, among those exact on this device (forward
     and backward within 1e-3 of eager in float32), beside the kernel `attn_implementation="grn_auto"` runs here."""
-    from modeling_scgrn.kernels import attention_on
+    from modeling_scgrn.model.kernels import attention_on
 
     kernels = {"scgrn_grn_structured": "grn_structured", "scgrn_grn_flex": "flex_attention"}
     exact = {r["implementation"] for r in report["correctness"] if r["dtype"] == "fp32" and "error" not in r
@@ -360,7 +359,7 @@ def _choice_lines(report: dict) -> list[str]:
     fastest = ", ".join(f"{kernel} at {int(length):,}" for length, kernel in choice["fastest_training_kernel"].items())
     return [f"Default attention here (`grn_auto`): {choice['default']}; fastest exact kernel for a training step "
             f"by genes per cell: {fastest or 'none measured'}" + ("" if choice["default_is_fastest"] else
-            " (the default is not the fastest measured here: see modeling_scgrn/kernels.py DEVICE_ATTENTION)") + "."]
+            " (the default is not the fastest measured here: see modeling_scgrn/model/kernels.py DEVICE_ATTENTION)") + "."]
 
 
 def _accelerate_lines(report: dict) -> list[str]:

@@ -26,7 +26,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def run(args) -> str:
-    from modeling_scgrn.knockouts import run_knockout_validation
+    from modeling_scgrn.workflows.knockouts import run_knockout_validation
 
     models = {}
     for entry in args.model:
@@ -42,7 +42,7 @@ def run(args) -> str:
 
 def main(argv=None) -> None:
     args = parse_arguments(argv)
-    from modeling_scgrn.cli import run_script
+    from modeling_scgrn.workflows.cli import run_script
 
     run_script(args, lambda: run(args), output_dir=args.output, task="knockout", inputs=(args.corpus,))
 

@@ -61,8 +61,8 @@ def benchmark(args) -> dict:
 
     import torch
 
-    from modeling_scgrn.known_truth import run_known_truth
-    from modeling_scgrn.networks import GeneRegulatoryNetwork
+    from modeling_scgrn.workflows.known_truth import run_known_truth
+    from modeling_scgrn.grn.network import GeneRegulatoryNetwork
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     prior = GeneRegulatoryNetwork.read(args.prior, args.resource)
@@ -83,7 +83,7 @@ def benchmark(args) -> dict:
 
 def main(argv=None) -> None:
     args = parse_arguments(argv)
-    from modeling_scgrn.cli import run_script
+    from modeling_scgrn.workflows.cli import run_script
 
     run_script(args, lambda: benchmark(args), output_dir=args.output, task="known_truth",
                inputs=(args.prior, args.corpus))

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from modeling_scgrn import ScGrnForMaskedExpressionModeling
-from modeling_scgrn.collators import DataCollatorForMaskedExpression
-from modeling_scgrn.cli import load_yaml_or_json
-from modeling_scgrn.data import load_prepared
-from modeling_scgrn.pipeline import attach_grn, new_config
+from modeling_scgrn.cells.collators import DataCollatorForMaskedExpression
+from modeling_scgrn.cells.prepared import load_prepared
+from modeling_scgrn.grn.attach import attach_grn, new_config
+from modeling_scgrn.workflows.cli import load_yaml_or_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

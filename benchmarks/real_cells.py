@@ -32,7 +32,7 @@ def load_real_cells(h5ad: Path, prior: Path, length: int, num_cells: int, seed: 
     import anndata as ad
 
     from modeling_scgrn import ScGrnTokenizer
-    from modeling_scgrn.networks import GeneRegulatoryNetwork
+    from modeling_scgrn.grn.network import GeneRegulatoryNetwork
 
     adata = ad.read_h5ad(h5ad)
     network = GeneRegulatoryNetwork.read(prior)

@@ -46,7 +46,8 @@ def write_corpora(sample_path: str, n_cells: int, folder: Path, max_length: int)
     import tiledbsoma.io
 
     from modeling_scgrn import ScGrnTokenizer
-    from modeling_scgrn.data import save_dataset_atomically, tokenize_anndata
+    from modeling_scgrn.cells.prepared import save_dataset_atomically
+    from modeling_scgrn.cells.tokenize import tokenize_anndata
 
     folder.mkdir(parents=True, exist_ok=True)
     sample = anndata.read_h5ad(sample_path)
@@ -84,7 +85,7 @@ def read(reader: str, folder: Path, rank: int, world: int) -> dict:
     max_length = int((folder / "max_length").read_text())
     start, cells = time.perf_counter(), 0
     if reader == "soma":
-        from modeling_scgrn.soma import SomaCellStream, SomaSource, query_cells
+        from modeling_scgrn.cells.soma import SomaCellStream, SomaSource, query_cells
 
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
         stream = SomaCellStream(query_cells(SomaSource(str(folder / "experiment"))), tokenizer, batch_size=64,
@@ -93,7 +94,7 @@ def read(reader: str, folder: Path, rank: int, world: int) -> dict:
     elif reader == "h5ad":
         import anndata
 
-        from modeling_scgrn.data import encode_chunk
+        from modeling_scgrn.cells.tokenize import encode_chunk
 
         adata = anndata.read_h5ad(folder / "cells.h5ad", backed="r")
         genes = list(adata.var_names)

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from real_cells import default_paths, peak_rss_mib, run_isolated
 
 
@@ -71,8 +70,8 @@ def per_cell_loop(adata, vocab: dict, n_bins: int, cells: int) -> float:
 
 def one(path: Path, num_proc: int, chunk_size: int) -> dict:
     from modeling_scgrn import ScGrnTokenizer
-    from modeling_scgrn.data import tokenize_anndata
-    from modeling_scgrn.data import read_cells
+    from modeling_scgrn.cells.reading import read_cells
+    from modeling_scgrn.cells.tokenize import tokenize_anndata
 
     adata = read_cells(str(path), backed=True)
     tokenizer = ScGrnTokenizer.from_genes(list(adata.var_names), n_bins=51)

@@ -19,9 +19,14 @@ import json
 from pathlib import Path
 
 import torch
-
-from real_cells import (best_seconds, default_paths, load_real_cells, matmul_peak_flops, peak_rss_mib,
-                        run_isolated)
+from real_cells import (
+    best_seconds,
+    default_paths,
+    load_real_cells,
+    matmul_peak_flops,
+    peak_rss_mib,
+    run_isolated,
+)
 
 VARIANTS = ["scgrn_grn_structured", "scgrn_grn_sdpa_mask", "scgrn_grn_flex", "scgrn_dense", "bert", "scgpt"]
 

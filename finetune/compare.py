@@ -36,8 +36,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def compare(args) -> dict:
-    from modeling_scgrn.cli import script_options
-    from modeling_scgrn.pipeline import run_comparison
+    from modeling_scgrn.workflows.cli import script_options
+    from modeling_scgrn.workflows.compare import run_comparison
 
     options = script_options(args.config, args.overrides, {"model": None, "training": None})
     pretraining = None
@@ -54,7 +54,7 @@ def compare(args) -> dict:
 
 def main(argv=None) -> None:
     args = parse_arguments(argv)
-    from modeling_scgrn.cli import run_script
+    from modeling_scgrn.workflows.cli import run_script
 
     run_script(args, lambda: compare(args), output_dir=args.output_dir, task="compare",
                inputs=(args.data, args.config, args.pretrain_config))

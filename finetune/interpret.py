@@ -33,7 +33,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def interpret(args) -> dict:
-    from modeling_scgrn.interpret import run_interpretation
+    from modeling_scgrn.workflows.interpret import run_interpretation
 
     options = {k: v for k, v in vars(args).items() if k not in ("data", "output_dir", "overwrite", "debug")}
     return run_interpretation(args.data, args.output_dir, **options)
@@ -41,7 +41,7 @@ def interpret(args) -> dict:
 
 def main(argv=None) -> None:
     args = parse_arguments(argv)
-    from modeling_scgrn.cli import run_script
+    from modeling_scgrn.workflows.cli import run_script
 
     run_script(args, lambda: interpret(args), output_dir=args.output_dir, task="interpret",
                inputs=(args.data, args.model, getattr(args, "dense_model", None)))

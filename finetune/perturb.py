@@ -34,7 +34,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def run(args) -> dict:
-    from modeling_scgrn.perturbation import run_perturbation
+    from modeling_scgrn.workflows.perturb import run_perturbation
 
     summary = run_perturbation(args.cells, args.model, args.genes, args.output, mode=args.mode,
                                classifier_folder=args.classifier, max_cells=args.max_cells, top=args.top,
@@ -47,7 +47,7 @@ def run(args) -> dict:
 
 def main(argv=None) -> None:
     args = parse_arguments(argv)
-    from modeling_scgrn.cli import run_script
+    from modeling_scgrn.workflows.cli import run_script
 
     run_script(args, lambda: run(args), output_dir=args.output, task="perturb", inputs=(args.cells, args.prior))
 

@@ -23,7 +23,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def push(args):
-    from modeling_scgrn.hub import push_model_folder
+    from modeling_scgrn.hub.publish import push_model_folder
 
     info = push_model_folder(args.folder, args.repo_id, private=args.private, revision=args.revision,
                              create_pr=args.create_pr, commit_message=args.commit_message)
@@ -33,7 +33,7 @@ def push(args):
 
 def main(argv=None) -> None:
     args = parse_arguments(argv)
-    from modeling_scgrn.cli import run_script
+    from modeling_scgrn.workflows.cli import run_script
 
     run_script(args, lambda: push(args))
 

@@ -46,8 +46,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def finetune(args) -> dict:
-    from modeling_scgrn.cli import training_script_options
-    from modeling_scgrn.pipeline import architecture_of, run_data, run_finetuning
+    from modeling_scgrn.workflows.cli import training_script_options
+    from modeling_scgrn.hub.model_folder import architecture_of
+    from modeling_scgrn.workflows.data import run_data
+    from modeling_scgrn.workflows.finetune import run_finetuning
 
     options = training_script_options(args.config, args.overrides, args.resume_from_checkpoint)
     if args.architecture_from:
@@ -69,7 +71,7 @@ def finetune(args) -> dict:
 
 def main(argv=None) -> None:
     args = parse_arguments(argv)
-    from modeling_scgrn.cli import run_script
+    from modeling_scgrn.workflows.cli import run_script
 
     run_script(args, lambda: finetune(args), output_dir=args.output_dir, task="finetune",
                resume=bool(args.resume_from_checkpoint), inputs=(args.data, *(args.h5ad or []), args.prior,

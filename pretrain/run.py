@@ -56,8 +56,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def pretrain(args) -> dict:
-    from modeling_scgrn.cli import training_script_options
-    from modeling_scgrn.pipeline import run_data, run_pretraining
+    from modeling_scgrn.workflows.cli import training_script_options
+    from modeling_scgrn.workflows.data import run_data
+    from modeling_scgrn.workflows.pretrain import run_pretraining
 
     options = training_script_options(args.config, args.overrides, args.resume_from_checkpoint)
     soma, streaming = soma_source(args), {}
@@ -78,12 +79,12 @@ def pretrain(args) -> dict:
 def soma_source(args):
     """The SOMA experiment of --soma or --census (None for --data/--h5ad)."""
     if args.census:
-        from modeling_scgrn.soma import census_source
+        from modeling_scgrn.cells.soma import census_source
 
         return census_source(args.census, **({"obs_filter": args.obs_filter} if args.obs_filter else {}),
                              **({"gene_column": args.gene_column} if args.gene_column else {}))
     if args.soma:
-        from modeling_scgrn.soma import SomaSource
+        from modeling_scgrn.cells.soma import SomaSource
 
         return SomaSource(args.soma, args.measurement, args.layer, args.obs_filter, args.gene_column)
     return None
@@ -91,7 +92,7 @@ def soma_source(args):
 
 def main(argv=None) -> None:
     args = parse_arguments(argv)
-    from modeling_scgrn.cli import run_script
+    from modeling_scgrn.workflows.cli import run_script
 
     run_script(args, lambda: pretrain(args), output_dir=args.output_dir, task="pretrain",
                resume=bool(args.resume_from_checkpoint), inputs=(args.data, *(args.h5ad or []), args.soma, args.prior,

@@ -92,7 +92,7 @@ def collectri_prior():
     (self edges, merged duplicates) are the reader's own tests' business."""
     import warnings
 
-    from modeling_scgrn.networks import GeneRegulatoryNetwork
+    from modeling_scgrn.grn.network import GeneRegulatoryNetwork
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -2,18 +2,25 @@
 
 import itertools
 
-import pytest
 import anndata as ad
+import pytest
 import torch
+from conftest import CELLTYPIST_SAMPLE, OMNIPATH_TABLE, shared_data_or_skip, tiny_config
+from test_modeling import make
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from modeling_scgrn import ScGrnModel, ScGrnTokenizer
-from modeling_scgrn.kernels import DEVICE_ATTENTION, attention_on, eager_attention_forward
-from modeling_scgrn.networks import GeneRegulatoryNetwork
-from modeling_scgrn.masks import build_attention_mask, build_structured_plan, edge_keys
-
-from conftest import CELLTYPIST_SAMPLE, OMNIPATH_TABLE, shared_data_or_skip, tiny_config
-from test_modeling import make
+from modeling_scgrn.grn.network import GeneRegulatoryNetwork
+from modeling_scgrn.model.kernels import (
+    DEVICE_ATTENTION,
+    attention_on,
+    eager_attention_forward,
+)
+from modeling_scgrn.model.masks import (
+    build_attention_mask,
+    build_structured_plan,
+    edge_keys,
+)
 
 MASK_OPTIONS = [
     dict(),
@@ -136,7 +143,7 @@ def test_plan_is_the_reference_mask_on_real_cells_and_collectri(real_cells, dire
 
 
 def test_structured_attention_gradients_are_exact():
-    from modeling_scgrn.kernels import _StructuredAttention
+    from modeling_scgrn.model.kernels import _StructuredAttention
 
     generator = torch.Generator().manual_seed(0)
     batch, length, heads, dim = 2, 5, 2, 3
@@ -220,7 +227,11 @@ def test_flex_attention_matches_eager_and_applies_the_prior(tokenizer, edge_tens
 
 
 def test_flex_attention_on_real_cells_is_exact_and_block_sparse(real_cells):
-    from modeling_scgrn.masks import block_mask_to_dense, build_block_mask, regulators_first_order
+    from modeling_scgrn.model.masks import (
+        block_mask_to_dense,
+        build_block_mask,
+        regulators_first_order,
+    )
 
     tokenizer, batch, edges = real_cells
     ids, valid = batch["input_ids"][:2, :1024], batch["attention_mask"][:2, :1024]

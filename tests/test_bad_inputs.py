@@ -14,15 +14,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from conftest import OMNIPATH_TABLE, shared_data_or_skip
 
 from modeling_scgrn import ScGrnForCellClassification, ScGrnTokenizer
-from modeling_scgrn.data import pbmc68k_reduced_counts
-from modeling_scgrn.networks import GeneRegulatoryNetwork
-from modeling_scgrn.data import prepare_cells
-from modeling_scgrn.hub import load_pretrained
-from modeling_scgrn.pipeline import new_config, run_pretraining
-
-from conftest import OMNIPATH_TABLE, shared_data_or_skip
+from modeling_scgrn.cells.prepared import prepare_cells
+from modeling_scgrn.cells.reading import pbmc68k_reduced_counts
+from modeling_scgrn.grn.attach import new_config
+from modeling_scgrn.grn.network import GeneRegulatoryNetwork
+from modeling_scgrn.hub.model_folder import load_pretrained
+from modeling_scgrn.workflows.pretrain import run_pretraining
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {

@@ -11,6 +11,7 @@ import textwrap
 import pandas as pd
 import pytest
 import torch
+from conftest import EDGES, tiny_config
 from safetensors.torch import load_file, save_file
 
 from modeling_scgrn import (
@@ -19,11 +20,9 @@ from modeling_scgrn import (
     ScGrnForMaskedExpressionModeling,
     ScGrnModel,
 )
-from modeling_scgrn.networks import GeneRegulatoryNetwork
-from modeling_scgrn.hub import save_model_folder
-from modeling_scgrn.pipeline import attach_grn
-
-from conftest import EDGES, tiny_config
+from modeling_scgrn.grn.attach import attach_grn
+from modeling_scgrn.grn.network import GeneRegulatoryNetwork
+from modeling_scgrn.hub.model_folder import save_model_folder
 
 HEADS = [ScGrnModel, ScGrnForMaskedExpressionModeling, ScGrnForCellClassification]
 IMPLEMENTATIONS = ["grn_structured", "sdpa", "eager"]

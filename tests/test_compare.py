@@ -4,11 +4,11 @@ masks' per-cell reach and the baselines' rows; its pretrained arm pretrains each
 import json
 import warnings
 
-from modeling_scgrn.networks import GeneRegulatoryNetwork
-from modeling_scgrn.data import prepare_cells
-from modeling_scgrn.pipeline import run_comparison
-
 from conftest import OMNIPATH_TABLE, shared_data_or_skip
+
+from modeling_scgrn.cells.prepared import prepare_cells
+from modeling_scgrn.grn.network import GeneRegulatoryNetwork
+from modeling_scgrn.workflows.compare import run_comparison
 
 
 def test_comparison_of_all_masks_over_three_seeds(tmp_path):

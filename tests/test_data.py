@@ -4,13 +4,20 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+from conftest import CELLTYPIST_SAMPLE, shared_data_or_skip
 
 from modeling_scgrn import ScGrnTokenizer
-from modeling_scgrn.collators import DataCollatorForCellClassification, DataCollatorForMaskedExpression
-from modeling_scgrn.data import check_raw_counts, pbmc68k_reduced_counts, save_dataset_atomically, split_cells, tokenize_anndata
-from modeling_scgrn.data import read_cells
-
-from conftest import CELLTYPIST_SAMPLE, shared_data_or_skip
+from modeling_scgrn.cells.collators import (
+    DataCollatorForCellClassification,
+    DataCollatorForMaskedExpression,
+)
+from modeling_scgrn.cells.prepared import save_dataset_atomically, split_cells
+from modeling_scgrn.cells.reading import (
+    check_raw_counts,
+    pbmc68k_reduced_counts,
+    read_cells,
+)
+from modeling_scgrn.cells.tokenize import tokenize_anndata
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +148,7 @@ def test_failed_save_leaves_no_dataset(tmp_path):
 
 
 def test_qc_filters_count_what_they_drop(pbmc, tmp_path):
-    from modeling_scgrn.data import qc_masks
+    from modeling_scgrn.cells.reading import qc_masks
 
     genes_per_cell = np.diff(pbmc.X.tocsr().indptr)
     cells_per_gene = np.bincount(pbmc.X.indices, minlength=pbmc.n_vars)
@@ -163,7 +170,7 @@ def test_qc_filters_count_what_they_drop(pbmc, tmp_path):
 
 
 def test_parallel_streamed_and_backed_tokenization_equal_the_plain_one(pbmc, tmp_path):
-    from modeling_scgrn.data import stream_anndata
+    from modeling_scgrn.cells.tokenize import stream_anndata
 
     tokenizer = ScGrnTokenizer.from_genes(pbmc.var_names, n_bins=51)
     options = dict(obs_columns=["bulk_labels"], max_length=128, chunk_size=150, show_progress=False)
@@ -193,7 +200,7 @@ def test_saved_dataset_is_sharded(pbmc, tmp_path):
 
 @pytest.mark.parametrize("vocabulary_order", ["file", "shuffled"])
 def test_compiled_encoder_equals_the_tokenizer(pbmc, vocabulary_order):
-    from modeling_scgrn.data import _encode_compiled
+    from modeling_scgrn.cells.tokenize import _encode_compiled
 
     genes = list(pbmc.var_names)
     if vocabulary_order == "shuffled":  # token ids no longer follow the columns: the general sort path
@@ -223,8 +230,8 @@ def test_empty_cell_is_named_by_the_compiled_path(pbmc):
 
 
 def test_single_class_label_column_is_refused_before_anything_is_written(pbmc, tmp_path):
-    from modeling_scgrn.networks import GeneRegulatoryNetwork
-    from modeling_scgrn.data import prepare_cells
+    from modeling_scgrn.cells.prepared import prepare_cells
+    from modeling_scgrn.grn.network import GeneRegulatoryNetwork
 
     one_type = pbmc[:50].copy()
     one_type.obs["cell_type"] = "CD4+/CD45RA+/CD25- Naive T"
@@ -239,7 +246,7 @@ def test_single_class_label_column_is_refused_before_anything_is_written(pbmc, t
 
 @pytest.mark.parametrize("bad,message", [(np.nan, "1 NaN"), (np.inf, "1 infinite"), (-3.0, "1 negative")])
 def test_compiled_path_names_bad_values(pbmc, bad, message):
-    from modeling_scgrn.data import _encode_compiled
+    from modeling_scgrn.cells.tokenize import _encode_compiled
 
     counts = pbmc.X.tocsr().astype(np.float32)
     counts.data[12345] = bad  # one entry deep inside the chunk, found by the encoder's own pass
@@ -249,7 +256,7 @@ def test_compiled_path_names_bad_values(pbmc, bad, message):
 
 
 def test_compiled_path_leaves_non_integer_values_to_the_tokenizer(pbmc):
-    from modeling_scgrn.data import _encode_compiled
+    from modeling_scgrn.cells.tokenize import _encode_compiled
 
     counts = pbmc.X.tocsr().astype(np.float32)
     counts.data[-1] += 0.5
@@ -259,7 +266,7 @@ def test_compiled_path_leaves_non_integer_values_to_the_tokenizer(pbmc):
 
 
 def test_compiled_encoder_with_unsorted_columns_equals_the_tokenizer(pbmc):
-    from modeling_scgrn.data import _encode_compiled
+    from modeling_scgrn.cells.tokenize import _encode_compiled
 
     counts = pbmc.X.tocsr().copy()
     for row in range(counts.shape[0]):  # each row's entries in reverse column order: still a valid CSR matrix
@@ -277,8 +284,8 @@ def test_compiled_encoder_with_unsorted_columns_equals_the_tokenizer(pbmc):
 def test_already_normalised_values_are_refused_unless_normalisation_is_switched_off(tmp_path):
     import scanpy as sc
 
-    from modeling_scgrn.networks import GeneRegulatoryNetwork
-    from modeling_scgrn.data import prepare_cells
+    from modeling_scgrn.cells.prepared import prepare_cells
+    from modeling_scgrn.grn.network import GeneRegulatoryNetwork
 
     reduced = sc.datasets.pbmc68k_reduced()
     logged = ad.AnnData(sp.csr_matrix(reduced.raw.X), obs=reduced.obs[["bulk_labels"]], var=reduced.raw.var)

@@ -8,18 +8,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
-from modeling_scgrn.data import load_prepared, prepare_cells
-from modeling_scgrn.evaluation import (
-    _masked_batch_scores,
-    _smoothed,
-    classification_baselines,
-    classification_table,
-    masked_baseline_table,
-)
-from modeling_scgrn.networks import GeneRegulatoryNetwork, prior_coverage
-
 from conftest import OMNIPATH_TABLE, shared_data_or_skip
+
+from modeling_scgrn.cells.prepared import load_prepared, prepare_cells
+from modeling_scgrn.evaluation.baselines import classification_baselines, classification_table, masked_baseline_table
+from modeling_scgrn.evaluation.metrics import _masked_batch_scores, _smoothed
+from modeling_scgrn.grn.coverage import prior_coverage
+from modeling_scgrn.grn.network import GeneRegulatoryNetwork
 
 
 def test_trivial_masked_value_predictors_by_hand():

@@ -3,14 +3,13 @@
 import warnings
 
 import pytest
-
-from modeling_scgrn.networks import GeneRegulatoryNetwork
-from modeling_scgrn.cli import load_yaml_or_json
-from modeling_scgrn.data import prepare_cells
-from modeling_scgrn.pipeline import run_finetuning
-
 from conftest import OMNIPATH_TABLE, shared_data_or_skip
 from test_interpret import ROOT
+
+from modeling_scgrn.cells.prepared import prepare_cells
+from modeling_scgrn.grn.network import GeneRegulatoryNetwork
+from modeling_scgrn.workflows.cli import load_yaml_or_json
+from modeling_scgrn.workflows.finetune import run_finetuning
 
 # Measured with this exact setup (torch 2.13 CPU, 2 threads): accuracy 0.793, macro-F1 0.755 on the 140 held-out
 # cells; the majority class gives 0.343 / 0.051. The tolerance is about the spread over seeds (benchmarks/README.md:

@@ -9,13 +9,12 @@ import textwrap
 
 import pytest
 import torch
+from conftest import EDGES, tiny_config
 from safetensors.torch import load_file, save_file
 
 from modeling_scgrn import ScGrnForCellClassification
-from modeling_scgrn.networks import GeneRegulatoryNetwork
-from modeling_scgrn.hub import save_model_folder
-
-from conftest import EDGES, tiny_config
+from modeling_scgrn.grn.network import GeneRegulatoryNetwork
+from modeling_scgrn.hub.model_folder import save_model_folder
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
@@ -27,7 +26,7 @@ def hub_cache(tmp_path, tokenizer, edge_tensor, batch):
                                                    label2id={"B": 0, "T": 1, "NK": 2})).eval()
     network = GeneRegulatoryNetwork.from_dataframe(
         __import__("pandas").DataFrame(EDGES, columns=["source", "target"]), provenance={"resource": "hand-made"})
-    from modeling_scgrn.pipeline import attach_grn
+    from modeling_scgrn.grn.attach import attach_grn
 
     attach_grn(model, network, tokenizer)
     folder = save_model_folder(model, tokenizer, network, tmp_path / "folder", plot=False)
@@ -92,7 +91,7 @@ def test_model_folder_contents(hub_cache):
     folder = home / "hub" / "models--org--scgrn" / "snapshots" / REVISION
     names = sorted(p.name for p in folder.iterdir())
     assert names == sorted([
-        "README.md", "config.json", "configuration_scgrn.py", "grn_edges.parquet", "kernels.py", "masks.py",
+        "README.md", "config.json", "configuration_scgrn.py", "controls.py", "grn_edges.parquet", "kernels.py", "masks.py",
         "grn_provenance.json", "model.safetensors", "modeling_scgrn.py", "prior_report.json",
         "tokenization_scgrn.py", "tokenizer.json", "tokenizer_config.json",
     ])
@@ -106,7 +105,8 @@ def test_model_folder_contents(hub_cache):
     assert "grn_direction" in card.text and "regulator_to_target" in card.text
     loaded = GeneRegulatoryNetwork.load(folder)
     assert len(loaded) == len(EDGES) and loaded.provenance["resource"] == "hand-made"
-    for module in ("modeling_scgrn.py", "configuration_scgrn.py", "kernels.py", "masks.py", "tokenization_scgrn.py"):
+    for module in ("modeling_scgrn.py", "configuration_scgrn.py", "controls.py", "kernels.py", "masks.py",
+                   "tokenization_scgrn.py"):
         text = (folder / module).read_text()
         for heavy in ("anndata", "pandas", "scanpy", "scipy"):
             assert f"import {heavy}" not in text, (module, heavy)

@@ -10,14 +10,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pandas as pd
 import pytest
 import torch
+from conftest import EDGES, tiny_config
 
 from modeling_scgrn import ScGrnForCellClassification
-from modeling_scgrn.networks import GeneRegulatoryNetwork
-from modeling_scgrn.hub import push_model_folder, push_to_hub
-from modeling_scgrn.hub import save_model_folder
-from modeling_scgrn.pipeline import attach_grn
-
-from conftest import EDGES, tiny_config
+from modeling_scgrn.grn.attach import attach_grn
+from modeling_scgrn.grn.network import GeneRegulatoryNetwork
+from modeling_scgrn.hub.model_folder import save_model_folder
+from modeling_scgrn.hub.publish import push_model_folder, push_to_hub
 
 
 class FakeHub(BaseHTTPRequestHandler):

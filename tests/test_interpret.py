@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import OMNIPATH_TABLE, shared_data_or_skip
 
 from modeling_scgrn import ScGrnModel
-from modeling_scgrn.interpret import attention_scores, plot_attention_heatmap, prior_agreement, top_pairs
-from modeling_scgrn.data import load_prepared, prepare_cells
-from modeling_scgrn.pipeline import attach_grn, new_config
-
-from conftest import OMNIPATH_TABLE, shared_data_or_skip
+from modeling_scgrn.cells.prepared import load_prepared, prepare_cells
+from modeling_scgrn.grn.attach import attach_grn, new_config
+from modeling_scgrn.tl.attention import attention_scores, plot_attention_heatmap, prior_agreement, top_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
@@ -22,7 +21,7 @@ TINY = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermed
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from modeling_scgrn.networks import GeneRegulatoryNetwork
+    from modeling_scgrn.grn.network import GeneRegulatoryNetwork
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from modeling_scgrn.knockouts import downstream, knockout_candidates, score_knockout
+from modeling_scgrn.bench.knockouts import downstream, knockout_candidates, score_knockout
 
 EDGES = pd.DataFrame({"source": ["A", "A", "B", "B", "D"], "target": ["B", "C", "D", "E", "F"], "sign": 1})
 
@@ -28,11 +28,11 @@ def test_scores_reward_the_right_signs_and_ranking():
 
 def test_tiny_validation_runs_every_predictor(collectri_prior):
     pytest.importorskip("sergio_rs")
-    from modeling_scgrn import ScGrnForMaskedExpressionModeling, ScGrnTokenizer
-    from modeling_scgrn.knockouts import validate_knockouts
-    from modeling_scgrn.simulate import simulate_cells, true_edges
-
     from conftest import tiny_config
+
+    from modeling_scgrn import ScGrnForMaskedExpressionModeling, ScGrnTokenizer
+    from modeling_scgrn.bench.knockouts import validate_knockouts
+    from modeling_scgrn.bench.simulate import simulate_cells, true_edges
 
     cells = simulate_cells(collectri_prior, n_genes=40, n_cells=60, n_cell_types=3, seed=1, targets_per_regulator=10)
     tokenizer = ScGrnTokenizer.from_genes(list(cells.var_names), n_bins=5)

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import OMNIPATH_TABLE, shared_data_or_skip
-from modeling_scgrn.known_truth import candidate_pairs, corrupted_network, edge_recovery, unrelated_network
+
+from modeling_scgrn.bench.known_truth import candidate_pairs, corrupted_network, edge_recovery, unrelated_network
 
 ROOT = Path(__file__).resolve().parents[1]
 TRUE = pd.DataFrame({"source": ["A", "A", "A", "B", "B", "C", "C", "C"],
@@ -32,7 +32,7 @@ def test_corrupted_networks_remove_and_add_the_stated_shares():
 def test_unrelated_network_is_a_real_topology_on_the_same_genes_without_true_edges(collectri_prior):
     pytest.importorskip("sergio_rs")
     prior = collectri_prior
-    from modeling_scgrn.simulate import simulate_cells, true_edges
+    from modeling_scgrn.bench.simulate import simulate_cells, true_edges
 
     cells = simulate_cells(prior, n_genes=40, n_cells=30, n_cell_types=2, seed=3)
     truth = true_edges(cells)
@@ -56,7 +56,7 @@ def test_edge_recovery_scores_perfect_and_random_rankings():
 def test_labelled_subset_keeps_at_most_n_cells_per_label_in_order():
     import datasets
 
-    from modeling_scgrn.pipeline import labelled_subset
+    from modeling_scgrn.workflows.finetune import labelled_subset
 
     split = datasets.Dataset.from_dict({"cell_type": list("aaaaabbbc"), "row": list(range(9))})
     subset = labelled_subset(split, "cell_type", 2, seed=0)

@@ -1,6 +1,13 @@
 import pytest
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
+from conftest import tiny_config
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
 
 from modeling_scgrn import (
     ScGrnConfig,
@@ -8,11 +15,9 @@ from modeling_scgrn import (
     ScGrnForMaskedExpressionModeling,
     ScGrnModel,
 )
-from modeling_scgrn.masks import edge_keys, lookup_pairs
-from modeling_scgrn.kernels import _SwiGLU
-from modeling_scgrn.modeling_scgrn import ScGrnMLP
-
-from conftest import tiny_config
+from modeling_scgrn.model.kernels import _SwiGLU
+from modeling_scgrn.model.masks import edge_keys, lookup_pairs
+from modeling_scgrn.model.modeling_scgrn import ScGrnMLP
 
 HEADS = [ScGrnModel, ScGrnForMaskedExpressionModeling, ScGrnForCellClassification]
 

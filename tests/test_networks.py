@@ -4,18 +4,13 @@ import warnings
 import pandas as pd
 import pytest
 import torch
+from conftest import CELLTYPIST_SAMPLE, OMNIPATH_TABLE, shared_data_or_skip, tiny_config
 
 from modeling_scgrn import ScGrnModel, ScGrnTokenizer
-from modeling_scgrn.networks import (
-    GeneRegulatoryNetwork,
-    plot_mask,
-    prior_report,
-    read_mapping_table,
-    select_gene_panel,
-)
-from modeling_scgrn.masks import random_control_edges, shuffled_control_edges
-
-from conftest import CELLTYPIST_SAMPLE, OMNIPATH_TABLE, shared_data_or_skip, tiny_config
+from modeling_scgrn.grn.coverage import plot_mask, prior_report
+from modeling_scgrn.grn.network import GeneRegulatoryNetwork, read_mapping_table
+from modeling_scgrn.grn.panel import select_gene_panel
+from modeling_scgrn.model.controls import random_control_edges, shuffled_control_edges
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,11 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+from conftest import GENES, tiny_config
 
 from modeling_scgrn import ScGrnForCellClassification, ScGrnForMaskedExpressionModeling
-from modeling_scgrn.perturbation import _cells, _perturbed, masking_groups, predicted_expression
-from modeling_scgrn.tools import perturb
-
-from conftest import GENES, tiny_config
+from modeling_scgrn.tl.perturb import _cells, _perturbed, masking_groups, predicted_expression
+from modeling_scgrn.tl.verbs import perturb
 
 ROOT = Path(__file__).resolve().parents[1]
 

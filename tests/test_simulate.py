@@ -9,13 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-
 from conftest import OMNIPATH_TABLE, shared_data_or_skip
 
 pytest.importorskip("sergio_rs")
 
-from modeling_scgrn.networks import GeneRegulatoryNetwork  # noqa: E402
-from modeling_scgrn.simulate import (  # noqa: E402
+from modeling_scgrn.bench.simulate import (
     knockout_effects,
     master_regulators,
     regulation_signal,
@@ -26,6 +24,7 @@ from modeling_scgrn.simulate import (  # noqa: E402
     simulate_knockout,
     true_edges,
 )
+from modeling_scgrn.grn.network import GeneRegulatoryNetwork  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

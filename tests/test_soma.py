@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CELLTYPIST_SAMPLE, OMNIPATH_TABLE, shared_data_or_skip, torchrun
 from safetensors.torch import load_file
 
-from modeling_scgrn.data import pbmc68k_reduced_counts, tokenize_anndata
-from modeling_scgrn.pipeline import run_pretraining
-
-from conftest import CELLTYPIST_SAMPLE, OMNIPATH_TABLE, shared_data_or_skip, torchrun
+from modeling_scgrn.cells.reading import pbmc68k_reduced_counts
+from modeling_scgrn.cells.tokenize import tokenize_anndata
+from modeling_scgrn.workflows.pretrain import run_pretraining
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -32,7 +32,7 @@ def soma_or_skip():
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail("tiledbsoma is not installed; CI installs the soma extra")
         pytest.skip("the soma extra (tiledbsoma, tiledbsoma-ml) is not installed")
-    from modeling_scgrn import soma
+    from modeling_scgrn.cells import soma
 
     return soma
 
@@ -163,7 +163,7 @@ def test_a_stream_resumed_at_a_position_repeats_and_skips_nothing(files, monkeyp
 
 
 def test_pretraining_killed_and_resumed_trains_on_the_cells_and_weights_of_an_uninterrupted_run(folder, tmp_path):
-    from modeling_scgrn import collators
+    from modeling_scgrn.cells import collators
 
     options = {"max_steps": 10, "checkpoint_steps": 4, "per_device_batch_size": 8, "logging_steps": 5, "seed": 3,
                "show_progress": False, "report_to": "none", "mixed_precision": "no"}
@@ -211,11 +211,11 @@ TWO_PROCESS_SCRIPT = textwrap.dedent(
     import json, sys
     import torch.distributed as dist
     from modeling_scgrn import ScGrnForMaskedExpressionModeling
-    from modeling_scgrn.collators import DataCollatorForMaskedExpression
-    from modeling_scgrn.data import load_prepared
-    from modeling_scgrn.pipeline import attach_grn, new_config
-    from modeling_scgrn.soma import SomaCellStream, training_cells
-    from modeling_scgrn.training import TrainingConfig, train
+    from modeling_scgrn.cells.collators import DataCollatorForMaskedExpression
+    from modeling_scgrn.cells.prepared import load_prepared
+    from modeling_scgrn.grn.attach import attach_grn, new_config
+    from modeling_scgrn.cells.soma import SomaCellStream, training_cells
+    from modeling_scgrn.train.training import TrainingConfig, train
 
     folder, output, model_options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     dataset, tokenizer, network, _ = load_prepared(folder, streamed=True)
@@ -290,7 +290,7 @@ def test_bad_soma_sources_give_one_line(case, files, tmp_path):
 
 
 def test_a_soma_folder_refuses_finetuning_and_a_changed_experiment(folder, files, tmp_path):
-    from modeling_scgrn.pipeline import run_finetuning
+    from modeling_scgrn.workflows.finetune import run_finetuning
 
     with pytest.raises(ValueError, match="streams its training cells from a SOMA experiment"):
         run_finetuning(folder, tmp_path / "ft", label_column="bulk_labels", pretrained=None, model_options={},
@@ -328,8 +328,8 @@ def test_pretrain_script_streams_with_two_processes(files, tmp_path):
 
 def test_a_prior_aware_panel_is_chosen_from_the_experiment(files, network):
     soma = soma_or_skip()
-    from modeling_scgrn.data import DataConfig
-    from modeling_scgrn.networks import prior_report
+    from modeling_scgrn.cells.config import DataConfig
+    from modeling_scgrn.grn.coverage import prior_report
 
     cells = soma.query_cells(soma.SomaSource(files["uri"], obs_filter="dataset == 'celltypist_sample'"))
     ranked, report = soma.soma_gene_panel(cells, network, DataConfig(panel="ranked", n_top_genes=500),

@@ -1,8 +1,8 @@
+import anndata as ad
 import numpy as np
 import pytest
 import scanpy as sc
 import scipy.sparse as sp
-import anndata as ad
 
 from modeling_scgrn import ScGrnTokenizer
 

@@ -2,13 +2,13 @@ import anndata as ad
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 
 from modeling_scgrn import ScGrnForCellClassification, ScGrnTokenizer
-from modeling_scgrn.collators import DataCollatorForCellClassification
-from modeling_scgrn.data import pbmc68k_reduced_counts, tokenize_anndata
-from modeling_scgrn.tools import check_labels, embed, predict
-
-from conftest import tiny_config
+from modeling_scgrn.cells.collators import DataCollatorForCellClassification
+from modeling_scgrn.cells.reading import pbmc68k_reduced_counts
+from modeling_scgrn.cells.tokenize import tokenize_anndata
+from modeling_scgrn.tl.verbs import check_labels, embed, predict
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_embedding_metrics_add_scib_scores_where_installed():
     import scanpy as sc
     from sklearn.metrics import silhouette_score
 
-    from modeling_scgrn.evaluation import embedding_metrics
+    from modeling_scgrn.evaluation.metrics import embedding_metrics
 
     adata = sc.datasets.pbmc68k_reduced()
     embeddings, labels = adata.obsm["X_pca"][:, :20], adata.obs["bulk_labels"].astype(str).to_numpy()

@@ -9,15 +9,15 @@ import warnings
 
 import pytest
 import torch
+from conftest import CELLTYPIST_SAMPLE, OMNIPATH_TABLE, shared_data_or_skip, torchrun
 from safetensors.torch import load_file
 
-from modeling_scgrn.networks import GeneRegulatoryNetwork
-from modeling_scgrn.cli import script_options
-from modeling_scgrn.data import prepare_cells
-from modeling_scgrn.pipeline import run_finetuning, run_pretraining
-from modeling_scgrn.training import TrainingConfig
-
-from conftest import CELLTYPIST_SAMPLE, OMNIPATH_TABLE, shared_data_or_skip, torchrun
+from modeling_scgrn.cells.prepared import prepare_cells
+from modeling_scgrn.grn.network import GeneRegulatoryNetwork
+from modeling_scgrn.train.training import TrainingConfig
+from modeling_scgrn.workflows.cli import script_options
+from modeling_scgrn.workflows.finetune import run_finetuning
+from modeling_scgrn.workflows.pretrain import run_pretraining
 
 TINY_MODEL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                   hidden_dropout_prob=0.1, value_encoding="continuous")
@@ -46,7 +46,7 @@ def test_resume_after_crash_gives_the_uninterrupted_weights(prepared, tmp_path):
     run_pretraining(prepared, tmp_path / "straight", model_options=TINY_MODEL, training_options=options)
 
     # Crash during step 7 (after the checkpoint at step 4), then resume from the latest checkpoint.
-    from modeling_scgrn import collators as data_module
+    from modeling_scgrn.cells import collators as data_module
 
     original = data_module.DataCollatorForMaskedExpression.pad
     calls = {"n": 0}
@@ -78,7 +78,7 @@ def test_resume_after_crash_gives_the_uninterrupted_weights(prepared, tmp_path):
 def test_deterministic_kernels_run_the_same_steps_and_are_switched_off_after(prepared, tmp_path, monkeypatch):
     """`training.deterministic` runs every step (grn_structured's index_add/scatter included) under torch's
     deterministic algorithms, restores the previous setting after, and on CPU changes no result."""
-    from modeling_scgrn import collators as data_module
+    from modeling_scgrn.cells import collators as data_module
 
     seen, original = {}, data_module.DataCollatorForMaskedExpression.pad
     options = quiet(max_steps=4, per_device_batch_size=16, seed=1)
@@ -128,10 +128,10 @@ TWO_PROCESS_SCRIPT = textwrap.dedent(
     import torch
     from safetensors.torch import save_file
     from modeling_scgrn import ScGrnForMaskedExpressionModeling
-    from modeling_scgrn.collators import DataCollatorForMaskedExpression
-    from modeling_scgrn.data import load_prepared
-    from modeling_scgrn.pipeline import attach_grn, new_config
-    from modeling_scgrn.training import TrainingConfig, train
+    from modeling_scgrn.cells.collators import DataCollatorForMaskedExpression
+    from modeling_scgrn.cells.prepared import load_prepared
+    from modeling_scgrn.grn.attach import attach_grn, new_config
+    from modeling_scgrn.train.training import TrainingConfig, train
 
     prepared, output, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     dataset, tokenizer, network, _ = load_prepared(prepared)
@@ -195,7 +195,7 @@ def test_bad_inputs_fail_before_training(prepared, tmp_path):
         run_pretraining(tmp_path, tmp_path / "b", model_options={}, training_options=quiet())
     other = tmp_path / "other_vocab"
     from modeling_scgrn import ScGrnForMaskedExpressionModeling, ScGrnTokenizer
-    from modeling_scgrn.pipeline import new_config
+    from modeling_scgrn.grn.attach import new_config
 
     tokenizer = ScGrnTokenizer.from_genes(["CD3E", "CD4", "MS4A1"])
     ScGrnForMaskedExpressionModeling(new_config(tokenizer, grn_mode="dense", **{k: v for k, v in TINY_MODEL.items()})
@@ -267,7 +267,7 @@ def test_bf16_mixed_precision_trains_on_cpu(prepared, tmp_path):
     # Accelerate's precision is fixed once per process, so each precision trains in a process of its own
     weights = {}
     for precision in ("no", "bf16"):
-        code = ("import json, sys; from modeling_scgrn.pipeline import run_pretraining; "
+        code = ("import json, sys; from modeling_scgrn.workflows.pretrain import run_pretraining; "
                 "run_pretraining(sys.argv[1], sys.argv[2], model_options=json.loads(sys.argv[3]), "
                 "training_options=json.loads(sys.argv[4]))")
         options = quiet(max_steps=3, mixed_precision=precision)
@@ -293,7 +293,7 @@ def test_sharding_that_accelerate_does_not_apply_on_cpu_is_named(prepared, tmp_p
 
 def test_pretrained_model_finetunes_on_a_new_dataset_with_other_genes(prepared, tmp_path):
     """The path users take: pretrain on one dataset, finetune on another whose genes differ."""
-    from modeling_scgrn.data import pbmc68k_reduced_counts
+    from modeling_scgrn.cells.reading import pbmc68k_reduced_counts
 
     run_pretraining(prepared, tmp_path / "pre", model_options=dict(TINY_MODEL), training_options=quiet(max_steps=2))
     pretrained = tmp_path / "pre" / "model"
@@ -326,8 +326,9 @@ def test_pretrained_model_finetunes_on_a_new_dataset_with_other_genes(prepared, 
 
 def test_layer_decay_gives_each_layer_its_learning_rate(tokenizer):
     from conftest import tiny_config
+
     from modeling_scgrn import ScGrnForCellClassification
-    from modeling_scgrn.training import _optimizer, layer_depth
+    from modeling_scgrn.train.training import _optimizer, layer_depth
 
     model = ScGrnForCellClassification(tiny_config(tokenizer, num_hidden_layers=3))
     assert [layer_depth(n, 3) for n in ("classifier.weight", "scgrn.norm.weight", "scgrn.layers.2.mlp.up_proj.weight",

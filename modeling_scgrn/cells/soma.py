@@ -1,0 +1,512 @@
+"""Cells streamed from a TileDB-SOMA experiment (the CELLxGENE Census format) into pretraining, without exporting
+them to `.h5ad` or Arrow first.
+
+The cells a query matches are cut into blocks of consecutive `soma_joinid`s; each epoch visits the blocks in a new
+seeded order, and every `batch_size` cells of that order form one unit (a batch). Unit `k` of the endless
+sequence of epochs goes to shard `k mod S`, one shard per process and DataLoader worker (`S = processes x
+workers`), so shards never share a cell within an epoch and together they see every cell. A shard reads
+`io_batches` of its units at a time (one TileDB read), shuffles the cells among them and tokenizes them with the
+same encoder as `.h5ad` files (`data.encode_chunk`), so the same cell gives the same tokens from either source.
+
+The sequence is a pure function of the seed, the cells and the sharding, so a position (units consumed by each
+process) is all a checkpoint needs: a resumed run reads from there, repeating and skipping nothing.
+
+Needs the optional extra `pip install 'scgrn[soma]'` (tiledbsoma, tiledbsoma-ml). Uses numpy/pandas/datasets;
+never imported by the model files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+GENE_COLUMNS = ("feature_name", "gene_symbols", "gene_name", "var_id", "feature_id")
+STREAM_STATE_KEYS = ("cells", "cells_sha256", "batch_size", "seed", "shuffle_chunk_size", "io_batches",
+                     "world_size", "num_workers")
+
+
+def _tiledbsoma():
+    try:
+        import tiledbsoma
+        import tiledbsoma_ml  # noqa: F401  (its building blocks read the blocks)
+    except ImportError as error:
+        raise ImportError(f"reading TileDB-SOMA needs the soma extra ({error.name} is missing): "
+                          "pip install 'scgrn[soma]'") from error
+    return tiledbsoma
+
+
+@dataclass(frozen=True)
+class SomaSource:
+    """Where the cells are: a SOMA experiment (a local folder or an s3:// / tiledb:// URI), its measurement, the X
+    layer of raw counts, an optional `obs` value filter (e.g. `"is_primary_data == True and tissue == 'blood'"`),
+    the `var` column naming genes as the prior does (default: the first of `GENE_COLUMNS` present), and TileDB
+    settings (e.g. `{"vfs.s3.region": "us-west-2"}` for the Census)."""
+
+    uri: str
+    measurement: str = "RNA"
+    layer: str = "raw"
+    obs_filter: str | None = None
+    gene_column: str | None = None
+    tiledb_config: dict | None = None
+
+    def display_name(self) -> str:
+        """The experiment by name, safe to publish: a local folder's last part (never its path), a URI as given."""
+        return self.uri if "://" in self.uri else Path(self.uri).name
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@contextmanager
+def open_experiment(source: SomaSource):
+    """The experiment opened for reading, with its measurement and X layer checked (each missing piece is one
+    ValueError that names what is there)."""
+    tiledbsoma = _tiledbsoma()
+    context = tiledbsoma.SOMATileDBContext(tiledb_config=source.tiledb_config or {})
+    try:
+        experiment = tiledbsoma.Experiment.open(source.uri, context=context)
+    except (tiledbsoma.DoesNotExistError, tiledbsoma.SOMAError, OSError) as error:
+        raise ValueError(f"{source.uri} is not a TileDB-SOMA experiment ({type(error).__name__}); give the folder "
+                         "tiledbsoma.io.from_anndata wrote, or a Census release with --census.") from error
+    with experiment:
+        measurements = list(experiment.ms.keys())
+        if source.measurement not in measurements:
+            raise ValueError(f"the experiment has no measurement {source.measurement!r}; it has {measurements}.")
+        layers = list(experiment.ms[source.measurement].X.keys())
+        if source.layer not in layers:
+            raise ValueError(f"measurement {source.measurement!r} has no X layer {source.layer!r}; its layers are "
+                             f"{layers} (give the one of raw counts with --layer).")
+        yield experiment
+
+
+@dataclass
+class SomaCells:
+    """The cells a query matches (`joinids`, sorted `soma_joinid`s), every gene column of the measurement
+    (`var_joinids`, `gene_names`), and the source they came from."""
+
+    source: SomaSource
+    joinids: np.ndarray
+    var_joinids: np.ndarray
+    gene_names: list
+
+    def __len__(self) -> int:
+        return len(self.joinids)
+
+    def subset(self, joinids) -> "SomaCells":
+        return dataclasses.replace(self, joinids=np.sort(np.asarray(joinids, dtype=np.int64)))
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 of the joinids, computed once (every checkpoint records it)."""
+        return hashlib.sha256(np.ascontiguousarray(self.joinids, dtype=np.int64).tobytes()).hexdigest()
+
+
+def query_cells(source: SomaSource) -> SomaCells:
+    """The cells `source.obs_filter` matches, with the measurement's genes named by `source.gene_column` (resolved
+    to the first of `GENE_COLUMNS` present when None). An unreadable filter or one matching no cell is a
+    ValueError."""
+    tiledbsoma = _tiledbsoma()
+    with open_experiment(source) as experiment:
+        try:
+            query = experiment.axis_query(source.measurement,
+                                          obs_query=tiledbsoma.AxisQuery(value_filter=source.obs_filter))
+            joinids = np.sort(query.obs_joinids().to_numpy().astype(np.int64))
+        except (tiledbsoma.SOMAError, ValueError, TypeError) as error:
+            reason = " ".join(str(error).split("At:")[0].split())  # tiledbsoma appends its own stack as text
+            columns = [c for c in experiment.obs.schema.names if c != "soma_joinid"]
+            raise ValueError(f"obs_filter {source.obs_filter!r} could not be applied ({reason}); write it as a TileDB "
+                             f"value filter (e.g. \"tissue == 'blood' and n_genes > 200\") over the obs columns "
+                             f"{columns}.") from error
+        if joinids.size == 0:
+            raise ValueError(f"the query matches no cells (obs_filter {source.obs_filter!r} over "
+                             f"{experiment.obs.count} cells); loosen the filter.")
+        var = experiment.ms[source.measurement].var.read().concat().to_pandas()
+    column = source.gene_column or next((c for c in GENE_COLUMNS if c in var.columns), None)
+    if column not in var.columns:
+        raise ValueError(f"var has no gene column {column!r}; its columns are "
+                         f"{[c for c in var.columns if c != 'soma_joinid']} (choose one with --gene_column).")
+    return SomaCells(dataclasses.replace(source, gene_column=column), joinids,
+                     var["soma_joinid"].to_numpy().astype(np.int64), var[column].astype(str).tolist())
+
+
+def read_block(cells: SomaCells, joinids: np.ndarray, obs_columns=(), experiment=None):
+    """Raw counts of the cells `joinids`, in that order: a `(cells, genes)` CSR matrix over `cells.gene_names` and
+    their `obs` columns (a DataFrame with `soma_joinid` first). One TileDB read. (tiledbsoma-ml's `IOBatchIterable`
+    runs a full `gc.collect()` per read, 0.16 s each beside torch, and its CSR builder compiles with numba in every
+    process, about 6 s; scipy assembles the matrix instead.)"""
+    import scipy.sparse as sp
+    import tiledbsoma
+
+    if experiment is None:
+        with open_experiment(cells.source) as opened:
+            return read_block(cells, joinids, obs_columns, opened)
+    # astype copies: after a spawn, unpickled arrays carry a dtype object that tiledbsoma's type check refuses
+    joinids, var_joinids = np.asarray(joinids).astype("int64"), cells.var_joinids.astype("int64")
+    X = experiment.ms[cells.source.measurement].X[cells.source.layer]
+    rows = tiledbsoma.IntIndexer(joinids, context=X.context)
+    genes = tiledbsoma.IntIndexer(var_joinids, context=X.context)
+    parts = [(rows.get_indexer(table["soma_dim_0"]), genes.get_indexer(table["soma_dim_1"]),
+              table["soma_data"].to_numpy()) for table in X.read(coords=(joinids, var_joinids)).tables()]
+    i, j, values = (np.concatenate(p) for p in zip(*parts)) if parts else (np.zeros(0, np.int64),) * 2 + (
+        np.zeros(0, np.float32),)
+    matrix = sp.csr_matrix((values, (i, j)), shape=(len(joinids), len(var_joinids)))
+    matrix.sort_indices()
+    columns = ["soma_joinid", *[c for c in obs_columns if c != "soma_joinid"]]
+    obs = (experiment.obs.read(coords=(joinids,), column_names=columns).concat().to_pandas()
+           .set_index("soma_joinid").reindex(joinids).reset_index())
+    return matrix, obs
+
+
+def tokenize_block(cells: SomaCells, joinids, tokenizer, max_length: int | None, obs_columns=(), experiment=None):
+    """The cells `joinids` tokenized as `data.encode_chunk` tokenizes `.h5ad` cells: a `pyarrow.Table` with the
+    token columns, `soma_joinid` and the requested `obs` columns, in the order given."""
+    import pyarrow as pa
+
+    from .tokenize import encode_chunk
+
+    matrix, obs = read_block(cells, joinids, obs_columns, experiment)
+    columns, _ = encode_chunk(matrix, tokenizer, cells.gene_names, max_length)
+    columns["soma_joinid"] = pa.array(obs["soma_joinid"].to_numpy().astype(np.int64))
+    for column in obs_columns:
+        if column != "soma_joinid":
+            columns[column] = pa.array(obs[column].astype(str).tolist())
+    return pa.table(columns)
+
+
+def _table_rows(table) -> list[dict]:
+    """Per-cell dicts of numpy arrays (no Python lists) from a tokenized block."""
+    sequences = {}
+    for name in ("input_ids", "expression_values", "expression_bins"):
+        if name in table.column_names:
+            column = table[name].combine_chunks()
+            # a writable copy: torch refuses (with a warning) to wrap the read-only Arrow buffers
+            sequences[name] = (column.offsets.to_numpy(), np.array(column.values.to_numpy(zero_copy_only=False)))
+    scalars = {name: table[name].to_pylist() for name in table.column_names if name not in sequences}
+    rows = []
+    for i in range(table.num_rows):
+        row = {name: values[offsets[i]:offsets[i + 1]] for name, (offsets, values) in sequences.items()}
+        row.update({name: values[i] for name, values in scalars.items()})
+        rows.append(row)
+    return rows
+
+
+def _distributed() -> tuple[int, int]:
+    from tiledbsoma_ml._distributed import get_distributed_rank_and_world_size
+
+    return get_distributed_rank_and_world_size()
+
+
+def _worker() -> tuple[int, int]:
+    from tiledbsoma_ml._distributed import get_worker_id_and_num
+
+    return get_worker_id_and_num()
+
+
+class SomaCellStream(torch.utils.data.IterableDataset):
+    """Tokenized cells streamed from SOMA in seeded, block-shuffled order, sharded across processes and DataLoader
+    workers (see the module's docstring). Iterating yields this process's cells, one dict each (`input_ids`,
+    `expression_values`, `expression_bins`, `length`, `soma_joinid`, the `obs_columns`: the columns of a
+    tokenized dataset); `units()` yields them a batch at a time, as training reads them. Endless unless `epochs`
+    is given. `state_dict()`/`load_state_dict()` carry the position (units this process has consumed)."""
+
+    def __init__(self, cells: SomaCells, tokenizer, *, batch_size: int = 16, seed: int = 0,
+                 shuffle_chunk_size: int = 64, io_batches: int = 16, max_length: int | None = 1024,
+                 obs_columns=(), epochs: int | None = None, num_workers: int = 0):
+        for name, value in (("batch_size", batch_size), ("shuffle_chunk_size", shuffle_chunk_size),
+                            ("io_batches", io_batches)):
+            if value < 1:
+                raise ValueError(f"{name}={value} must be at least 1.")
+        self.cells, self.tokenizer, self.batch_size, self.seed = cells, tokenizer, batch_size, seed
+        self.shuffle_chunk_size, self.io_batches, self.max_length = shuffle_chunk_size, io_batches, max_length
+        self.obs_columns, self.epochs, self.num_workers = tuple(obs_columns), epochs, num_workers
+        self.position = 0
+        self._orders: dict[int, np.ndarray] = {}
+
+    @property
+    def units_per_epoch(self) -> int:
+        return -(-len(self.cells) // self.batch_size)
+
+    def state_dict(self, position: int | None = None) -> dict:
+        """What a checkpoint records: the position, and what the sequence depends on (checked on resume)."""
+        _, world_size = _distributed()
+        return {"position": int(self.position if position is None else position), "cells": len(self.cells),
+                "cells_sha256": self.cells.fingerprint, "batch_size": self.batch_size, "seed": self.seed,
+                "shuffle_chunk_size": self.shuffle_chunk_size, "io_batches": self.io_batches,
+                "world_size": world_size, "num_workers": max(self.num_workers, 1)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a recorded position; refuses one recorded for another sequence (other cells, batch
+        size, seed, number of processes or workers), which would repeat and skip cells."""
+        current = self.state_dict()
+        changed = [f"{key} {state.get(key)} -> {current[key]}" for key in STREAM_STATE_KEYS
+                   if state.get(key) != current[key]]
+        if changed:
+            raise ValueError("the checkpoint's SOMA stream was another sequence (" + "; ".join(changed) + "); resume "
+                             "with the same cells, batch size, seed, processes and DataLoader workers.")
+        self.position = int(state["position"])
+
+    def _order(self, epoch: int) -> np.ndarray:
+        """The cells of `epoch`: blocks of `shuffle_chunk_size` consecutive joinids in a seeded order."""
+        if epoch not in self._orders:
+            blocks = np.array_split(self.cells.joinids, range(self.shuffle_chunk_size, len(self.cells),
+                                                              self.shuffle_chunk_size))
+            rng = np.random.default_rng([self.seed, epoch])
+            self._orders = {epoch: np.concatenate([blocks[i] for i in rng.permutation(len(blocks))])}
+        return self._orders[epoch]
+
+    def unit_cells(self, unit: int) -> np.ndarray:
+        """The joinids of unit `unit` of the endless sequence (before the shuffle within a read)."""
+        epoch, index = divmod(unit, self.units_per_epoch)
+        return self._order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+
+    def _shard(self) -> tuple[int, int, int]:
+        """(shard, shards, first local unit) of this process and worker."""
+        rank, world_size = _distributed()
+        worker, workers = _worker()
+        # a DataLoader takes batches from its workers in turn, starting with worker 0: after `position` batches
+        # the next one is due from the shard of worker `position % workers`, so the workers' shards rotate by that
+        worker = (worker + self.position) % workers
+        first = max(0, -(-(self.position - worker) // workers))  # this shard's units among those consumed
+        return rank * workers + worker, world_size * workers, first
+
+    def units(self):
+        """This process's (and worker's) batches of cells, from the current position on."""
+        shard, shards, local = self._shard()
+        end = None if self.epochs is None else self.epochs * self.units_per_epoch
+        with open_experiment(self.cells.source) as experiment:
+            while True:
+                window = local // self.io_batches
+                first = window * self.io_batches
+                units = [u for u in (l * shards + shard for l in range(first, first + self.io_batches))
+                         if end is None or u < end]
+                if not units:
+                    return
+                yield from self._read_window(units, window, shard, shards, experiment)[local - first:]
+                local = first + self.io_batches
+
+    def _read_window(self, units: list[int], window: int, shard: int, shards: int, experiment) -> list[list]:
+        parts = [self.unit_cells(u) for u in units]
+        joinids = np.concatenate(parts)
+        shuffled = joinids[np.random.default_rng([self.seed, shards, shard, window]).permutation(joinids.size)]
+        rows = _table_rows(tokenize_block(self.cells, shuffled, self.tokenizer, self.max_length, self.obs_columns,
+                                          experiment))
+        bounds = np.cumsum([0] + [len(p) for p in parts])
+        return [rows[bounds[i]:bounds[i + 1]] for i in range(len(parts))]
+
+    def __iter__(self):
+        for unit in self.units():
+            yield from unit
+
+    def loader(self, collate_fn, num_workers: int | None = None):
+        """A DataLoader of this stream's batches (`collate_fn` pads them); workers start by spawn, since TileDB's
+        threads do not survive a fork."""
+        workers = self.num_workers if num_workers is None else num_workers
+        self.num_workers = workers
+        # its own generator: starting an iterator then draws its base seed from it, not from the global RNG, so a
+        # resumed run keeps the global random stream (masks, dropout) of the uninterrupted one
+        return torch.utils.data.DataLoader(_Units(self), batch_size=None, collate_fn=collate_fn, num_workers=workers,
+                                           multiprocessing_context="spawn" if workers else None,
+                                           generator=torch.Generator().manual_seed(self.seed))
+
+
+class _Units(torch.utils.data.IterableDataset):
+    def __init__(self, stream: SomaCellStream):
+        self.stream = stream
+
+    def __iter__(self):
+        return self.stream.units()
+
+
+def stream_soma(experiment_uri: str | os.PathLike, tokenizer, *, measurement: str = "RNA", obs_filter=None,
+                layer: str = "raw", gene_column: str | None = None, tiledb_config: dict | None = None,
+                **options) -> SomaCellStream:
+    """Tokenized cells streamed from a SOMA experiment: the cells `obs_filter` matches, raw counts of `layer`,
+    genes named by `gene_column` and matched to the tokenizer's vocabulary (genes it lacks are dropped and counted
+    as from `.h5ad`). `options` go to [`SomaCellStream`] (`batch_size`, `seed`, `shuffle_chunk_size`,
+    `io_batches`, `max_length`, `obs_columns`, `epochs`, `num_workers`)."""
+    source = SomaSource(str(experiment_uri), measurement, layer, obs_filter, gene_column, tiledb_config)
+    cells = query_cells(source)
+    tokenizer.check_coverage(cells.gene_names)
+    return SomaCellStream(cells, tokenizer, **options)
+
+
+def write_experiment(uri: str | os.PathLike, datasets: dict, *, measurement: str = "RNA", layer: str = "raw") -> str:
+    """A local SOMA experiment from several AnnData objects of raw counts (`{name: adata}`), appended one after
+    the other with tiledbsoma's registration (genes joined by name); `obs` gains a `dataset` column naming each
+    cell's source and every obs column becomes a string column present in all of them. Returns the URI."""
+    tiledbsoma = _tiledbsoma()
+    import tiledbsoma.io
+
+    if Path(uri).exists():
+        raise ValueError(f"{uri} exists; choose a new folder for the experiment.")
+    prepared = []
+    columns = sorted({c for adata in datasets.values() for c in adata.obs.columns} | {"dataset"})
+    for name, adata in datasets.items():
+        adata = adata.copy()
+        adata.obs = adata.obs.reindex(columns=columns).astype(str).replace("nan", "")
+        adata.obs["dataset"] = name
+        adata.obs_names = [f"{name}:{cell}" for cell in adata.obs_names.astype(str)]
+        adata.var_names = adata.var_names.astype(str)
+        adata.var_names_make_unique()
+        prepared.append(adata)
+    uri = str(uri)
+    tiledbsoma.io.from_anndata(uri, prepared[0], measurement_name=measurement, X_layer_name=layer,
+                               ingest_mode="schema_only")
+    registration = tiledbsoma.io.register_anndatas(uri, prepared, measurement_name=measurement,
+                                                   obs_field_name="obs_id", var_field_name="var_id")
+    registration.prepare_experiment(uri)
+    for adata in prepared:
+        tiledbsoma.io.from_anndata(uri, adata, measurement_name=measurement, X_layer_name=layer,
+                                   registration_mapping=registration)
+    return uri
+
+
+SOURCE_FILE = "soma_source.json"
+
+
+def sample_anndata(cells: SomaCells, n_cells: int, seed: int = 0, obs_columns=()):
+    """An in-memory AnnData of `n_cells` cells drawn with `seed` from the query (raw counts, genes named by the
+    gene column): what a gene panel or a quick look needs, without reading the whole experiment."""
+    import anndata
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(cells.joinids, size=min(n_cells, len(cells)), replace=False))
+    matrix, obs = read_block(cells, chosen, obs_columns)
+    adata = anndata.AnnData(matrix.astype(np.float32), obs=obs.set_index(obs["soma_joinid"].astype(str)),
+                            var=pd.DataFrame(index=pd.Index(cells.gene_names, dtype=str)))
+    adata.var_names_make_unique()
+    return adata
+
+
+def soma_gene_panel(cells: SomaCells, network, data, *, sample_cells: int = 10_000) -> tuple[list, dict]:
+    """The vocabulary's genes from the experiment: every named gene (`panel="all"`), or a prior-aware
+    variable-gene panel (`"ranked"`, `"union"`, `"hvg"`: `networks.select_gene_panel`) chosen on `sample_cells`
+    cells drawn with the data seed."""
+    from ..grn.panel import select_gene_panel
+
+    if data.panel == "all":
+        genes = list(dict.fromkeys(g for g in cells.gene_names if g and g != "nan"))
+        return genes, {"strategy": "all", "panel_genes": len(genes)}
+    sample = sample_anndata(cells, sample_cells, data.seed)
+    genes, report = select_gene_panel(sample, network, n_top_genes=data.n_top_genes, strategy=data.panel)
+    return genes, {**report, "chosen_on_cells": sample.n_obs}
+
+
+def _tokenized(cells: SomaCells, joinids, tokenizer, max_length, obs_columns):
+    """A `datasets.Dataset` of the cells `joinids`, read and tokenized in blocks of 4,096."""
+    import datasets
+    import pyarrow as pa
+
+    with open_experiment(cells.source) as experiment:
+        tables = [tokenize_block(cells, joinids[start:start + 4096], tokenizer, max_length, obs_columns, experiment)
+                  for start in range(0, len(joinids), 4096)]
+    return datasets.Dataset(pa.concat_tables(tables))
+
+
+def prepare_soma(source: SomaSource, network, output_dir, data=None, *, tokenizer=None, validation_cells: int = 1000,
+                 sample_cells: int = 2000, obs_columns=(), overwrite: bool = False, **settings) -> dict:
+    """A pretraining data folder for cells streamed from SOMA, as `data.prepare_cells` writes for `.h5ad` files,
+    except that the training cells stay in the experiment: `tokenizer/` (the experiment's genes or a prior-aware
+    panel, or the given tokenizer's), `prior/`, `prior_report.json` (with per-cell coverage), `dataset/` holding
+    only `validation` (held-out cells, at most `validation_cells` and the data config's `validation_size`) and
+    `train_sample` (`sample_cells` training cells, for the trivial baselines and coverage), and `soma_source.json`
+    (the query, and a SHA-256 of its training cells, checked whenever the folder is used). `data` and `settings`
+    are `DataConfig` fields."""
+    from ..grn.coverage import LOW_COVERAGE, coverage_line, prior_coverage, prior_report
+    from ..model.tokenization_scgrn import ScGrnTokenizer
+    from ..storage.folders import atomic_folder, check_output_folder, jsonable
+    from .config import DataConfig
+    from .prepared import _given_tokenizer, save_dataset_atomically
+    from .reading import check_raw_counts
+
+    data = DataConfig.from_dict({**dataclasses.asdict(data or DataConfig()), **settings})
+    if not data.normalize:
+        raise ValueError("a SOMA layer is read as raw counts (the Census's 'raw'); normalize=False does not apply.")
+    check_output_folder(output_dir, overwrite=overwrite, inputs=(source.uri,) if "://" not in source.uri else ())
+    cells = query_cells(source)
+    check_raw_counts(read_block(cells, cells.joinids[:200])[0])
+    validation, train = _hold_out(cells, data, validation_cells)
+    given = _given_tokenizer(tokenizer, data)
+    genes, panel_report = (soma_gene_panel(cells, network, data) if given is None else
+                           (given.convert_ids_to_tokens(given.gene_vocab_ids.tolist()), {"strategy": "tokenizer"}))
+    tokenizer = given or ScGrnTokenizer.from_genes(genes, n_bins=data.n_bins)
+    tokenizer.check_coverage(cells.gene_names)
+    edges = network.to_vocab_edges(tokenizer)
+    rng = np.random.default_rng(data.seed)
+    sample = np.sort(rng.choice(train.joinids, size=min(sample_cells, len(train)), replace=False))
+    splits = {name: _tokenized(cells, ids, tokenizer, data.max_length, obs_columns)
+              for name, ids in (("validation", validation.joinids), ("train_sample", sample))}
+    report = prior_report(network, genes)
+    report["per_cell"] = prior_coverage(splits["train_sample"]["input_ids"], edges, len(tokenizer),
+                                        tokenizer.all_special_ids)
+    (logger.warning if report["per_cell"]["mean_share_of_tokens_with_partner"] < LOW_COVERAGE else logger.info)(
+        coverage_line(report["per_cell"]))
+    metadata = {"sources": [{"name": f"SOMA experiment {source.display_name()}", "obs_filter": source.obs_filter}],
+                "cells": len(cells), "data_config": dataclasses.asdict(data), "panel": panel_report,
+                "split": {"seed": data.seed, "train": len(train), "validation": len(validation), "test": 0,
+                          "train_sample": len(sample)}}
+    described = {"source": cells.source.to_dict(), "train_cells": len(train), "train_cells_sha256": train.fingerprint,
+                 "validation_joinids": validation.joinids.tolist(), "max_length": data.max_length,
+                 "obs_columns": list(obs_columns)}
+    import datasets
+
+    with atomic_folder(output_dir) as folder:
+        save_dataset_atomically(datasets.DatasetDict(splits), folder / "dataset", metadata)
+        tokenizer.save_pretrained(folder / "tokenizer")
+        network.restrict(genes).save(folder / "prior")
+        (folder / "prior_report.json").write_text(json.dumps({"prior": report, **metadata}, indent=2,
+                                                             default=jsonable))
+        (folder / SOURCE_FILE).write_text(json.dumps(described, indent=2))
+    return {"prior": report, **metadata}
+
+
+def _hold_out(cells: SomaCells, data, validation_cells: int) -> tuple[SomaCells, SomaCells]:
+    """Validation cells drawn with the data seed (at most `validation_cells`, and `validation_size` of the
+    cells), and the training cells (the rest)."""
+    size = max(1, min(validation_cells, int(round(data.validation_size * len(cells)))))
+    if size >= len(cells):
+        raise ValueError(f"the query matches {len(cells)} cells: too few to hold out validation cells and train.")
+    chosen = np.random.default_rng(data.seed).choice(cells.joinids, size=size, replace=False)
+    return cells.subset(chosen), cells.subset(np.setdiff1d(cells.joinids, chosen))
+
+
+def training_cells(data_dir) -> tuple[SomaCells, dict]:
+    """The training cells of a folder `prepare_soma` wrote, queried again and checked against the SHA-256 it
+    recorded (an experiment that gained or lost matching cells since is refused), and the folder's description."""
+    described = json.loads((Path(data_dir) / SOURCE_FILE).read_text())
+    cells = query_cells(SomaSource(**described["source"]))
+    train = cells.subset(np.setdiff1d(cells.joinids, np.asarray(described["validation_joinids"], dtype=np.int64)))
+    if train.fingerprint != described["train_cells_sha256"]:
+        raise ValueError(f"the SOMA query now matches other training cells ({len(train)}) than when {data_dir} was "
+                         f"written ({described['train_cells']}); the experiment changed: write a new data folder.")
+    return train, described
+
+
+def census_source(release: str, *, organism: str = "homo_sapiens", obs_filter: str | None = "is_primary_data == True",
+                  gene_column: str = "feature_name") -> SomaSource:
+    """The hosted CELLxGENE Census (`release`, e.g. "2025-01-30" or "stable") as a source: its `organism`
+    experiment, raw counts, primary cells only by default, genes by symbol. Needs network and `pip install
+    'scgrn[census]'`; documented, not tested offline."""
+    try:
+        import cellxgene_census
+    except ImportError as error:
+        raise ImportError("--census needs the census extra: pip install 'scgrn[census]'") from error
+    with cellxgene_census.open_soma(census_version=release) as census:
+        experiment = census["census_data"][organism]
+        # the region and anonymous access only: credentials and local paths never go into the data folder
+        config = {k: v for k, v in census.context.tiledb_config.items()
+                  if k in ("vfs.s3.region", "vfs.s3.no_sign_request")}
+        return SomaSource(experiment.uri, "RNA", "raw", obs_filter, gene_column, config)

@@ -1,0 +1,76 @@
+"""The model card written into every model folder, from the template in `model_cards/`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib.resources import files
+
+import yaml
+
+from ..grn.coverage import coverage_line
+from ..grn.network import GeneRegulatoryNetwork
+
+logger = logging.getLogger(__name__)
+
+
+def model_card(
+    model,
+    network: GeneRegulatoryNetwork | None,
+    report: dict | None,
+    *,
+    repo_id: str = "org/scgrn",
+    training_data: str = "Not recorded.",
+    evaluation: dict | None = None,
+    baselines_markdown: str | None = None,
+    prior_coverage: dict | None = None,
+    license: str = "apache-2.0",
+    datasets: list[str] | None = None,
+) -> str:
+    """The model card text, rendered from `model_cards/scgrn.md` (the single template)."""
+    config = model.config
+    metadata = {
+        "library_name": "transformers",
+        "license": license,
+        "tags": ["single-cell", "scRNA-seq", "gene-regulatory-network", "biology", "scgrn"],
+        "pipeline_tag": "feature-extraction",
+    }
+    if datasets:
+        metadata["datasets"] = datasets
+    if evaluation and "accuracy" in evaluation:
+        metadata["metrics"] = ["accuracy", "f1"]
+    if network is not None and report is not None:
+        p = network.provenance
+        prior_section = (
+            f"- Resource: {p.get('resource', 'custom')} ({p.get('version', 'version not recorded')}), organism "
+            f"{p.get('organism', '?')}, identifiers {p.get('id_type', '?')}.\n"
+            f"- Filters: {p.get('filters', 'none recorded')}; dropped: {json.dumps(p.get('dropped', {}))}.\n"
+            f"- On this model's gene panel ({report['panel_genes']} genes): {report['edges_in_panel']} edges, "
+            f"{report['regulators_in_panel']} regulators, {report['targets_in_panel']} targets, density "
+            f"{report['density']:.2e} of ordered gene pairs, {report['isolated_gene_share']:.1%} of panel genes "
+            "without any edge."
+        )
+    else:
+        prior_section = "No prior attached (`grn_mode='dense'`)."
+    mask_rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in config.mask_description().items())
+    if evaluation:
+        lines = ["| metric | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in evaluation.items()
+                  if isinstance(v, (int, float, str))]
+        evaluation_text = "\n".join(lines)
+    else:
+        evaluation_text = "No evaluation recorded."
+    if baselines_markdown:
+        evaluation_text += "\n\nAgainst simple baselines on the same cells:\n\n" + baselines_markdown
+    if prior_coverage:
+        prior_section += "\n- In the training cells: " + coverage_line(prior_coverage).removeprefix("prior coverage: ")
+    template = files("modeling_scgrn").joinpath("model_cards/scgrn.md").read_text()
+    return template.format(
+        metadata=yaml.safe_dump(metadata, sort_keys=False).strip(),
+        title=f"scgrn: {repo_id}",
+        training_data=training_data,
+        prior_section=prior_section,
+        mask_table=mask_rows,
+        evaluation=evaluation_text,
+        repo_id=repo_id,
+    )

@@ -1,0 +1,219 @@
+"""Configuration of the scgrn model: every hyperparameter of the GRN-masked Transformer, with its default.
+
+This file is shipped next to the weights for `trust_remote_code` loading: it imports only transformers.
+"""
+
+from transformers import PretrainedConfig
+
+GRN_MODES = ("grn", "dense", "random", "shuffled", "rewired")
+GRN_DIRECTIONS = ("regulator_to_target", "target_to_regulator", "both")
+VALUE_ENCODINGS = ("binned", "continuous")
+POOLINGS = ("cls", "mean")
+ISOLATED_GENE_POLICIES = ("self", "dense")
+DEFAULT_N_BINS = 51  # expression bins per cell: the model's, the tokenizer's and DataConfig's default
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+# The fields that say how the network becomes the mask: the model card, `grn_provenance.json` and
+# `hub.architecture_of` read them from here.
+MASK_FIELDS = ("grn_mode", "grn_direction", "grn_self_loops", "cls_attends_all", "all_attend_cls", "isolated_genes",
+               "grn_dense_last_layers", "grn_hops", "grn_control_seed", "num_grn_edges")
+# The fields that shape the network (a model of the same architecture, fresh weights, has these).
+SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+                "value_encoding", "n_bins", "pooling")
+
+# The one table of heads: transformers Auto class -> class in modeling_scgrn.py. The Auto registration
+# (`modeling_scgrn/model/__init__.py`), each saved config's `auto_map` and the Hub's completeness check all read it.
+AUTO_HEADS = {
+    "AutoModel": "ScGrnModel",
+    "AutoModelForMaskedLM": "ScGrnForMaskedExpressionModeling",
+    "AutoModelForSequenceClassification": "ScGrnForCellClassification",
+}
+
+
+class ScGrnConfig(PretrainedConfig):
+    r"""
+    Configuration of [`ScGrnModel`] and its heads.
+
+    A cell is a sequence `[CLS] g_1 ... g_L` of gene tokens (no positions: gene identity is the position), each
+    carrying an expression value. Attention between two genes is allowed only where the gene regulatory network
+    (GRN) stored in the model links them; how the network becomes the mask is fully described by the `grn_*`,
+    `cls_*` and `isolated_genes` fields below, and written into the model card.
+
+    Args:
+        vocab_size (`int`, defaults to 64):
+            Number of tokens in the gene vocabulary, special tokens included.
+        pad_token_id (`int`, defaults to 0): id of `[PAD]`.
+        cls_token_id (`int`, defaults to 1): id of `[CLS]`, the first token of every cell.
+        mask_token_id (`int`, defaults to 2): id of `[MASK]` (reserved; masked-expression modelling masks the
+            value, never the gene identity).
+        unk_token_id (`int`, defaults to 3): id of `[UNK]` (the tokenizer drops unknown genes instead of using it).
+        hidden_size (`int`, defaults to 256): width of the residual stream.
+        num_hidden_layers (`int`, defaults to 4): number of pre-LayerNorm Transformer blocks.
+        num_attention_heads (`int`, defaults to 8): attention heads per block; must divide `hidden_size`.
+        intermediate_size (`int`, defaults to 688): inner width of the SwiGLU feed-forward (about 8/3 x hidden).
+        hidden_act (`str`, defaults to `"silu"`): gate activation of the gated linear unit (SiLU gives SwiGLU).
+        hidden_dropout_prob (`float`, defaults to 0.1): dropout on embeddings and on each residual branch.
+        attention_dropout (`float`, defaults to 0.0): dropout on attention probabilities.
+        classifier_dropout (`float`, defaults to 0.1): dropout before the cell classification layer.
+        layer_norm_eps (`float`, defaults to 1e-5): epsilon of every LayerNorm.
+        initializer_range (`float`, defaults to 0.02): standard deviation of the normal weight initialisation.
+        value_encoding (`str`, defaults to `"binned"`): `"binned"` embeds per-cell expression bins
+            (`expression_bins`, integers in `[0, n_bins]`, 0 meaning no value, e.g. for `[CLS]`);
+            `"continuous"` projects log1p-normalised values (`expression_values`) through a small MLP.
+        n_bins (`int`, defaults to 51): number of expression bins for detected genes when `value_encoding="binned"`;
+            bin `n_bins + 1` marks a masked value.
+        mask_value (`float`, defaults to -1.0): value given to masked genes when `value_encoding="continuous"`
+            (log1p values are never negative, so -1 is unambiguous).
+        pooling (`str`, defaults to `"cls"`): cell embedding = final `[CLS]` state (`"cls"`) or the mean of the
+            final gene states over non-padding genes (`"mean"`).
+        grn_mode (`str`, defaults to `"grn"`): which edges form the mask. `"grn"`: the prior network;
+            `"dense"`: no constraint (the unconstrained Transformer baseline); `"random"`: uniform random edges
+            among the prior's genes, as many as the prior has (seeded by `grn_control_seed`);
+            `"shuffled"`: degree-preserving rewiring of the prior (every gene keeps its in- and out-degree);
+            `"rewired"`: the same rewiring with none of the prior's own edges left, so the same genes regulate and
+            are regulated, as often, in the same cells, but along wrong edges (the control matched to what cells
+            see; compare per-cell active pairs in `finetune/compare.py`).
+        grn_direction (`str`, defaults to `"regulator_to_target"`): direction of information flow along an edge
+            TF -> target. `"regulator_to_target"`: a target's query attends to its regulators' keys (the target
+            reads its regulators); `"target_to_regulator"`: a regulator reads its targets; `"both"`: either.
+        grn_self_loops (`bool`, defaults to `True`): every gene attends to itself. If `False`, `all_attend_cls`
+            must be `True` so that no gene is left with nothing to attend to.
+        cls_attends_all (`bool`, defaults to `True`): the `[CLS]` query attends to every gene of the cell (so the
+            cell embedding sees the whole cell); if `False` it attends to itself only.
+        all_attend_cls (`bool`, defaults to `True`): every gene may attend to the `[CLS]` key (a global channel).
+        isolated_genes (`str`, defaults to `"self"`): what a gene with no prior partner among the cell's genes
+            attends to: `"self"` (itself and `[CLS]` per the options above) or `"dense"` (every gene of the cell).
+        grn_dense_last_layers (`int`, defaults to 0): the last k blocks attend densely (a per-layer schedule;
+            0 keeps the same mask in every block). The mask is always the same for every head of a block.
+        grn_hops (`int`, defaults to 1): k-hop expansion of the prior within each cell: allow pairs joined by a
+            directed path of at most `grn_hops` prior edges through genes present in the cell (A + A^2 + ...).
+        grn_control_seed (`int`, defaults to 0): seed of the `"random"` and `"shuffled"` controls.
+        num_grn_edges (`int`, defaults to 0): number of edges in the stored edge buffer (set when a network is
+            attached; needed to rebuild the buffer's shape before weights load).
+        num_labels / id2label / label2id: cell-type classes of [`ScGrnForCellClassification`] (from
+            `PretrainedConfig`).
+    """
+
+    model_type = "scgrn"
+
+    def __init__(
+        self,
+        vocab_size: int = 64,
+        pad_token_id: int = 0,
+        cls_token_id: int = 1,
+        mask_token_id: int = 2,
+        unk_token_id: int = 3,
+        hidden_size: int = 256,
+        num_hidden_layers: int = 4,
+        num_attention_heads: int = 8,
+        intermediate_size: int = 688,
+        hidden_act: str = "silu",
+        hidden_dropout_prob: float = 0.1,
+        attention_dropout: float = 0.0,
+        classifier_dropout: float = 0.1,
+        layer_norm_eps: float = 1e-5,
+        initializer_range: float = 0.02,
+        value_encoding: str = "binned",
+        n_bins: int = DEFAULT_N_BINS,
+        mask_value: float = -1.0,
+        pooling: str = "cls",
+        grn_mode: str = "grn",
+        grn_direction: str = "regulator_to_target",
+        grn_self_loops: bool = True,
+        cls_attends_all: bool = True,
+        all_attend_cls: bool = True,
+        isolated_genes: str = "self",
+        grn_dense_last_layers: int = 0,
+        grn_hops: int = 1,
+        grn_control_seed: int = 0,
+        num_grn_edges: int = 0,
+        **kwargs,
+    ):
+        _check_choice("value_encoding", value_encoding, VALUE_ENCODINGS)
+        _check_choice("pooling", pooling, POOLINGS)
+        _check_choice("grn_mode", grn_mode, GRN_MODES)
+        _check_choice("grn_direction", grn_direction, GRN_DIRECTIONS)
+        _check_choice("isolated_genes", isolated_genes, ISOLATED_GENE_POLICIES)
+        if hidden_size % num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size ({hidden_size}) is not a multiple of num_attention_heads ({num_attention_heads}); "
+                f"choose heads that divide the hidden size, e.g. num_attention_heads="
+                f"{max(h for h in range(1, num_attention_heads + 1) if hidden_size % h == 0)}."
+            )
+        if not grn_self_loops and not all_attend_cls:
+            raise ValueError(
+                "grn_self_loops=False with all_attend_cls=False leaves genes without a prior partner nothing to "
+                "attend to; set grn_self_loops=True or all_attend_cls=True."
+            )
+        if not 0 <= grn_dense_last_layers <= num_hidden_layers:
+            raise ValueError(
+                f"grn_dense_last_layers={grn_dense_last_layers} must lie in [0, num_hidden_layers={num_hidden_layers}]."
+            )
+        if grn_hops < 1:
+            raise ValueError(f"grn_hops={grn_hops} must be at least 1.")
+        if n_bins < 1:
+            raise ValueError(f"n_bins={n_bins} must be at least 1.")
+        special = {"pad": pad_token_id, "cls": cls_token_id, "mask": mask_token_id, "unk": unk_token_id}
+        if len(set(special.values())) != 4 or max(special.values()) >= vocab_size or min(special.values()) < 0:
+            raise ValueError(f"special token ids {special} must be distinct and lie in [0, vocab_size={vocab_size}).")
+
+        self.vocab_size = vocab_size
+        self.cls_token_id = cls_token_id
+        self.mask_token_id = mask_token_id
+        self.unk_token_id = unk_token_id
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_dropout = attention_dropout
+        self.classifier_dropout = classifier_dropout
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        self.value_encoding = value_encoding
+        self.n_bins = n_bins
+        self.mask_value = mask_value
+        self.pooling = pooling
+        self.grn_mode = grn_mode
+        self.grn_direction = grn_direction
+        self.grn_self_loops = grn_self_loops
+        self.cls_attends_all = cls_attends_all
+        self.all_attend_cls = all_attend_cls
+        self.isolated_genes = isolated_genes
+        self.grn_dense_last_layers = grn_dense_last_layers
+        self.grn_hops = grn_hops
+        self.grn_control_seed = grn_control_seed
+        self.num_grn_edges = num_grn_edges
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+        _check_choice("problem_type", self.problem_type, (None, *PROBLEM_TYPES))
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """transformers' lookup, refusing a local folder without `config.json` (transformers would return an empty
+        dict, and so a default config that matches no saved model)."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if not config_dict:
+            raise OSError(f"{pretrained_model_name_or_path} has no config.json: it is not a saved scgrn model "
+                          "(save one with save_pretrained, or point at the model/ folder a run wrote).")
+        return config_dict, kwargs
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def mask_bin_id(self) -> int:
+        """Bin id that marks a masked expression value (binned encoding)."""
+        return self.n_bins + 1
+
+    def mask_description(self) -> dict:
+        """The exact mask construction, as written into the model card and `grn_provenance.json`."""
+        return {**{name: getattr(self, name) for name in MASK_FIELDS}, "same_mask_for_all_heads": True}
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {list(choices)}.")
+
+
+__all__ = ["ScGrnConfig"]

@@ -1,0 +1,143 @@
+"""Output folders that never lose anything: written through a temporary sibling and renamed, refused when they
+already hold something (unless the caller overwrites or resumes that same run), and created with the user's umask.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+RUN_MANIFEST = "scgrn_run.json"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, read in 16 MiB blocks: how a published record names an input without its path."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_temporary_folder(parent: Path, name: str) -> Path:
+    """A fresh folder beside its final place, with the permissions `mkdir` would give it (mkdtemp gives 0700)."""
+    temporary = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.tmp"))
+    temporary.chmod(0o777 & ~_umask())
+    return temporary
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike):
+    """Yield a temporary sibling folder to fill; on success it replaces `path`, on any error it is removed, so a
+    crash never leaves a half-written folder at `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = make_temporary_folder(path.parent, path.name)
+    try:
+        yield temporary
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(temporary, path)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+def is_empty_folder(path: Path) -> bool:
+    return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+
+
+def run_task(path: Path) -> str | None:
+    """The task recorded in a run folder's manifest (`pretrain`, `finetune`, ...), or None."""
+    manifest = Path(path) / RUN_MANIFEST
+    return json.loads(manifest.read_text()).get("task") if manifest.is_file() else None
+
+
+def write_run_manifest(path: Path, task: str) -> None:
+    from .. import __version__
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / RUN_MANIFEST).write_text(json.dumps({"task": task, "scgrn_version": __version__}, indent=2) + "\n")
+
+
+def check_output_folder(path: str | os.PathLike, *, overwrite: bool = False, resume: bool = False,
+                        task: str | None = None, inputs: tuple = (), option: str = "output folder") -> None:
+    """Refuse to write into a non-empty `path` unless `overwrite` (then no input may lie inside it, since it is
+    replaced) or `resume` of a run of the same `task` (recognised by its manifest)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} is a file, not a folder; choose a folder path.")
+    if is_empty_folder(path):
+        if resume:
+            raise ValueError(f"there is no run to resume in {path}; drop --resume_from_checkpoint to start one.")
+        return
+    if resume:
+        found = run_task(path)
+        if found != task:
+            what = f"a {found} run" if found else "no scgrn run (no scgrn_run.json)"
+            raise ValueError(f"{path} holds {what}, not a {task} run; resume a {task} run's own folder.")
+        return
+    if not overwrite:
+        found = run_task(path)
+        raise ValueError(f"{option} {path} is not empty; choose a new folder, or pass --overwrite to replace it"
+                         + (f" (or --resume_from_checkpoint latest to continue its {found} run)." if found else "."))
+    resolved = path.resolve()
+    for source in inputs:
+        if source and Path(source).exists() and resolved in (Path(source).resolve(), *Path(source).resolve().parents):
+            raise ValueError(f"--overwrite would delete the input {source}, which lies inside {path}; choose another "
+                             f"{option}.")
+
+
+def checkpoint_folders(root: Path) -> list[Path]:
+    """The `step_*` checkpoint folders under `root` (a run's `checkpoints/`), oldest first."""
+    return sorted(p for p in Path(root).glob("step_*") if p.is_dir())
+
+
+@contextmanager
+def output_folder(path: str | os.PathLike, task: str, *, overwrite: bool = False, resume: bool = False,
+                  inputs: tuple = (), main_process: bool = True):
+    """The lifetime of a script's output folder. Checks it (`check_output_folder`); an overwritten folder is moved
+    aside and deleted only when the new run succeeds. A run that fails leaves nothing behind unless it wrote a
+    resumable checkpoint (the old folder then comes back where the new run left nothing). Only the main process
+    touches the disk."""
+    path = Path(path)
+    check_output_folder(path, overwrite=overwrite, resume=resume, task=task, inputs=inputs)
+    aside = None
+    if main_process and overwrite and not resume and not is_empty_folder(path):
+        aside = make_temporary_folder(path.parent, f"{path.name}.replaced")
+        os.replace(path, aside / path.name)
+    fresh, existed = not resume, path.exists()
+    try:
+        yield path
+    except BaseException:
+        if main_process and fresh and not checkpoint_folders(path / "checkpoints"):
+            shutil.rmtree(path, ignore_errors=True)
+            if aside is not None:
+                os.replace(aside / path.name, path)
+            elif existed:
+                path.mkdir()
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def jsonable(value):
+    """`json.dumps(default=...)` for numpy scalars (and anything else, as text)."""
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return str(value)

@@ -1,0 +1,264 @@
+"""In-silico perturbation: knock a gene out of a cell's input (or up to the cell's top value), predict every other
+gene with the masked-expression head, and compare with the unperturbed prediction; also where the cell embedding
+and, with a classifier, the predicted cell type move.
+
+    from modeling_scgrn.tl import perturb
+    effects = perturb(adata, model, tokenizer, ["SPI1", "CEBPB"], mode="delete")   # genes x genes DataFrame
+
+How a cell is predicted: its genes (all but `[CLS]` and the perturbed gene) are split into `n_groups` groups; each
+group's values are masked in turn (the rest stay visible) and the head predicts them, so every gene is predicted
+once from the others, in the perturbed and in the unperturbed cell, with the same groups. A continuous model
+predicts log1p-normalised values: the effect is their difference in log2 units (log2 fold change of 1 + the
+normalised value); a binned model predicts bins: the effect is the change of the expected bin.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..cells.collators import _pad, _pad_cells
+from ..cells.config import DataConfig
+
+PERTURBATION_MODES = ("delete", "overexpress")
+
+
+def _cells(adata, tokenizer, max_length, layer, normalize) -> list[dict]:
+    """Each cell's tokens as numpy arrays (`[CLS]` first, no padding)."""
+    matrix = adata.X if layer is None else adata.layers[layer]
+    tokenizer.check_coverage(list(adata.var_names))
+    encoded = tokenizer.encode_cells(matrix, list(adata.var_names), max_length=max_length, normalize=normalize,
+                                     return_tensors="np")
+    lengths = encoded["attention_mask"].sum(1)
+    columns = [c for c in ("input_ids", "expression_values", "expression_bins") if c in encoded]
+    return [{c: np.asarray(encoded[c][i, :n]) for c in columns} for i, n in enumerate(lengths)]
+
+
+def _perturbed(cell: dict, gene_id: int, mode: str, n_bins: int | None) -> dict | None:
+    """The cell with `gene_id` deleted (None when the cell lacks it) or set to the cell's top value and bin."""
+    where = np.flatnonzero(cell["input_ids"] == gene_id)
+    if mode == "delete":
+        if where.size == 0:
+            return None
+        return {k: np.delete(v, where) for k, v in cell.items()}
+    top = {"expression_values": cell["expression_values"][1:].max(initial=0.0), "expression_bins": n_bins}
+    if where.size:
+        out = {k: v.copy() for k, v in cell.items()}
+        for key in ("expression_values", "expression_bins"):
+            if key in out:
+                out[key][where] = top[key]
+        return out
+    return {k: np.append(v, gene_id if k == "input_ids" else top[k]).astype(v.dtype) for k, v in cell.items()}
+
+
+def masking_groups(cell: dict, n_groups: int, seed) -> dict[int, int]:
+    """gene id -> masking group for one cell (a random, balanced split); a perturbed copy of the cell reuses it."""
+    ids = cell["input_ids"][1:]
+    order = np.random.default_rng(seed).permutation(len(ids))
+    return {int(ids[i]): rank % n_groups for rank, i in enumerate(order)}
+
+
+def _masked_inputs(cells: list[dict], groups: list[dict], n_groups: int, config) -> tuple[dict, torch.Tensor]:
+    """One padded batch holding every (cell, group) pair with that group's values masked; and which positions."""
+    rows, masks = [], []
+    for cell, assignment in zip(cells, groups):
+        group_of = np.array([-1] + [assignment.get(int(i), -1) for i in cell["input_ids"][1:]])
+        for group in range(n_groups):
+            masked = group_of == group
+            row = dict(cell)
+            if "expression_values" in row:
+                row["expression_values"] = np.where(masked, config.mask_value, row["expression_values"])
+            if "expression_bins" in row:
+                row["expression_bins"] = np.where(masked, config.n_bins + 1, row["expression_bins"])
+            rows.append(row)
+            masks.append(masked)
+    return _pad_cells(rows, config.pad_token_id), _pad(masks, False, torch.bool)
+
+
+@torch.no_grad()
+def predicted_expression(model, cells: list[dict], *, n_groups: int = 7, seed: int = 0, groups=None,
+                         device=None) -> list[dict[int, float]]:
+    """Each gene of each cell predicted by the masked-expression head from the cell's other genes (see the module
+    docstring): per cell, `{gene id: predicted value}` (log1p value, or expected bin for a binned model)."""
+    config = model.config
+    device = device or next(model.parameters()).device
+    groups = groups or [masking_groups(cell, n_groups, [seed, i]) for i, cell in enumerate(cells)]
+    batch, positions = _masked_inputs(cells, groups, n_groups, config)
+    model.eval()
+    logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
+    if config.value_encoding == "binned":
+        logits = (logits.softmax(-1) * torch.arange(logits.shape[-1], dtype=torch.float32)).sum(-1)
+    out = []
+    for c in range(len(cells)):
+        rows = slice(c * n_groups, (c + 1) * n_groups)
+        ids, values, where = batch["input_ids"][rows], logits[rows], positions[rows]
+        out.append(dict(zip(ids[where].tolist(), values[where].tolist())))
+    return out
+
+
+@torch.no_grad()
+def _embeddings(encoder, cells: list[dict], device) -> torch.Tensor:
+    encoder.eval()
+    batch = _pad_cells(cells, encoder.config.pad_token_id)
+    return encoder(**{k: v.to(device) for k, v in batch.items()}).pooler_output.float().cpu()
+
+
+@torch.no_grad()
+def _classify(classifier, cells: list[dict], device) -> np.ndarray:
+    classifier.eval()
+    batch = _pad_cells(cells, classifier.config.pad_token_id)
+    return classifier(**{k: v.to(device) for k, v in batch.items()}).logits.argmax(-1).cpu().numpy()
+
+
+def _check(model, tokenizer, genes, mode: str, classifier) -> list[int]:
+    if mode not in PERTURBATION_MODES:
+        raise ValueError(f"mode={mode!r} is not one of {list(PERTURBATION_MODES)}.")
+    if getattr(model, "task", None) != "masked_expression":
+        raise ValueError("perturb needs a masked-expression model (ScGrnForMaskedExpressionModeling, e.g. a "
+                         "pretrained scgrn folder) to predict expression.")
+    if classifier is not None and getattr(classifier, "task", None) != "cell_classification":
+        raise ValueError("classifier= must be a cell classifier (ScGrnForCellClassification).")
+    vocabulary = tokenizer.get_vocab()
+    unknown = [g for g in genes if g not in vocabulary]
+    if unknown:
+        raise ValueError(f"{unknown} are not in the model's vocabulary; perturb genes the model knows.")
+    return tokenizer.convert_tokens_to_ids(list(genes))
+
+
+class _Tally:
+    """Running sums of predicted changes (perturbed gene x vocabulary), embedding shifts and label moves."""
+
+    def __init__(self, n_genes: int, vocab: int, n_cells: int):
+        self.sums, self.counts = np.zeros((n_genes, vocab)), np.zeros((n_genes, vocab))
+        self.shift = np.full((n_cells, n_genes), np.nan, dtype=np.float32)
+        self.label = np.full((n_cells, n_genes), -1, dtype=np.int64)
+
+    def add(self, j: int, gene_id: int, control: dict, perturbed: dict) -> None:
+        shared = [g for g in perturbed if g in control and g != gene_id]
+        self.sums[j, shared] += np.array([perturbed[g] - control[g] for g in shared])
+        self.counts[j, shared] += 1
+
+
+def perturb(adata, model, tokenizer, genes, mode: str = "delete", *, classifier=None, n_groups: int = 7,
+            batch_size: int = 16, max_length: int | None = DataConfig.max_length, layer: str | None = None,
+            normalize: bool = True, seed: int = 0, key_added: str = "scgrn_perturbation", device=None,
+            progress: bool = True) -> pd.DataFrame:
+    """Predict what deleting (or overexpressing) each of `genes` does to every other gene, cell by cell.
+
+    `model` is a masked-expression scgrn model (a pretrained folder), `tokenizer` its tokenizer; `adata` holds raw
+    counts (or normalised values with `normalize=False`). `delete` removes the gene's token from the cells that
+    express it (others are untouched); `overexpress` sets it to the cell's top value and bin (adding it where
+    absent). With `classifier` (a finetuned `ScGrnForCellClassification` on the same vocabulary), the predicted
+    cell type before and after is compared too.
+
+    Returns a DataFrame: index the perturbed genes, columns the vocabulary genes of `adata`, values the mean
+    predicted change over the perturbed cells that hold the gene (log2 fold change of 1 + normalised value for a
+    continuous model; expected-bin change for a binned one); NaN where no such cell.
+
+    Sets the following fields:
+        `adata.uns[key_added]`: `effects` (the DataFrame), `mode`, `units`, `cells_perturbed` (per gene),
+            `embedding_shift` (cells x genes cosine distance of the cell embedding; NaN where not perturbed) and,
+            with a classifier, `label_moves` (genes x cell types: perturbed cells newly predicted as that type)
+            and `label_changed` (per gene, share of perturbed cells whose predicted type changed).
+    """
+    from tqdm.auto import tqdm
+
+    gene_ids = _check(model, tokenizer, genes, mode, classifier)
+    device = device or next(model.parameters()).device
+    cells = _cells(adata, tokenizer, max_length, layer, normalize)
+    tally = _Tally(len(gene_ids), model.config.vocab_size, len(cells))
+    base_label = np.full(len(cells), -1)
+    for start in tqdm(range(0, len(cells), batch_size), desc="perturbing", unit="batch", disable=not progress):
+        chunk = cells[start:start + batch_size]
+        groups = [masking_groups(cell, n_groups, [seed, start + i]) for i, cell in enumerate(chunk)]
+        control = predicted_expression(model, chunk, n_groups=n_groups, groups=groups, device=device)
+        control_embedding = _embeddings(model.base_model, chunk, device)
+        if classifier is not None:
+            base_label[start:start + len(chunk)] = _classify(classifier, chunk, device)
+        for j, gene_id in enumerate(gene_ids):
+            changed = [(i, p) for i, p in enumerate(_perturbed(c, gene_id, mode, model.config.n_bins) for c in chunk)
+                       if p is not None]
+            if not changed:
+                continue
+            rows, perturbed = [i for i, _ in changed], [p for _, p in changed]
+            predicted = predicted_expression(model, perturbed, n_groups=n_groups, groups=[groups[i] for i in rows],
+                                             device=device)
+            for i, values in zip(rows, predicted):
+                tally.add(j, gene_id, control[i], values)
+            shift = 1 - torch.nn.functional.cosine_similarity(_embeddings(model.base_model, perturbed, device),
+                                                              control_embedding[rows])
+            tally.shift[[start + i for i in rows], j] = shift.numpy()
+            if classifier is not None:
+                tally.label[[start + i for i in rows], j] = _classify(classifier, perturbed, device)
+    return _write_perturbation(adata, tokenizer, model, list(genes), mode, tally, base_label, classifier, key_added)
+
+
+def _write_perturbation(adata, tokenizer, model, genes, mode, tally: _Tally, base_label, classifier, key_added):
+    continuous = model.config.value_encoding != "binned"
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = tally.sums / tally.counts * (1 / math.log(2) if continuous else 1.0)
+    vocabulary = tokenizer.get_vocab()
+    present = [g for g in dict.fromkeys(adata.var_names) if g in vocabulary]
+    effects = pd.DataFrame(means[:, tokenizer.convert_tokens_to_ids(present)], index=genes, columns=present)
+    perturbed = ~np.isnan(tally.shift)
+    result = {"effects": effects, "mode": mode,
+              "units": "log2 fold change of (1 + normalised value)" if continuous else "expected bin",
+              "cells_perturbed": dict(zip(genes, perturbed.sum(0).tolist())),
+              "embedding_shift": pd.DataFrame(tally.shift, index=adata.obs_names, columns=genes)}
+    if classifier is not None:
+        classes = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
+        moved = perturbed & (tally.label != base_label[:, None])
+        result["label_changed"] = dict(zip(genes, (moved.sum(0) / np.maximum(perturbed.sum(0), 1)).tolist()))
+        result["label_moves"] = pd.DataFrame(
+            [[int((moved[:, j] & (tally.label[:, j] == c)).sum()) for c in range(len(classes))]
+             for j in range(len(genes))], index=genes, columns=classes)
+    adata.uns[key_added] = result
+    return effects
+
+
+def plot_effects(effects: pd.DataFrame, path, *, top: int = 25, units: str = "") -> None:
+    """Heat map of perturbed genes x the `top` genes with the largest predicted change (by max |effect|)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    strongest = effects.abs().max(axis=0).dropna().sort_values(ascending=False).index[:top]
+    shown = effects[strongest]
+    limit = float(np.nanmax(np.abs(shown.to_numpy()))) if shown.size else 1.0
+    figure, axis = plt.subplots(figsize=(max(6, 0.3 * len(strongest) + 2), max(2.5, 0.4 * len(effects) + 1.5)))
+    image = axis.imshow(shown.to_numpy(dtype=float), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    axis.set_xticks(range(len(strongest)), strongest, rotation=90, fontsize=7)
+    axis.set_yticks(range(len(effects)), effects.index, fontsize=8)
+    axis.set_xlabel("most affected genes")
+    axis.set_ylabel("perturbed gene")
+    figure.colorbar(image, ax=axis, label=units)
+    figure.tight_layout()
+    figure.savefig(path, dpi=130)
+    plt.close(figure)
+
+
+def regulon_enrichment(effects: pd.DataFrame, network, *, top: int = 20, permutations: int = 10_000,
+                       seed: int = 0) -> dict:
+    """Are a perturbed regulator's top predicted targets (largest |effect|) in its regulon (`network`'s targets of
+    it) beyond chance? Per perturbed gene that `network` lists as a regulator: the overlap among the `top` genes,
+    what random gene sets of the same size drawn from the scored genes give (mean), and a one-sided permutation
+    p-value ((hits + 1) / (permutations + 1))."""
+    rng = np.random.default_rng(seed)
+    result = {}
+    for gene in effects.index:
+        scored = effects.loc[gene].drop(gene, errors="ignore").dropna()
+        regulon = set(network.edges.loc[network.edges["source"] == gene, "target"]) & set(scored.index)
+        if not regulon or len(scored) <= top:
+            continue
+        chosen = scored.abs().sort_values(ascending=False, kind="stable").index[:top]
+        observed = len(regulon & set(chosen))
+        members = scored.index.isin(list(regulon))
+        draws = np.array([members[rng.permutation(len(scored))[:top]].sum() for _ in range(permutations)])
+        result[gene] = {"regulon_size_in_panel": len(regulon), "scored_genes": int(len(scored)), "top": top,
+                        "regulon_in_top": observed, "expected_by_chance": float(draws.mean()),
+                        "p_value": float(((draws >= observed).sum() + 1) / (permutations + 1))}
+    return result

@@ -1,0 +1,114 @@
+"""Pretraining run: a masked-expression model on a prepared data folder (or a SOMA stream), evaluated beside its
+trivial predictors and written as a complete model folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from ..cells.collators import (
+    DataCollatorForMaskedExpression,
+)
+from ..cells.prepared import load_prepared
+from ..evaluation.baselines import masked_baseline_table
+from ..evaluation.metrics import gene_statistics, masked_expression_metrics
+from ..grn.attach import adjacency, attach_grn, check_model_options, new_config
+from ..grn.coverage import coverage_line, prior_coverage
+from ..grn.network import GeneRegulatoryNetwork
+from ..hub.model_folder import check_compatible, load_pretrained, save_model_folder
+from ..model.modeling_scgrn import (
+    ScGrnForMaskedExpressionModeling,
+)
+from ..storage.folders import jsonable
+from ..train.training import TrainingConfig, train
+
+logger = logging.getLogger(__name__)
+
+
+def run_pretraining(data_dir, output_dir, *, model_options: dict, training_options: dict,
+                    init_from: str | None = None, network: GeneRegulatoryNetwork | None = None,
+                    regulation: GeneRegulatoryNetwork | None = None) -> dict:
+    """Masked-expression pretraining on `data_dir` (from `prepare_cells`). Writes the model folder to
+    `output_dir/model` (its card carries the baseline table) and `output_dir/summary.json`, and returns the summary:
+    the validation loss beside trivial predictors on the same masked validation values, in the loss's own units
+    (`masked_expression_metrics`), the table and its verdict, and the prior's per-cell coverage. `network` replaces
+    the data folder's prior (a wrong or partial prior, for experiments); with `regulation` (the known true network
+    of simulated cells) the validation also scores the masked genes whose true regulators the cell shows."""
+    training = TrainingConfig.from_dict({"output_dir": str(output_dir), **training_options})
+    check_model_options(model_options)
+    dataset, tokenizer, data_network, metadata = load_prepared(data_dir, streamed=True)
+    network = data_network if network is None else network
+    train_cells, sample = _training_cells(data_dir, dataset, tokenizer, training)
+    torch.manual_seed(training.seed)
+    if init_from:
+        check_compatible(init_from, tokenizer)
+        model = load_pretrained(ScGrnForMaskedExpressionModeling, init_from, **model_options)
+    else:
+        model = ScGrnForMaskedExpressionModeling(new_config(tokenizer, **model_options))
+        attach_grn(model, network, tokenizer)
+    coverage = log_prior_coverage(model, sample)
+    collator = DataCollatorForMaskedExpression.from_config(model.config, training.mask_probability)
+    statistics = gene_statistics(sample, model.config.vocab_size, model.config.value_encoding, model.config.n_bins)
+    evaluation_set = dataset["validation"]
+    eval_collator = DataCollatorForMaskedExpression.from_config(model.config, training.mask_probability, seed=training.seed)
+
+    truth = None if regulation is None else adjacency(regulation, tokenizer)
+
+    def evaluate(unwrapped, accelerator):
+        return masked_expression_metrics(unwrapped, evaluation_set, eval_collator, statistics, regulation=truth)
+
+    result = train(model, train_cells, collator.pad, training, evaluate=evaluate, batch_transform=collator.mask,
+                    project_name="pretrain",
+                    extra_tracker_config={f"model/{k}": v for k, v in model.config.mask_description().items()})
+    final = result.history["eval"][-1]
+    table = masked_baseline_table(final)
+    summary = {"final_step": result.final_step, "validation_loss": final["masked_loss"], "loss": final["loss_name"],
+               "baselines": {name: entry["loss"] for name, entry in final["baselines"].items()},
+               "beats_every_baseline": final["beats_every_baseline"], "validation": final, "baseline_table": table,
+               "prior_coverage": coverage}
+    if result.is_main_process:
+        save_model_folder(result.model, tokenizer, network, Path(output_dir) / "model", evaluation=final,
+                          training_data=training_data_text(metadata, "masked-expression pretraining"),
+                          baselines_markdown=table, prior_coverage=coverage)
+        (Path(output_dir) / "summary.json").write_text(json.dumps(summary, indent=2, default=jsonable))
+    return summary
+
+
+def _training_cells(data_dir, dataset, tokenizer, training: TrainingConfig):
+    """What pretraining reads, and the training cells the trivial baselines and coverage are computed on: the
+    tokenized train split for both, or, for a folder streaming from SOMA, the stream and the folder's sample."""
+    if "train" in dataset:
+        return dataset["train"], dataset["train"]
+    from ..cells.soma import SomaCellStream, training_cells
+
+    cells, described = training_cells(data_dir)
+    stream = SomaCellStream(cells, tokenizer, batch_size=training.per_device_batch_size, seed=training.seed,
+                            max_length=described["max_length"], num_workers=training.dataloader_num_workers)
+    logger.warning(f"streaming {len(cells)} training cells from SOMA experiment {cells.source.display_name()} "
+                   f"({stream.units_per_epoch} batches of {stream.batch_size} per epoch, all processes together)")
+    return stream, dataset["train_sample"]
+
+
+def log_prior_coverage(model, dataset) -> dict | None:
+    """What the model's mask reaches in the training cells (`prior_coverage` of its own edges, so controls are
+    measured as used), logged as one line; None for a dense model."""
+    if model.config.grn_mode == "dense":
+        return None
+    encoder = model.base_model
+    coverage = prior_coverage(dataset["input_ids"], encoder.grn_edges.cpu(), model.config.vocab_size,
+                              encoder.special_token_ids)
+    logger.warning(f"{model.config.grn_mode} mask, " + coverage_line(coverage))
+    return coverage
+
+
+def training_data_text(metadata: dict, task: str) -> str:
+    split = metadata.get("split", {})
+    sources = metadata.get("sources") or [{"name": Path(str(metadata.get("source", "?"))).name}]  # older datasets
+    names = ", ".join(s["name"] + (f" (sha256 {s['sha256'][:16]})" if "sha256" in s else "") for s in sources)
+    return (f"{task} on `{names}` ({metadata.get('cells', '?')} cells; split seed "
+            f"{split.get('seed')}: {split.get('train')} train / {split.get('validation')} validation / "
+            f"{split.get('test')} test cells).")
