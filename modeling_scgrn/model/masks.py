@@ -3,9 +3,13 @@
 Shipped next to the weights for `trust_remote_code` loading, so it imports only torch.
 
 Edges are stored as a `(2, num_edges)` int64 tensor of vocabulary ids, row 0 the regulator (TF), row 1 the
-target. The mask of a batch is built by looking every ordered gene pair of each cell up in the sorted edge keys
-(`regulator_id * vocab_size + target_id`), on the batch's device, with no Python loop over cells or genes and
-without ever materialising a `vocab x vocab` matrix.
+target. The mask rule is written once, as the predicate [`MaskRule.allows`]`(cell, query, key)` (the way
+transformers' `masking_utils` composes one `mask_function`), and evaluated into every form a kernel takes: the
+boolean `(batch, 1, L, L)` mask (every pair), the flex `BlockMask` (block by block) and the structured plan (its
+candidate pairs: the prior's edges located in each cell, the self and `[CLS]` pair of every row, and the few rows
+that may read any gene). The prior's links of a batch are looked up through a small table over the batch's own
+genes and regulators, on the batch's device, with no Python loop over cells or genes and without ever
+materialising a `vocab x vocab` matrix.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ def token_roles(
 
 
 def lookup_pairs(keys: torch.Tensor, query_ids: torch.Tensor, key_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """`out[..., i, j]` is True where the edge `key_ids[..., j] -> query_ids[..., i]` is among `keys`.
+    """`out[..., i, j]` is True where the edge `key_ids[..., j] -> query_ids[..., i]` is among `keys` (a plain
+    lookup of pairs in the sorted edge keys, independent of the mask rule: tests hold the rule against it).
 
     `query_ids` and `key_ids` are `(batch, L)` vocabulary ids; the result is `(batch, L, L)` bool.
     """
@@ -45,7 +50,91 @@ def lookup_pairs(keys: torch.Tensor, query_ids: torch.Tensor, key_ids: torch.Ten
     return keys[position] == pair
 
 
-def build_attention_mask(
+@dataclass
+class MaskRule:
+    """The attention rule of one batch, written once: `allows(b, q, k)` says whether query `q` of cell `b` may
+    attend to key `k`. `b`, `q`, `k` are integer index tensors that broadcast together; the boolean mask evaluates
+    the rule on every pair ([`build_attention_mask`]), the flex `BlockMask` block by block ([`build_block_mask`]),
+    and the structured plan on its candidate pairs ([`build_structured_plan`]).
+
+    Rules, in order: gene-gene pairs come from the prior (`link`, direction as configured, optional k-hop closure);
+    genes with no partner fall back per `isolated_genes` (`isolated`); self loops; `[CLS]` rows and columns; padding
+    keys are never visible to any query, and each padding query sees only itself in GRN blocks and every real token
+    in dense ones (a key-padding mask, as in BERT), so no row is empty and nothing leaks.
+
+    Fields:
+        valid, is_cls, is_gene: `(batch, L)` bool token roles ([`token_roles`]).
+        dense: every pair of real genes is allowed (the unconstrained Transformer); `link` is then unused.
+        link: `(b, q, k) -> bool`, the prior links key gene `k` to query gene `q` (any pair; the rule keeps genes).
+        isolated: `(batch, L)` bool, genes that attend to every gene of the cell (`isolated_genes="dense"`), or None.
+        self_loops, cls_attends_all, all_attend_cls: see `ScGrnConfig`.
+    """
+
+    valid: torch.Tensor
+    is_cls: torch.Tensor
+    is_gene: torch.Tensor
+    dense: bool
+    link: Callable | None = None
+    isolated: torch.Tensor | None = None
+    self_loops: bool = True
+    cls_attends_all: bool = True
+    all_attend_cls: bool = True
+
+    def allows(self, b, q, k):
+        same = q == k
+        gene_q, gene_k, cls_q, valid_k = self.is_gene[b, q], self.is_gene[b, k], self.is_cls[b, q], self.valid[b, k]
+        genes = gene_q & gene_k
+        if self.dense:
+            allowed = genes
+        else:
+            allowed = self.link(b, q, k) & genes & ~same
+            if self.isolated is not None:
+                allowed = allowed | (self.isolated[b, q] & genes)
+        if self.self_loops or self.dense:
+            allowed = allowed | (same & gene_q)
+        allowed = allowed | (cls_q & (valid_k if self.cls_attends_all else same)) | (cls_q & same)
+        if self.all_attend_cls or self.dense:
+            allowed = allowed | (gene_q & self.is_cls[b, k])
+        padding_row = valid_k if self.dense else same  # a padding query: every real token in dense blocks, else itself
+        return (allowed & valid_k) | (padding_row & ~self.valid[b, q])
+
+    def on_every_pair(self) -> torch.Tensor:
+        """The rule on every pair: `(batch, L, L)` bool."""
+        batch, length = self.valid.shape
+        cells, positions = _grid(batch, length, self.valid.device)
+        return self.allows(cells, positions[None, :, None], positions[None, None, :])
+
+
+def _grid(batch: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.arange(batch, device=device)[:, None, None], torch.arange(length, device=device)
+
+
+def prior_link(input_ids: torch.Tensor, is_gene: torch.Tensor, keys: torch.Tensor, vocab_size: int,
+               direction: str) -> Callable:
+    """The prior's `link(b, q, k)` for a batch: each token's column among the batch's genes and, for regulators, its
+    row among the batch's regulators index a `(regulators in batch + 1, genes in batch + 1)` boolean edge table (the
+    extra row and column are all-False sinks for non-regulators and special tokens), so no L x L tensor is needed."""
+    batch_genes, regulator, target = _batch_genes_and_edges(input_ids, is_gene, keys, vocab_size)
+    batch_regulators = torch.unique(regulator)
+    column = _rank_in(batch_genes, input_ids, is_gene)  # (batch, L), sink = len(batch_genes)
+    row = _rank_in(batch_regulators, input_ids, is_gene)  # (batch, L), sink = len(batch_regulators)
+    table = torch.zeros(batch_regulators.numel() + 1, batch_genes.numel() + 1, dtype=torch.bool,
+                        device=input_ids.device)
+    table[torch.searchsorted(batch_regulators, regulator), torch.searchsorted(batch_genes, target)] = True
+    reads_regulators = direction in ("regulator_to_target", "both")
+    reads_targets = direction in ("target_to_regulator", "both")
+
+    def link(b, q, k):
+        if reads_regulators and reads_targets:
+            return table[row[b, k], column[b, q]] | table[row[b, q], column[b, k]]
+        if reads_regulators:  # query = target, key = its regulator: edge k -> q
+            return table[row[b, k], column[b, q]]
+        return table[row[b, q], column[b, k]]  # query = regulator, key = its target: edge q -> k
+
+    return link
+
+
+def mask_rule(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     grn_edges: torch.Tensor | None,
@@ -61,62 +150,56 @@ def build_attention_mask(
     isolated_genes: str = "self",
     hops: int = 1,
     keys: torch.Tensor | None = None,
+) -> MaskRule:
+    """The [`MaskRule`] of a batch. Arguments as [`build_attention_mask`].
+
+    With `hops > 1` or `isolated_genes="dense"`, a row depends on the whole cell (paths through other genes, whether
+    a gene has any partner), so the prior's links are evaluated on every gene pair first (O(L^2) memory) and the
+    closure and the isolated genes are read from that; otherwise the rule needs no L x L tensor."""
+    valid, is_cls, is_gene = token_roles(input_ids, attention_mask, cls_token_id, special_token_ids)
+    rule = MaskRule(valid, is_cls, is_gene, dense, self_loops=self_loops, cls_attends_all=cls_attends_all,
+                    all_attend_cls=all_attend_cls)
+    if dense:
+        return rule
+    if keys is None:
+        keys = edge_keys(grn_edges.to(input_ids.device), vocab_size)
+    rule.link = prior_link(input_ids, is_gene, keys, vocab_size, direction)
+    if hops == 1 and isolated_genes == "self":
+        return rule
+    cells, positions = _grid(*input_ids.shape, input_ids.device)
+    q, k = positions[None, :, None], positions[None, None, :]
+    partners = rule.link(cells, q, k) & is_gene[cells, q] & is_gene[cells, k] & (q != k)
+    if hops > 1:
+        step = partners.float()
+        reach = step.clone()
+        for _ in range(hops - 1):
+            reach = ((reach @ step + reach) > 0).float()
+        partners = (reach > 0) & is_gene[cells, q] & is_gene[cells, k] & (q != k)
+    rule.link = lambda b, q, k: partners[b, q, k]
+    if isolated_genes == "dense":
+        rule.isolated = is_gene & ~partners.any(-1)
+    return rule
+
+
+def build_attention_mask(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    grn_edges: torch.Tensor | None,
+    **rules,
 ) -> torch.Tensor:
-    """Boolean attention mask of a batch, `(batch, 1, L, L)`, True where query i may attend to key j.
+    """Boolean attention mask of a batch, `(batch, 1, L, L)`, True where query i may attend to key j: the
+    [`MaskRule`] evaluated on every pair.
 
     Args:
         input_ids: `(batch, L)` vocabulary ids, `[CLS]` first, padding anywhere `attention_mask` is 0.
         attention_mask: `(batch, L)` 1 for real tokens, 0 for padding (None: no padding).
         grn_edges: `(2, E)` regulator -> target vocabulary ids (ignored when `dense`).
-        dense: allow every pair of real tokens (the unconstrained Transformer).
-        keys: precomputed `edge_keys(grn_edges, vocab_size)`, to skip the sort.
-        Other arguments: see `ScGrnConfig`.
-
-    Rules, in order: gene-gene pairs come from the prior (direction as configured, optional k-hop closure);
-    genes with no partner fall back per `isolated_genes`; self loops; `[CLS]` rows and columns; padding keys are
-    never visible to any query, and each padding query sees only itself in GRN blocks and every real token in dense
-    ones (a key-padding mask, as in BERT), so no row is empty and nothing leaks.
+        rules: `vocab_size`, `cls_token_id`, `special_token_ids`, `dense` (allow every pair of real tokens: the
+            unconstrained Transformer), `keys` (precomputed `edge_keys(grn_edges, vocab_size)`, to skip the sort),
+            and the mask options of `ScGrnConfig` (`direction`, `self_loops`, `cls_attends_all`, `all_attend_cls`,
+            `isolated_genes`, `hops`).
     """
-    batch, length = input_ids.shape
-    device = input_ids.device
-    valid, is_cls, is_gene = token_roles(input_ids, attention_mask, cls_token_id, special_token_ids)
-    eye = torch.eye(length, dtype=torch.bool, device=device)[None]
-    gene_pair = is_gene[:, :, None] & is_gene[:, None, :]
-
-    if dense:
-        allowed = gene_pair.clone()
-    else:
-        if keys is None:
-            keys = edge_keys(grn_edges.to(device), vocab_size)
-        reads_regulators = direction in ("regulator_to_target", "both")
-        reads_targets = direction in ("target_to_regulator", "both")
-        allowed = torch.zeros_like(gene_pair)
-        if reads_regulators:  # query i is the target, key j its regulator: edge j -> i
-            allowed |= lookup_pairs(keys, input_ids, input_ids, vocab_size)
-        if reads_targets:  # query i is the regulator, key j its target: edge i -> j
-            allowed |= lookup_pairs(keys, input_ids, input_ids, vocab_size).transpose(1, 2)
-        allowed &= gene_pair & ~eye
-        if hops > 1:
-            step = allowed.float()
-            reach = step.clone()
-            for _ in range(hops - 1):
-                reach = ((reach @ step + reach) > 0).float()
-            allowed = (reach > 0) & gene_pair & ~eye
-        if isolated_genes == "dense":
-            isolated = is_gene & ~allowed.any(-1)
-            allowed |= isolated[:, :, None] & gene_pair
-
-    if self_loops or dense:
-        allowed |= eye & is_gene[:, :, None]
-    cls_row = valid[:, None, :] if cls_attends_all else eye
-    allowed |= is_cls[:, :, None] & cls_row
-    allowed |= is_cls[:, :, None] & eye
-    if all_attend_cls or dense:
-        allowed |= is_gene[:, :, None] & is_cls[:, None, :]
-    allowed &= valid[:, None, :]
-    padding_row = valid[:, None, :] if dense else eye
-    allowed |= padding_row & ~valid[:, :, None]
-    return allowed[:, None]
+    return mask_rule(input_ids, attention_mask, grn_edges, **rules).on_every_pair()[:, None]
 
 
 def dense_attention_mask(
@@ -239,7 +322,10 @@ def build_structured_plan(
     """
     batch, length = input_ids.shape
     device = input_ids.device
-    valid, is_cls, is_gene = token_roles(input_ids, attention_mask, cls_token_id, special_token_ids)
+    rule = mask_rule(input_ids, attention_mask, None, keys=keys, vocab_size=vocab_size, cls_token_id=cls_token_id,
+                     special_token_ids=special_token_ids, dense=False, direction=direction, self_loops=self_loops,
+                     cls_attends_all=cls_attends_all, all_attend_cls=all_attend_cls)
+    is_cls, is_gene = rule.is_cls, rule.is_gene
     reads_regulators = direction in ("regulator_to_target", "both")
     reads_targets = direction in ("target_to_regulator", "both")
     positions = torch.arange(length, device=device)
@@ -249,7 +335,7 @@ def build_structured_plan(
     if reads_targets:
         heavy = heavy | (is_gene & torch.isin(input_ids, regulators))
 
-    # where each of the batch's genes sits in each cell (-1: absent)
+    # candidate gene pairs: the prior's edges located in each cell through a (batch, genes in batch) position table
     batch_genes, regulator, target = _batch_genes_and_edges(input_ids, is_gene, keys, vocab_size)
     table = torch.full((batch, batch_genes.numel() + 1), -1, dtype=torch.int64, device=device)
     compact = _rank_in(batch_genes, input_ids, is_gene)  # last column: a sink for special tokens and padding
@@ -273,43 +359,26 @@ def build_structured_plan(
     edge_query = torch.div(flat, length, rounding_mode="floor")  # flat: cell * L + position
     edge_key = flat % length  # position in the cell
     edge_cell = torch.div(edge_query, length, rounding_mode="floor")
-    edge_pairs = (edge_query, edge_cell * length + edge_key)  # flat query, flat key
 
-    # light rows: prior edges as pairs, self and [CLS] as flags; heavy rows are computed as full rows instead
-    flat_heavy = heavy.flatten()
-    keep = ~flat_heavy[edge_pairs[0]]
-    self_allowed = (is_cls | ~valid | (is_gene & self_loops)) & ~heavy
-    has_cls = is_cls.any(-1)
-    cls_position = torch.where(has_cls, is_cls.to(torch.int8).argmax(-1), 0)  # (batch,): batch may exceed L
-    cls_allowed = is_gene & has_cls[:, None] & ~heavy & all_attend_cls
-
-    # heavy rows: full boolean rows, from the same edge list
+    # light rows: the rule on the candidate pairs, and on the self and [CLS] pair of every row
+    keep = ~heavy.flatten()[edge_query] & rule.allows(edge_cell, edge_query % length, edge_key)
+    rows = cells[:, None]
+    self_allowed = rule.allows(rows, positions[None], positions[None]) & ~heavy
+    cls_position = torch.where(is_cls.any(-1), is_cls.to(torch.int8).argmax(-1), 0)[:, None]  # batch may exceed L
+    cls_allowed = (rule.allows(rows, positions[None], cls_position) & is_cls.gather(1, cls_position)
+                   & (positions[None] != cls_position) & ~heavy)
+    # heavy rows: the rule on every key
     heavy_positions, heavy_valid = _pad_positions(heavy)
-    slot = torch.full((batch, length), -1, dtype=torch.int64, device=device)
-    rows_b, rows_s = heavy_valid.nonzero(as_tuple=True)
-    slot[rows_b, heavy_positions[rows_b, rows_s]] = rows_s
-    rows = torch.zeros(batch, heavy_positions.shape[1], length, dtype=torch.bool, device=device)
-    edge_slot = slot.flatten()[edge_pairs[0]]
-    on_heavy = edge_slot >= 0
-    rows[edge_cell[on_heavy], edge_slot[on_heavy], edge_key[on_heavy]] = True
-    heavy_is_gene = torch.gather(is_gene, 1, heavy_positions) & heavy_valid
-    heavy_is_cls = torch.gather(is_cls, 1, heavy_positions) & heavy_valid
-    is_self = heavy_positions[:, :, None] == positions[None, None, :]
-    if self_loops:
-        rows |= is_self & heavy_is_gene[:, :, None]
-    rows |= heavy_is_cls[:, :, None] & (valid[:, None, :] if cls_attends_all else is_self)
-    if all_attend_cls:
-        rows |= heavy_is_gene[:, :, None] & is_cls[:, None, :]
-    rows &= valid[:, None, :] & heavy_valid[:, :, None]
+    heavy_mask = rule.allows(rows[:, :, None], heavy_positions[:, :, None], positions[None, None, :])
     return StructuredAttentionPlan(
-        pair_query=edge_pairs[0][keep],
-        pair_key=edge_pairs[1][keep],
+        pair_query=edge_query[keep],
+        pair_key=(edge_cell * length + edge_key)[keep],
         self_allowed=self_allowed,
         cls_allowed=cls_allowed,
-        cls_position=cls_position,
+        cls_position=cls_position[:, 0],
         heavy_positions=heavy_positions,
         heavy_valid=heavy_valid,
-        heavy_mask=rows[:, None],
+        heavy_mask=(heavy_mask & heavy_valid[:, :, None])[:, None],
         length=length,
     )
 
@@ -333,79 +402,23 @@ def build_block_mask(
     attention_mask: torch.Tensor | None,
     grn_edges: torch.Tensor | None,
     *,
-    vocab_size: int,
-    cls_token_id: int,
-    special_token_ids: tuple[int, ...],
-    dense: bool,
-    direction: str = "regulator_to_target",
-    self_loops: bool = True,
-    cls_attends_all: bool = True,
-    all_attend_cls: bool = True,
-    isolated_genes: str = "self",
-    hops: int = 1,
-    keys: torch.Tensor | None = None,
     block_size: int = 128,
+    **rules,
 ):
     """The mask of [`build_attention_mask`] (same arguments and rules) as a flex-attention `BlockMask`, shape
-    `(batch, 1, L, L)`, for `attn_implementation="flex_attention"`.
+    `(batch, 1, L, L)`, for `attn_implementation="flex_attention"`: its `mask_mod` is the batch's [`MaskRule`].
 
-    Its `mask_mod` looks the batch's gene ids up: each token's column among the batch's genes and, for regulators,
-    its row among the batch's regulators index a `(regulators in batch + 1, genes in batch + 1)` boolean edge table
-    (the extra row and column are all-False sinks for non-regulators and special tokens). No L x L tensor is kept,
-    nor made while building: `create_block_mask` is compiled, so it evaluates `mask_mod` block by block. With
-    `hops > 1` or `isolated_genes="dense"`, whose rows depend on the whole cell, `mask_mod` reads the boolean mask
-    of [`build_attention_mask`] instead (exact, O(L^2) memory)."""
-    create_block_mask = _compiled_create_block_mask()
+    No L x L tensor is kept, nor made while building: `create_block_mask` is compiled, so it evaluates the rule block
+    by block. With `hops > 1` or `isolated_genes="dense"`, whose rows depend on the whole cell, the rule reads links
+    evaluated on every gene pair (exact, O(L^2) memory)."""
+    rule = mask_rule(input_ids, attention_mask, grn_edges, **rules)
     batch, length = input_ids.shape
-    device = input_ids.device
-    options = dict(
-        vocab_size=vocab_size, cls_token_id=cls_token_id, special_token_ids=special_token_ids, dense=dense,
-        direction=direction, self_loops=self_loops, cls_attends_all=cls_attends_all, all_attend_cls=all_attend_cls,
-    )
-    if not dense and not structured_plan_supported(hops, isolated_genes, dense):
-        boolean = build_attention_mask(
-            input_ids, attention_mask, grn_edges, isolated_genes=isolated_genes, hops=hops, keys=keys, **options
-        )[:, 0]
-
-        def mask_mod(b, h, q, k):
-            return boolean[b, q, k]
-
-        return create_block_mask(mask_mod, batch, None, length, length, device=device, BLOCK_SIZE=block_size)
-
-    valid, is_cls, is_gene = token_roles(input_ids, attention_mask, cls_token_id, special_token_ids)
-    reads_regulators = direction in ("regulator_to_target", "both")
-    reads_targets = direction in ("target_to_regulator", "both")
-    if not dense:
-        if keys is None:
-            keys = edge_keys(grn_edges.to(device), vocab_size)
-        batch_genes, regulator, target = _batch_genes_and_edges(input_ids, is_gene, keys, vocab_size)
-        batch_regulators = torch.unique(regulator)
-        column = _rank_in(batch_genes, input_ids, is_gene)  # (batch, L), sink = len(batch_genes)
-        row = _rank_in(batch_regulators, input_ids, is_gene)  # (batch, L), sink = len(batch_regulators)
-        table = torch.zeros(batch_regulators.numel() + 1, batch_genes.numel() + 1, dtype=torch.bool, device=device)
-        table[torch.searchsorted(batch_regulators, regulator), torch.searchsorted(batch_genes, target)] = True
 
     def mask_mod(b, h, q, k):
-        same = q == k
-        gene_q, gene_k, cls_q, valid_k = is_gene[b, q], is_gene[b, k], is_cls[b, q], valid[b, k]
-        if dense:
-            allowed = gene_q & gene_k
-        else:
-            link = same & ~same  # all False, shaped like the pair
-            if reads_regulators:  # query = target, key = its regulator
-                link = link | table[row[b, k], column[b, q]]
-            if reads_targets:  # query = regulator, key = its target
-                link = link | table[row[b, q], column[b, k]]
-            allowed = link & gene_q & gene_k & ~same
-        if self_loops or dense:
-            allowed = allowed | (same & gene_q)
-        allowed = allowed | (cls_q & (valid_k if cls_attends_all else same)) | (cls_q & same)
-        if all_attend_cls or dense:
-            allowed = allowed | (gene_q & is_cls[b, k])
-        padding_row = valid_k if dense else same  # a padding query: every real token in dense blocks, else itself
-        return (allowed & valid_k) | (padding_row & ~valid[b, q])
+        return rule.allows(b, q, k)
 
-    return create_block_mask(mask_mod, batch, None, length, length, device=device, BLOCK_SIZE=block_size)
+    return _compiled_create_block_mask()(mask_mod, batch, None, length, length, device=input_ids.device,
+                                         BLOCK_SIZE=block_size)
 
 
 @functools.cache

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from ..grn.network import GeneRegulatoryNetwork
+from ..model.masks import token_roles
 
 
 def _merge(keys: np.ndarray, sums: np.ndarray, counts: np.ndarray):
@@ -61,7 +62,6 @@ def attention_scores(model, tokenizer, dataset, label_column: str, *, batch_size
         [c for c in dataset.column_names if c not in ("input_ids", "expression_values", "expression_bins")])
     subset_labels = [labels[i] for i in np.flatnonzero(keep)]
     vocab = config.vocab_size
-    special = torch.tensor(encoder.special_token_ids)
     reads_regulators = config.grn_direction != "target_to_regulator"
     layer_ids = list(range(config.num_hidden_layers)) if layers is None else list(layers)
     device = device or next(encoder.parameters()).device
@@ -79,7 +79,8 @@ def attention_scores(model, tokenizer, dataset, label_column: str, *, batch_size
                 out = encoder(**batch, output_attentions=True)
                 weights = torch.stack([out.attentions[i] for i in layer_ids]).float().mean(dim=(0, 2)).cpu()
                 ids = batch["input_ids"].cpu()
-                genes = batch["attention_mask"].cpu().bool() & ~torch.isin(ids, special)
+                _, _, genes = token_roles(ids, batch["attention_mask"].cpu(), config.cls_token_id,
+                                          encoder.special_token_ids)
                 pair = genes[:, :, None] & genes[:, None, :] & ~torch.eye(ids.shape[1], dtype=torch.bool)[None]
                 regulator = ids[:, None, :] if reads_regulators else ids[:, :, None]  # key / query
                 target = ids[:, :, None] if reads_regulators else ids[:, None, :]
