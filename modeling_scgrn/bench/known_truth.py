@@ -10,7 +10,6 @@ corpus, finetunes cell types with few to all labels, and writes the tables and P
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,6 @@ import pandas as pd
 
 from ..grn.network import GeneRegulatoryNetwork
 from .simulate import abs_correlation, log_normalised
-
-logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------------- wrong priors

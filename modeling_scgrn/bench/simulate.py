@@ -13,7 +13,6 @@ high-degree TFs, true edges are no more correlated than random pairs (measured b
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 from dataclasses import asdict, dataclass
 
@@ -21,7 +20,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-logger = logging.getLogger(__name__)
 
 SIMULATION_KEY = "scgrn_simulation"
 NOISE_SETTINGS = ("DS1", "DS2", "DS3", "DS4", "DS5", "DS6", "DS7", "DS8", "DS13", "DS14")

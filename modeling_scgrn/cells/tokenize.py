@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import tempfile
@@ -15,8 +14,6 @@ from tqdm.auto import tqdm
 
 from .config import SEQUENCE_COLUMNS, DataConfig
 from .reading import check_expression_values
-
-logger = logging.getLogger(__name__)
 
 
 def _arrow_columns(encoded, lengths: np.ndarray) -> dict:

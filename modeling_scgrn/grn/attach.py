@@ -12,8 +12,8 @@ from .network import GeneRegulatoryNetwork
 
 
 def attach_grn(model, network: GeneRegulatoryNetwork, tokenizer: ScGrnTokenizer) -> torch.Tensor:
-    """Put `network`'s edges among the tokenizer's genes into the model (the control replaces them for
-    `grn_mode="random"`/`"shuffled"`). Returns the stored `(2, E)` vocabulary-id edges."""
+    """Put `network`'s edges among the tokenizer's genes into the model (for a control `grn_mode`, "random",
+    "shuffled" or "rewired", the control replaces them). Returns the stored `(2, E)` vocabulary-id edges."""
     return model.set_grn_edges(network.to_vocab_edges(tokenizer))
 
 

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 from importlib.resources import files
 
 import yaml
 
 from ..grn.coverage import coverage_line
 from ..grn.network import GeneRegulatoryNetwork
-
-logger = logging.getLogger(__name__)
 
 
 def model_card(

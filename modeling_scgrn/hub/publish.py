@@ -6,14 +6,11 @@ no GRN, a bad repo id, no token) fails without uploading anything.
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 from pathlib import Path
 
 from .model_folder import check_model_folder, save_model_folder
-
-logger = logging.getLogger(__name__)
 
 
 def push_model_folder(

@@ -67,6 +67,7 @@ class MaskRule:
         dense: every pair of real genes is allowed (the unconstrained Transformer); `link` is then unused.
         link: `(b, q, k) -> bool`, the prior links key gene `k` to query gene `q` (any pair; the rule keeps genes).
         isolated: `(batch, L)` bool, genes that attend to every gene of the cell (`isolated_genes="dense"`), or None.
+        batch_edges: the batch's genes and the prior's edges among them ([`_batch_genes_and_edges`]), or None.
         self_loops, cls_attends_all, all_attend_cls: see `ScGrnConfig`.
     """
 
@@ -76,6 +77,7 @@ class MaskRule:
     dense: bool
     link: Callable | None = None
     isolated: torch.Tensor | None = None
+    batch_edges: tuple | None = None
     self_loops: bool = True
     cls_attends_all: bool = True
     all_attend_cls: bool = True
@@ -109,12 +111,12 @@ def _grid(batch: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.arange(batch, device=device)[:, None, None], torch.arange(length, device=device)
 
 
-def prior_link(input_ids: torch.Tensor, is_gene: torch.Tensor, keys: torch.Tensor, vocab_size: int,
-               direction: str) -> Callable:
+def prior_link(input_ids: torch.Tensor, is_gene: torch.Tensor, batch_edges: tuple, direction: str) -> Callable:
     """The prior's `link(b, q, k)` for a batch: each token's column among the batch's genes and, for regulators, its
     row among the batch's regulators index a `(regulators in batch + 1, genes in batch + 1)` boolean edge table (the
-    extra row and column are all-False sinks for non-regulators and special tokens), so no L x L tensor is needed."""
-    batch_genes, regulator, target = _batch_genes_and_edges(input_ids, is_gene, keys, vocab_size)
+    extra row and column are all-False sinks for non-regulators and special tokens), so no L x L tensor is needed.
+    `batch_edges` is [`_batch_genes_and_edges`] of the batch."""
+    batch_genes, regulator, target = batch_edges
     batch_regulators = torch.unique(regulator)
     column = _rank_in(batch_genes, input_ids, is_gene)  # (batch, L), sink = len(batch_genes)
     row = _rank_in(batch_regulators, input_ids, is_gene)  # (batch, L), sink = len(batch_regulators)
@@ -163,18 +165,20 @@ def mask_rule(
         return rule
     if keys is None:
         keys = edge_keys(grn_edges.to(input_ids.device), vocab_size)
-    rule.link = prior_link(input_ids, is_gene, keys, vocab_size, direction)
+    rule.batch_edges = _batch_genes_and_edges(input_ids, is_gene, keys, vocab_size)
+    rule.link = prior_link(input_ids, is_gene, rule.batch_edges, direction)
     if hops == 1 and isolated_genes == "self":
         return rule
     cells, positions = _grid(*input_ids.shape, input_ids.device)
     q, k = positions[None, :, None], positions[None, None, :]
-    partners = rule.link(cells, q, k) & is_gene[cells, q] & is_gene[cells, k] & (q != k)
+    gene_pairs = is_gene[cells, q] & is_gene[cells, k] & (q != k)
+    partners = rule.link(cells, q, k) & gene_pairs
     if hops > 1:
         step = partners.float()
         reach = step.clone()
         for _ in range(hops - 1):
             reach = ((reach @ step + reach) > 0).float()
-        partners = (reach > 0) & is_gene[cells, q] & is_gene[cells, k] & (q != k)
+        partners = (reach > 0) & gene_pairs
     rule.link = lambda b, q, k: partners[b, q, k]
     if isolated_genes == "dense":
         rule.isolated = is_gene & ~partners.any(-1)
@@ -336,7 +340,7 @@ def build_structured_plan(
         heavy = heavy | (is_gene & torch.isin(input_ids, regulators))
 
     # candidate gene pairs: the prior's edges located in each cell through a (batch, genes in batch) position table
-    batch_genes, regulator, target = _batch_genes_and_edges(input_ids, is_gene, keys, vocab_size)
+    batch_genes, regulator, target = rule.batch_edges
     table = torch.full((batch, batch_genes.numel() + 1), -1, dtype=torch.int64, device=device)
     compact = _rank_in(batch_genes, input_ids, is_gene)  # last column: a sink for special tokens and padding
     table.scatter_(1, compact, torch.where(is_gene, positions[None].expand(batch, length), -1))

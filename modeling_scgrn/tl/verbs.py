@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import logging
 import warnings
 
 import numpy as np
@@ -19,8 +18,6 @@ from ..cells.config import DataConfig
 from .perturb import perturb
 
 __all__ = ["embed", "predict", "perturb", "check_labels"]  # scanpy-style tools live together
-
-logger = logging.getLogger(__name__)
 
 
 def _batches(adata, tokenizer, *, max_length, gene_column, layer, normalize, chunk_size):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import math
 import os
 import shutil
@@ -26,8 +25,6 @@ from tqdm.auto import tqdm
 from ..evaluation.plots import plot_training_curves
 from ..storage.folders import checkpoint_folders, jsonable, run_task, write_run_manifest
 from ..storage.options import checked_dataclass
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
