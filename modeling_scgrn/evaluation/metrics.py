@@ -163,12 +163,7 @@ def gene_statistics(dataset, vocab_size: int, value_encoding: str, n_bins: int) 
 
 def classification_metrics(model, dataset, collator, batch_size: int = 64) -> dict:
     """Accuracy, macro-F1, per-class report and confusion matrix of a cell classifier on a labelled dataset."""
-    from sklearn.metrics import (
-        accuracy_score,
-        classification_report,
-        confusion_matrix,
-        f1_score,
-    )
+    from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
     truth, predicted, embeddings = [], [], []
     for batch, output in predict_batches(model, dataset, collator, batch_size):
@@ -207,11 +202,7 @@ def embedding_metrics(embeddings: np.ndarray, labels, *, seed: int = 0, resoluti
     rescaled label silhouette and k-means NMI/ARI (`scib_*`)."""
     import anndata
     import scanpy as sc
-    from sklearn.metrics import (
-        adjusted_rand_score,
-        normalized_mutual_info_score,
-        silhouette_score,
-    )
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 
     labels = np.asarray(labels).astype(str)
     if len(np.unique(labels)) < 2 or len(labels) < 10:

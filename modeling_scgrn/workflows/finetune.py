@@ -12,10 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cells.collators import (
-    DataCollatorForCellClassification,
-    WithClassWeights,
-)
+from ..cells.collators import DataCollatorForCellClassification, WithClassWeights
 from ..cells.prepared import load_prepared
 from ..evaluation.baselines import classification_baselines, classification_table
 from ..evaluation.metrics import classification_metrics, embedding_metrics
@@ -23,9 +20,7 @@ from ..evaluation.plots import plot_confusion_matrix, plot_umap
 from ..grn.attach import attach_grn, check_model_options, new_config
 from ..grn.network import GeneRegulatoryNetwork
 from ..hub.model_folder import check_compatible, load_pretrained, save_model_folder
-from ..model.modeling_scgrn import (
-    ScGrnForCellClassification,
-)
+from ..model.modeling_scgrn import ScGrnForCellClassification
 from ..storage.folders import jsonable
 from ..train.training import TrainingConfig, train
 from .pretrain import log_prior_coverage, training_data_text

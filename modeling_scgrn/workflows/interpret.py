@@ -9,12 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..tl.attention import (
-    attention_scores,
-    plot_attention_heatmap,
-    prior_agreement,
-    top_pairs,
-)
+from ..tl.attention import attention_scores, plot_attention_heatmap, prior_agreement, top_pairs
 
 
 def _markdown_table(frame: pd.DataFrame, columns: list[str]) -> list[str]:

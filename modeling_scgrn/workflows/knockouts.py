@@ -3,12 +3,7 @@
 
 from __future__ import annotations
 
-from ..bench.knockouts import (
-    knockout_candidates,
-    knockout_markdown,
-    plot_knockout_scores,
-    validate_knockouts,
-)
+from ..bench.knockouts import knockout_candidates, knockout_markdown, plot_knockout_scores, validate_knockouts
 
 
 def run_knockout_validation(corpus_path, model_folders: dict, output_dir, *, genes=None, n_truth_cells: int = 2000,

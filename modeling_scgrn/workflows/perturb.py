@@ -22,10 +22,7 @@ def run_perturbation(cells, model_folder, genes, output_dir, *, mode: str = "del
 
     from ..cells.reading import read_cells
     from ..hub.model_folder import load_pretrained
-    from ..model.modeling_scgrn import (
-        ScGrnForCellClassification,
-        ScGrnForMaskedExpressionModeling,
-    )
+    from ..model.modeling_scgrn import ScGrnForCellClassification, ScGrnForMaskedExpressionModeling
     from ..model.tokenization_scgrn import ScGrnTokenizer
     from ..storage.folders import jsonable
 

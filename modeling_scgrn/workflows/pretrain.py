@@ -10,9 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..cells.collators import (
-    DataCollatorForMaskedExpression,
-)
+from ..cells.collators import DataCollatorForMaskedExpression
 from ..cells.prepared import load_prepared
 from ..evaluation.baselines import masked_baseline_table
 from ..evaluation.metrics import gene_statistics, masked_expression_metrics
@@ -20,9 +18,7 @@ from ..grn.attach import adjacency, attach_grn, check_model_options, new_config
 from ..grn.coverage import coverage_line, prior_coverage
 from ..grn.network import GeneRegulatoryNetwork
 from ..hub.model_folder import check_compatible, load_pretrained, save_model_folder
-from ..model.modeling_scgrn import (
-    ScGrnForMaskedExpressionModeling,
-)
+from ..model.modeling_scgrn import ScGrnForMaskedExpressionModeling
 from ..storage.folders import jsonable
 from ..train.training import TrainingConfig, train
 
