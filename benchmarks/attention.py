@@ -120,19 +120,19 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head_dim", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--h5ad", default=str(h5ad), help="raw-count cells (default: ../shared/data celltypist sample)")
+    parser.add_argument("--input", default=str(h5ad), help="raw-count cells (default: ../shared/data celltypist sample)")
     parser.add_argument("--prior", default=str(prior), help="OmniPath/CollecTRI table (data/fetch_prior.py)")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--one", nargs=2, metavar=("VARIANT", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args.one[0], int(args.one[1]), args.cells, args.heads, args.head_dim, args.repeats,
-                             Path(args.h5ad), Path(args.prior))))
+                             Path(args.input), Path(args.prior))))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.cells} cells x {args.heads} heads x "
           f"head_dim {args.head_dim}; forward + backward, best of {args.repeats}")
     common = ["--cells", str(args.cells), "--heads", str(args.heads), "--head_dim", str(args.head_dim),
-              "--repeats", str(args.repeats), "--h5ad", args.h5ad, "--prior", args.prior]
+              "--repeats", str(args.repeats), "--input", args.input, "--prior", args.prior]
     header = "| genes | variant | ms / step | vs dense_sdpa | peak RSS MiB (+ over data) | max diff vs mask |"
     print(header + "\n|---|---|---|---|---|---|")
     for length in args.lengths:

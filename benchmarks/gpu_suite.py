@@ -191,7 +191,7 @@ def synchronize(device) -> None:
 def speed(variant: str, length: int, args, device, peak: float) -> dict:
     """bf16 autocast training step and embedding throughput of one variant at one length."""
     count = max(1, args.tokens_per_batch // length)
-    tokenizer, batch, edges, source = cells(Path(args.h5ad), Path(args.prior), length, count)
+    tokenizer, batch, edges, source = cells(Path(args.input), Path(args.prior), length, count)
     batch = {k: v.to(device) for k, v in batch.items()}
     size = dict(hidden=args.hidden, layers=args.layers, heads=args.heads, intermediate=args.intermediate)
     torch.manual_seed(0)
@@ -237,7 +237,7 @@ def mask_cost(kernel: str, length: int, args, device) -> dict:
     from modeling_scgrn.model.masks import regulators_first_order
 
     count = max(1, args.tokens_per_batch // length)
-    tokenizer, batch, edges, source = cells(Path(args.h5ad), Path(args.prior), length, count)
+    tokenizer, batch, edges, source = cells(Path(args.input), Path(args.prior), length, count)
     ids, real = batch["input_ids"].to(device), batch["attention_mask"].to(device)
     model = ScGrnModel(ScGrnConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
                                    num_attention_heads=2, intermediate_size=64, attn_implementation=kernel)).to(device)
@@ -295,7 +295,7 @@ def accelerate_smoke(args, device, folder: Path) -> dict:
     command = [sys.executable, "-m", "accelerate.commands.launch", "-q", "--num_processes", "1", "--num_machines",
                "1", "--mixed_precision", "bf16", "--dynamo_backend", "no", *(["--cpu"] if device.type == "cpu" else []),
                str(ROOT / "pretrain" / "run.py"), "--config", str(ROOT / "pretrain" / "configs" / "cpu_smoke.yaml"),
-               "--h5ad", "pbmc68k_reduced", "--prior", args.prior, "--max_length", "128",
+               "--input", "pbmc68k_reduced", "--prior", args.prior, "--max_length", "128",
                "--output_dir", str(folder / "pretrain"), "--set", f"training.max_steps={steps}",
                "--set", "training.mixed_precision=bf16", "--set", "training.show_progress=false",
                "--set", "training.report_to=none"]
@@ -395,7 +395,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--intermediate", type=int, default=688)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--h5ad", default=str(h5ad))
+    parser.add_argument("--input", default=str(h5ad))
     parser.add_argument("--prior", default=str(prior))
     parser.add_argument("--output_dir", default=str(ROOT / "benchmarks" / "gpu_results"))
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=SECTIONS,
@@ -421,7 +421,7 @@ def run(args, device) -> dict:
     report = {"device": device_name(device), "torch": torch.__version__, "quick": args.quick,
               "date": time.strftime("%Y-%m-%d")}
     if "correctness" in args.sections:
-        tokenizer, batch, edges, source = cells(Path(args.h5ad), Path(args.prior), 128 if args.quick else 1024, 4)
+        tokenizer, batch, edges, source = cells(Path(args.input), Path(args.prior), 128 if args.quick else 1024, 4)
         batch = {k: v.to(device) for k, v in padded(batch, tokenizer.pad_token_id).items()}
         report.update(correctness_cells_from=source, correctness=correctness(tokenizer, batch, edges, device),
                       determinism=[determinism(tokenizer, batch, edges, device, deterministic)

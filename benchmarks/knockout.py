@@ -6,7 +6,7 @@ each gene on the knocked-out gene (fitted on unperturbed cells) is the baseline.
 knockout.csv and knockout.png.
 
     python benchmarks/knockout.py --corpus sim.h5ad --model grn=runs/known_truth/runs/grn_seed0/pretrain/model \
-        --model dense=runs/known_truth/runs/dense_seed0/pretrain/model --output runs/knockout
+        --model dense=runs/known_truth/runs/dense_seed0/pretrain/model --output_dir runs/knockout
 """
 
 import argparse
@@ -19,8 +19,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--genes", nargs="+", help="genes to knock out (default: 5 masters and 5 mid-level TFs)")
     parser.add_argument("--truth_cells", type=int, default=2000, help="cells simulated per knockout")
     parser.add_argument("--model_cells", type=int, default=300, help="cells perturbed in silico")
-    parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
+    parser.add_argument("--output_dir", required=True, help="output folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     return parser.parse_args(argv)
 
@@ -34,7 +34,7 @@ def run(args) -> str:
         if not folder:
             raise ValueError(f"--model {entry}: write NAME=FOLDER, e.g. grn=runs/x/pretrain/model.")
         models[name] = folder
-    markdown = run_knockout_validation(args.corpus, models, args.output, genes=args.genes,
+    markdown = run_knockout_validation(args.corpus, models, args.output_dir, genes=args.genes,
                                        n_truth_cells=args.truth_cells, n_model_cells=args.model_cells)
     print(markdown)
     return markdown
@@ -44,7 +44,7 @@ def main(argv=None) -> None:
     args = parse_arguments(argv)
     from modeling_scgrn.workflows.cli import run_script
 
-    run_script(args, lambda: run(args), output_dir=args.output, task="knockout", inputs=(args.corpus,))
+    run_script(args, lambda: run(args), output_dir=args.output_dir, task="knockout", inputs=(args.corpus,))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ cell types with 10, 50, 200 and all labelled cells per type, beside from-scratch
 kNN and majority class on the same labelled cells. Edge recovery compares attention with correlation and a
 GENIE3-style tree ensemble. Writes known_truth.md/.json, label_efficiency.png and pretraining.png.
 
-    python benchmarks/known_truth.py --prior priors/omnipath_interactions.parquet --output runs/known_truth
-    python benchmarks/known_truth.py --prior ... --output ... --quick     # minutes: 60 genes, 600 cells, 1 seed
+    python benchmarks/known_truth.py --prior priors/omnipath_interactions.parquet --output_dir runs/known_truth
+    python benchmarks/known_truth.py --prior ... --output_dir ... --quick     # minutes: 60 genes, 600 cells, 1 seed
 """
 
 import argparse
@@ -24,8 +24,8 @@ QUICK = {"n_genes": 60, "n_cells": 600, "n_cell_types": 3, "seeds": (0,), "budge
 def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prior", required=True, help="OmniPath interaction table (data/fetch_prior.py) or a network")
-    parser.add_argument("--resource", default="collectri")
-    parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument("--resource", default=None)
+    parser.add_argument("--output_dir", required=True, help="output folder")
     parser.add_argument("--corpus", help="an .h5ad from data/simulate_cells.py instead of simulating here")
     parser.add_argument("--n_genes", type=int, default=1000)
     parser.add_argument("--n_cells", type=int, default=10_000, help="cells simulated (or taken from --corpus)")
@@ -40,7 +40,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--finetune_steps", type=int, default=150, help="finetuning optimizer steps, the same for "
                         "every label budget")
     parser.add_argument("--quick", action="store_true", help="a few-minute version (what the tests run)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     return parser.parse_args(argv)
 
@@ -75,8 +75,8 @@ def benchmark(args) -> dict:
             cells = cells[:args.n_cells].copy()
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}")
-    results = run_known_truth(prior, args.output, cells=cells, **options(args))
-    print((__import__("pathlib").Path(args.output) / "known_truth.md").read_text())
+    results = run_known_truth(prior, args.output_dir, cells=cells, **options(args))
+    print((__import__("pathlib").Path(args.output_dir) / "known_truth.md").read_text())
     print(json.dumps({"seconds": results["seconds"]}))
     return results
 
@@ -85,7 +85,7 @@ def main(argv=None) -> None:
     args = parse_arguments(argv)
     from modeling_scgrn.workflows.cli import run_script
 
-    run_script(args, lambda: benchmark(args), output_dir=args.output, task="known_truth",
+    run_script(args, lambda: benchmark(args), output_dir=args.output_dir, task="known_truth",
                inputs=(args.prior, args.corpus))
 
 

@@ -42,7 +42,7 @@ def load_real_cells(h5ad: Path, prior: Path, length: int, num_cells: int, seed: 
     detected = np.unique(np.concatenate([encoded["input_ids"][c][1:n] for c, n in enumerate(lengths)]))
     if length - 1 > detected.size:
         raise ValueError(f"{h5ad.name} detects {detected.size:,} distinct genes in all; a cell of {length:,} tokens "
-                         f"needs {length - 1:,}. Use a shorter length or a larger sample (--h5ad).")
+                         f"needs {length - 1:,}. Use a shorter length or a larger sample (--input).")
     rng = np.random.default_rng(seed)
     order = rng.permutation(adata.n_obs)
     columns = {"input_ids": [], "expression_values": [], "expression_bins": []}

@@ -88,7 +88,7 @@ def one(path: Path, num_proc: int, chunk_size: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     h5ad, _ = default_paths()
-    parser.add_argument("--h5ad", default=str(h5ad))
+    parser.add_argument("--input", default=str(h5ad))
     parser.add_argument("--sizes", type=int, nargs="+", default=[50_000, 200_000])
     parser.add_argument("--num_proc", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--chunk_size", type=int, default=10_000)
@@ -103,11 +103,11 @@ def main() -> None:
 
     from modeling_scgrn import ScGrnTokenizer
 
-    files = {size: make_file(Path(args.h5ad), size, Path(args.workdir)) for size in args.sizes}
+    files = {size: make_file(Path(args.input), size, Path(args.workdir)) for size in args.sizes}
     import gc
 
     gc.collect()
-    sample = ad.read_h5ad(args.h5ad)
+    sample = ad.read_h5ad(args.input)
     vocab = ScGrnTokenizer.from_genes(list(sample.var_names), n_bins=51).get_vocab()
     loop = per_cell_loop(sample, vocab, 51, min(args.loop_cells, sample.n_obs))
     print(f"chunks of {args.chunk_size} cells, all detected genes per cell, backed .h5ad input")

@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--intermediate", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--h5ad", default=str(h5ad))
+    parser.add_argument("--input", default=str(h5ad))
     parser.add_argument("--prior", default=str(prior))
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--one", nargs=2, metavar=("VARIANT", "LENGTH"), help=argparse.SUPPRESS)

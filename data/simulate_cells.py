@@ -16,13 +16,20 @@ edges more correlated than random gene pairs, across and within cell types?).
 
 import argparse
 import json
+import runpy
+from importlib.util import find_spec
+from pathlib import Path
+from types import SimpleNamespace
+
+# scgrn's shared options (names, help, choices), read by path before scgrn is imported (it loads torch), so that
+# --help answers at once
+shared = SimpleNamespace(**runpy.run_path(str(Path(find_spec("modeling_scgrn").origin).parent / "options" /
+                                                "arguments.py")))
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prior", required=True, help="OmniPath interaction table (data/fetch_prior.py) or a "
-                        "source,target[,weight] CSV/TSV/Parquet network")
-    parser.add_argument("--resource", default="collectri", help="for the OmniPath table: collectri or dorothea")
+    parser = shared.new_parser(__doc__)
+    shared.add_prior(parser, required=True)
     parser.add_argument("--output", required=True, help="the .h5ad file to write")
     parser.add_argument("--n_genes", type=int, default=1000, help="genes in the network")
     parser.add_argument("--n_cells", type=int, default=10_000, help="cells in all")
@@ -32,8 +39,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--chunk_cells", type=int, default=2_000, help="cells simulated at a time (memory grows "
                         "with it: about 0.9 GB per 1,000 cells of 1,000 genes)")
     parser.add_argument("--num_proc", type=int, default=1, help="chunks simulated in parallel")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    shared.add_housekeeping(parser, output="--output file")
     return parser.parse_args(argv)
 
 

@@ -12,26 +12,29 @@ architecture (its grn_mode is overridden per run). A non-empty --output_dir is r
 """
 
 import argparse
+import runpy
+from importlib.util import find_spec
+from pathlib import Path
+from types import SimpleNamespace
 
-MODES = ("grn", "dense", "rewired", "random", "shuffled")
-
+# scgrn's shared options (names, help, choices), read by path before scgrn is imported (it loads torch), so that
+# --help answers at once
+shared = SimpleNamespace(**runpy.run_path(str(Path(find_spec("modeling_scgrn").origin).parent / "options" /
+                                                "arguments.py")))
 
 def parse_arguments(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="YAML/JSON file with `model` and `training` sections")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.OPTION=VALUE",
-                        help="override one config value (repeatable)")
-    parser.add_argument("--data", required=True, help="folder from data/tokenize_cells.py (with --label_column)")
+    parser = shared.new_parser(__doc__)
+    shared.add_config(parser)
+    parser.add_argument("--data", required=True, help=shared.DATA_FOLDER_HELP + " (with --label_column)")
     parser.add_argument("--label_column", required=True, help="obs column with the cell types")
-    parser.add_argument("--output_dir", required=True, help="where the runs and the table go")
-    parser.add_argument("--modes", nargs="+", default=None, choices=MODES, help="mask modes (default: all; rewired "
-                        "is the control matched to what cells see)")
+    shared.add_output_dir(parser, "where the runs and the table go")
+    parser.add_argument("--modes", nargs="+", default=None, help="mask modes, values of ScGrnConfig's grn_mode "
+                        "(default: all; rewired is the control matched to what cells see)")
     parser.add_argument("--pretrain_config", default=None, help="add a pretrained arm: each mask is pretrained on "
                         "the same cells with this config's training section first (its model section, if any, sets "
                         "the architecture of both arms)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds per mode")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    shared.add_housekeeping(parser)
     return parser.parse_args(argv)
 
 

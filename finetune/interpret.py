@@ -11,13 +11,21 @@ tables as Parquet, and attention_heatmap.png.
 """
 
 import argparse
+import runpy
+from importlib.util import find_spec
+from pathlib import Path
+from types import SimpleNamespace
+
+# scgrn's shared options (names, help, choices), read by path before scgrn is imported (it loads torch), so that
+# --help answers at once
+shared = SimpleNamespace(**runpy.run_path(str(Path(find_spec("modeling_scgrn").origin).parent / "options" /
+                                                "arguments.py")))
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
     # no defaults here: what is not given takes run_interpretation's own
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     argument_default=argparse.SUPPRESS)
-    parser.add_argument("--data", required=True, help="folder from data/tokenize_cells.py (with --label_column)")
+    parser = shared.new_parser(__doc__, argument_default=argparse.SUPPRESS)
+    parser.add_argument("--data", required=True, help=shared.DATA_FOLDER_HELP + " (with --label_column)")
     parser.add_argument("--label_column", required=True)
     parser.add_argument("--model", required=True, help="GRN-masked scgrn model folder")
     parser.add_argument("--dense_model", help="the dense control's model folder")
@@ -26,9 +34,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--top", type=int, help="pairs listed per cell type (default 10)")
     parser.add_argument("--max_cells_per_label", type=int, help="cells read per cell type (default 200)")
     parser.add_argument("--batch_size", type=int, help="cells per forward pass (default 16)")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    shared.add_output_dir(parser, "where the tables and heat maps go")
+    shared.add_housekeeping(parser)
     return parser.parse_args(argv)
 
 

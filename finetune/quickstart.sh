@@ -9,9 +9,9 @@ launch=(accelerate launch -q --num_processes 1 --num_machines 1 --mixed_precisio
 
 python data/fetch_prior.py --output priors/omnipath_interactions.parquet
 python data/tokenize_cells.py --input pbmc68k_reduced --prior priors/omnipath_interactions.parquet \
-    --resource collectri --label_column bulk_labels --output "$out/data"
+    --resource collectri --label_column bulk_labels --output_dir "$out/data"
 "${launch[@]}" pretrain/run.py --config pretrain/configs/pbmc68k.yaml --data "$out/data" \
     --output_dir "$out/pretrain"
 "${launch[@]}" finetune/run.py --config finetune/configs/pbmc68k.yaml --data "$out/data" \
-    --pretrained "$out/pretrain/model" --label_column bulk_labels --output_dir "$out/finetune"
+    --model "$out/pretrain/model" --label_column bulk_labels --output_dir "$out/finetune"
 echo "Hub-ready model folder: $out/finetune/model (upload with huggingface_hub or model.push_to_hub)"

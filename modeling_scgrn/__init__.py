@@ -13,7 +13,8 @@ The folders are the architecture, each importing only those below it:
     hub/         complete model folders: save, check, load, publish
     cells/       reading and tokenizing cells, splits, collators, streams (AnnData, SOMA)
     grn/         regulatory-network priors: readers, coverage reports, gene panels, attaching a prior to a model
-    storage/     output folders that lose nothing, typed options
+    storage/     output folders that lose nothing
+    options/     option names, help and choices the scripts share (standard library only), typed options
     model/       the files that ship with the weights (config, model, tokenizer, attention kernels, the mask rule)
 """
 

@@ -33,6 +33,8 @@ SCRIPTS = {
     "interpret": ROOT / "finetune" / "interpret.py",
     "push": ROOT / "finetune" / "push_to_hub.py",
     "fetch_prior": ROOT / "data" / "fetch_prior.py",
+    "perturb": ROOT / "finetune" / "perturb.py",
+    "simulate": ROOT / "data" / "simulate_cells.py",
 }
 TINY = ["--set", "model.hidden_size=16", "--set", "model.num_hidden_layers=1", "--set", "model.num_attention_heads=2",
         "--set", "model.intermediate_size=32", "--set", "training.report_to=none", "--set", "training.show_progress=false"]
@@ -91,21 +93,21 @@ def busy_folder(tmp_path) -> Path:
 
 # (script, arguments (formatted with the world and {out}, {busy}), words the message must contain)
 CASES = [
-    ("tokenize", ["--input", "{root}/missing.h5ad", "--prior", "{prior}", "--output", "{out}"], "does not exist"),
-    ("tokenize", ["--input", "{root}/truncated.h5ad", "--prior", "{prior}", "--output", "{out}"], "corrupt or truncated"),
-    ("tokenize", ["--input", "{root}/empty.h5ad", "--prior", "{prior}", "--output", "{out}"], "0 cells"),
-    ("tokenize", ["--input", "{h5ad}", "--prior", "{root}/missing.parquet", "--output", "{out}"], "does not exist"),
-    ("tokenize", ["--input", "{h5ad}", "--prior", "{prior}", "--label_column", "cell_typ", "--output", "{out}"],
+    ("tokenize", ["--input", "{root}/missing.h5ad", "--prior", "{prior}", "--output_dir", "{out}"], "does not exist"),
+    ("tokenize", ["--input", "{root}/truncated.h5ad", "--prior", "{prior}", "--output_dir", "{out}"], "corrupt or truncated"),
+    ("tokenize", ["--input", "{root}/empty.h5ad", "--prior", "{prior}", "--output_dir", "{out}"], "0 cells"),
+    ("tokenize", ["--input", "{h5ad}", "--prior", "{root}/missing.parquet", "--output_dir", "{out}"], "does not exist"),
+    ("tokenize", ["--input", "{h5ad}", "--prior", "{prior}", "--label_column", "cell_typ", "--output_dir", "{out}"],
      "no obs column"),
-    ("tokenize", ["--input", "{h5ad}", "--prior", "{prior}", "--no_normalize", "--output", "{out}"],
+    ("tokenize", ["--input", "{h5ad}", "--prior", "{prior}", "--no_normalize", "--output_dir", "{out}"],
      "drop --no_normalize"),
-    ("tokenize", ["--input", "{h5ad}", "--prior", "{prior}", "--output", "{busy}"], "not empty"),
-    ("tokenize", ["--input", "{h5ad}", "--prior", "{prior}", "--output", "{h5ad}"], "is a file"),
-    ("tokenize", ["--input", "{h5ad}", "--prior", "{prior}", "--output", "{root}", "--overwrite"],
+    ("tokenize", ["--input", "{h5ad}", "--prior", "{prior}", "--output_dir", "{busy}"], "not empty"),
+    ("tokenize", ["--input", "{h5ad}", "--prior", "{prior}", "--output_dir", "{h5ad}"], "is a file"),
+    ("tokenize", ["--input", "{h5ad}", "--prior", "{prior}", "--output_dir", "{root}", "--overwrite"],
      "would delete the input"),
-    ("tokenize", ["--input", "{h5ad}", "--prior", "{prior}", "--tokenizer", "{root}/nothing", "--output", "{out}"],
+    ("tokenize", ["--input", "{h5ad}", "--prior", "{prior}", "--tokenizer", "{root}/nothing", "--output_dir", "{out}"],
      "holds no scgrn tokenizer"),
-    ("tokenize", ["--input", "{h5ad}", "--prior", "{prior}", "--resource", "trrust", "--output", "{out}"],
+    ("tokenize", ["--input", "{h5ad}", "--prior", "{prior}", "--resource", "trrust", "--output_dir", "{out}"],
      "resource='trrust'"),
     ("pretrain", ["--data", "{root}/missing", "--output_dir", "{out}"], "does not exist"),
     ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--set", "model.hiden_size=8"],
@@ -117,19 +119,19 @@ CASES = [
     ("pretrain", ["--data", "{data}", "--output_dir", "{busy}"], "not empty"),
     ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--resume_from_checkpoint", "latest"],
      "no run to resume"),
-    ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--init_from", "{root}/nowhere/model"],
+    ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--model", "{root}/nowhere/model"],
      "no model folder"),
     ("pretrain", ["--data", "{data}", "--output_dir", "{root}", "--overwrite"], "would delete the input"),
-    ("finetune", ["--data", "{data}", "--label_column", "bulk_labels", "--pretrained", "runs/x/model",
+    ("finetune", ["--data", "{data}", "--label_column", "bulk_labels", "--model", "runs/x/model",
                   "--output_dir", "{out}"], "no model folder at runs/x/model"),
-    ("finetune", ["--data", "{data}", "--label_column", "bulk_labels", "--pretrained", "{root}/no_config",
+    ("finetune", ["--data", "{data}", "--label_column", "bulk_labels", "--model", "{root}/no_config",
                   "--output_dir", "{out}"], "has no config.json"),
-    ("finetune", ["--data", "{data}", "--label_column", "bulk_labels", "--pretrained", "{root}/broken_model",
+    ("finetune", ["--data", "{data}", "--label_column", "bulk_labels", "--model", "{root}/broken_model",
                   "--output_dir", "{out}"], "damaged or truncated"),
     ("finetune", ["--data", "{data}", "--label_column", "cell_type", "--output_dir", "{out}"], "no label column"),
-    ("finetune", ["--data", "{data}", "--label_column", "bulk_labels", "--pretrained", "{model}",
+    ("finetune", ["--data", "{data}", "--label_column", "bulk_labels", "--model", "{model}",
                   "--output_dir", "{pretrain}"], "not empty"),
-    ("finetune", ["--data", "{data}", "--label_column", "bulk_labels", "--pretrained", "{model}",
+    ("finetune", ["--data", "{data}", "--label_column", "bulk_labels", "--model", "{model}",
                   "--output_dir", "{pretrain}", "--resume_from_checkpoint", "latest"], "holds a pretrain run"),
     ("compare", ["--data", "{root}/missing", "--label_column", "bulk_labels", "--output_dir", "{out}"],
      "does not exist"),
@@ -138,9 +140,9 @@ CASES = [
                    "--output_dir", "{out}"], "no model folder"),
     ("interpret", ["--data", "{data}", "--label_column", "bulk_labels", "--model", "{model}", "--split", "holdout",
                    "--output_dir", "{out}"], "no split 'holdout'"),
-    ("push", ["--folder", "{root}/missing", "--repo_id", "org/model"], "is not a folder"),
-    ("push", ["--folder", "{model}", "--repo_id", "not a repo"], "not a valid Hub repo id"),
-    ("push", ["--folder", "{root}/no_config", "--repo_id", "org/model"], "has no tokenizer"),
+    ("push", ["--model", "{root}/missing", "--repo_id", "org/model"], "is not a folder"),
+    ("push", ["--model", "{model}", "--repo_id", "not a repo"], "not a valid Hub repo id"),
+    ("push", ["--model", "{root}/no_config", "--repo_id", "org/model"], "has no tokenizer"),
 ]
 
 
@@ -168,7 +170,7 @@ def run_script(name, *arguments, env=None, timeout=300):
 
 def test_unreachable_hub_is_one_line(world):
     # a closed port on this machine: the connection is refused at once
-    result = run_script("push", "--folder", world["model"], "--repo_id", "org/model",
+    result = run_script("push", "--model", world["model"], "--repo_id", "org/model",
                         env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_not_a_real_token"})
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith("error: could not reach the Hub at http://127.0.0.1:9")
@@ -182,6 +184,31 @@ def test_traceback_only_with_debug(world, tmp_path):
         debug = run_script("pretrain", "--data", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "b"),
                            *extra, env=env)
         assert debug.returncode != 0 and "Traceback" in debug.stderr and "ValueError" in debug.stderr
+
+
+# the options each script used to name otherwise: refused with the new name (scgrn is not released: no shims)
+RENAMED = [("tokenize", "--output", "--output_dir"), ("pretrain", "--h5ad", "--input"),
+           ("pretrain", "--init_from", "--model"), ("finetune", "--h5ad", "--input"),
+           ("finetune", "--pretrained", "--model"), ("perturb", "--cells", "--input"),
+           ("perturb", "--output", "--output_dir"), ("push", "--folder", "--model")]
+
+
+@pytest.mark.parametrize("name,old,new", RENAMED, ids=[f"{c[0]}{c[1]}" for c in RENAMED])
+def test_renamed_options_are_refused_with_their_new_name(tmp_path, capsys, name, old, new):
+    with pytest.raises(SystemExit) as exit_info:
+        script(name).main([old, str(tmp_path / "x")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {old} is now {new}; run the command again with {new}"]
+    assert not list(tmp_path.iterdir())
+
+
+def test_every_script_names_the_same_thing_the_same_way():
+    """Raw cells are --input, a model folder --model, a written folder --output_dir, in every script that has one."""
+    for name in SCRIPTS:
+        text = run_script(name, "--help", timeout=30).stdout
+        for old in ("--h5ad", "--cells", "--pretrained", "--init_from", "--folder"):
+            assert old not in text, (name, old)
 
 
 def test_help_answers_within_a_second():
@@ -207,7 +234,7 @@ def test_accelerate_launch_gives_one_message(world, tmp_path):
 
 def test_overwrite_replaces_only_after_success(world, tmp_path, capsys):
     output = busy_folder(tmp_path)
-    script("tokenize").main(["--input", "pbmc68k_reduced", "--prior", world["prior"], "--output", str(output),
+    script("tokenize").main(["--input", "pbmc68k_reduced", "--prior", world["prior"], "--output_dir", str(output),
                              "--max_length", "32", "--overwrite"])
     assert sorted(p.name for p in output.iterdir()) == ["dataset", "prior", "prior_report.json", "tokenizer"]
     assert not list(tmp_path.glob(".busy*"))  # nothing left beside it
@@ -220,7 +247,7 @@ def test_overwrite_replaces_only_after_success(world, tmp_path, capsys):
 def test_failed_overwrite_brings_the_old_folder_back(world, tmp_path, capsys):
     output = busy_folder(tmp_path)
     with pytest.raises(SystemExit):
-        script("tokenize").main(["--input", "pbmc68k_reduced", "--prior", world["prior"], "--output", str(output),
+        script("tokenize").main(["--input", "pbmc68k_reduced", "--prior", world["prior"], "--output_dir", str(output),
                                  "--label_column", "no_such_column", "--overwrite"])
     assert [p.name for p in output.iterdir()] == ["my_notes.txt"]
     assert not list(tmp_path.glob(".busy*"))

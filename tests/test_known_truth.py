@@ -69,7 +69,7 @@ def test_quick_benchmark_writes_tables_with_baselines_and_pictures(tmp_path):
     pytest.importorskip("sergio_rs")
     output = tmp_path / "known_truth"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "known_truth.py"), "--prior",
-                             str(shared_data_or_skip(OMNIPATH_TABLE)), "--output", str(output), "--quick"],
+                             str(shared_data_or_skip(OMNIPATH_TABLE)), "--output_dir", str(output), "--quick"],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("known_truth.md", "known_truth.json", "label_efficiency.png", "pretraining.png"):

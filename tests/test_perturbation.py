@@ -116,17 +116,17 @@ def test_script_writes_effects_heatmap_and_shifts(cells, tokenizer, edge_tensor,
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     cells.write_h5ad(tmp_path / "cells.h5ad")
-    script = [sys.executable, str(ROOT / "finetune" / "perturb.py"), "--model", str(tmp_path / "model"), "--cells",
+    script = [sys.executable, str(ROOT / "finetune" / "perturb.py"), "--model", str(tmp_path / "model"), "--input",
               str(tmp_path / "cells.h5ad"), "--genes", "G4", "G0"]
-    result = subprocess.run([*script, "--output", str(tmp_path / "out")], capture_output=True, text=True)
+    result = subprocess.run([*script, "--output_dir", str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     effects = pd.read_csv(tmp_path / "out" / "effects.csv", index_col=0)
     assert list(effects.index) == ["G4", "G0"] and effects.shape[1] == len(GENES)
     assert (tmp_path / "out" / "effects_heatmap.png").stat().st_size > 0
     assert pd.read_csv(tmp_path / "out" / "embedding_shift.csv", index_col=0).shape == (24, 2)
-    again = subprocess.run([*script, "--output", str(tmp_path / "out")], capture_output=True, text=True)
+    again = subprocess.run([*script, "--output_dir", str(tmp_path / "out")], capture_output=True, text=True)
     assert again.returncode == 2 and again.stderr.strip().startswith("error:") and "--overwrite" in again.stderr
-    unknown = subprocess.run([*script[:-2], "NOPE", "--output", str(tmp_path / "other")], capture_output=True,
+    unknown = subprocess.run([*script[:-2], "NOPE", "--output_dir", str(tmp_path / "other")], capture_output=True,
                              text=True)
     assert unknown.returncode == 2 and "not in the model's vocabulary" in unknown.stderr
     assert "Traceback" not in unknown.stderr and not (tmp_path / "other").exists()

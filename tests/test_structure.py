@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "modeling_scgrn"
 SCRIPTS = sorted([*(ROOT / "data").glob("*.py"), *(ROOT / "pretrain").glob("*.py"), *(ROOT / "finetune").glob("*.py")])
 # Each subpackage may import only subpackages of a lower layer (and its own modules).
-LAYERS = {"model": 0, "storage": 0, "grn": 1, "cells": 2, "hub": 2, "evaluation": 3, "train": 4, "tl": 4,
+LAYERS = {"model": 0, "storage": 0, "options": 0, "grn": 1, "cells": 2, "hub": 2, "evaluation": 3, "train": 4, "tl": 4,
           "bench": 5, "workflows": 6}
 # The one upward import: `ScGrnPreTrainedModel.push_to_hub` publishes a complete repo through scgrn's publisher,
 # imported inside a try block (so remote loading, which has no scgrn, never needs it).
@@ -116,3 +116,14 @@ def test_shipped_files_import_only_what_remote_loading_has():
             outside = {r for r in roots - allowed if r not in sys.stdlib_module_names}
             # `modeling_scgrn.hub.publish` is imported inside a try block of push_to_hub, which remote loading skips
             assert outside <= {"modeling_scgrn"}, (name, outside)
+
+
+def test_script_options_need_only_the_standard_library():
+    """Scripts read `options/arguments.py` by path before importing scgrn (which loads torch): it may import only the
+    standard library, and nothing relative."""
+    path = PACKAGE / "options" / "arguments.py"
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            assert not node.level and node.module.split(".")[0] in sys.stdlib_module_names, node.module
+        elif isinstance(node, ast.Import):
+            assert all(a.name.split(".")[0] in sys.stdlib_module_names for a in node.names)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+DEFAULT_MASK_PROBABILITY = 0.15  # share of gene values hidden in pretraining: the collator's and TrainingConfig's
+
 
 def _pad(sequences, value, dtype) -> torch.Tensor:
     length = max(len(s) for s in sequences)
@@ -42,11 +44,11 @@ class DataCollatorForMaskedExpression:
     value_encoding: str
     n_bins: int
     mask_value: float = -1.0
-    mask_probability: float = 0.15
+    mask_probability: float = DEFAULT_MASK_PROBABILITY
     generator: torch.Generator | None = None
 
     @classmethod
-    def from_config(cls, config, mask_probability: float = 0.15, seed: int | None = None):
+    def from_config(cls, config, mask_probability: float = DEFAULT_MASK_PROBABILITY, seed: int | None = None):
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         return cls(config.pad_token_id, config.value_encoding, config.n_bins, config.mask_value, mask_probability, generator)
 

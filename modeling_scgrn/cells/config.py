@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..model.configuration_scgrn import DEFAULT_N_BINS
-from ..storage.options import checked_dataclass
+from ..options.arguments import DATA_HELP, PANELS
+from ..options.typed import checked_dataclass
 
 SEQUENCE_COLUMNS = ("input_ids", "expression_values", "expression_bins")
-PANELS = ("all", "hvg", "ranked", "union")
 
 
 @dataclass
@@ -16,22 +16,20 @@ class DataConfig:
     """Every data setting, with its default: how cells become tokens and splits. The single source of these
     defaults; `prepare_cells`, the tokenizing functions, `tools` and the scripts read them from here."""
 
-    max_length: int | None = field(default=1024, metadata={"help": "tokens per cell, [CLS] included (None: all genes)"})
-    n_bins: int = field(default=DEFAULT_N_BINS, metadata={"help": "expression bins per cell"})
-    panel: str = field(default="all", metadata={"help": f"gene panel, one of {PANELS}: every gene, or a (prior-aware) "
-                                                        "variable-gene panel"})
-    n_top_genes: int = field(default=2000, metadata={"help": "panel size for hvg/ranked/union"})
-    test_size: float = field(default=0.2, metadata={"help": "share of cells (or groups) held out for testing"})
-    validation_size: float = field(default=0.1, metadata={"help": "share held out for validation"})
-    seed: int = field(default=0, metadata={"help": "split seed"})
-    min_genes: int = field(default=0, metadata={"help": "QC: drop cells with fewer detected genes (0: off)"})
-    min_cells: int = field(default=0, metadata={"help": "QC: drop genes detected in fewer cells (0: off)"})
-    backed: bool = field(default=False, metadata={"help": "read one .h5ad lazily (files larger than memory)"})
-    num_proc: int = field(default=1, metadata={"help": "tokenizing processes"})
-    chunk_size: int = field(default=10_000, metadata={"help": "cells read and tokenized at a time"})
-    max_shard_size: str = field(default="500MB", metadata={"help": "largest Arrow shard of the saved dataset"})
-    normalize: bool = field(default=True, metadata={"help": "normalise raw counts (False: values are already "
-                                                            "log1p-normalised)"})
+    max_length: int | None = field(default=1024, metadata={"help": DATA_HELP["max_length"]})
+    n_bins: int = field(default=DEFAULT_N_BINS, metadata={"help": DATA_HELP["n_bins"]})
+    panel: str = field(default="all", metadata={"help": DATA_HELP["panel"]})
+    n_top_genes: int = field(default=2000, metadata={"help": DATA_HELP["n_top_genes"]})
+    test_size: float = field(default=0.2, metadata={"help": DATA_HELP["test_size"]})
+    validation_size: float = field(default=0.1, metadata={"help": DATA_HELP["validation_size"]})
+    seed: int = field(default=0, metadata={"help": DATA_HELP["seed"]})
+    min_genes: int = field(default=0, metadata={"help": DATA_HELP["min_genes"]})
+    min_cells: int = field(default=0, metadata={"help": DATA_HELP["min_cells"]})
+    backed: bool = field(default=False, metadata={"help": DATA_HELP["backed"]})
+    num_proc: int = field(default=1, metadata={"help": DATA_HELP["num_proc"]})
+    chunk_size: int = field(default=10_000, metadata={"help": DATA_HELP["chunk_size"]})
+    max_shard_size: str = field(default="500MB", metadata={"help": DATA_HELP["max_shard_size"]})
+    normalize: bool = field(default=True, metadata={"help": DATA_HELP["normalize"]})
 
     def __post_init__(self):
         if self.panel not in PANELS:

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import DataConfig
+
 logger = logging.getLogger(__name__)
 
 GENE_COLUMNS = ("feature_name", "gene_symbols", "gene_name", "var_id", "feature_id")
@@ -222,7 +224,7 @@ class SomaCellStream(torch.utils.data.IterableDataset):
     is given. `state_dict()`/`load_state_dict()` carry the position (units this process has consumed)."""
 
     def __init__(self, cells: SomaCells, tokenizer, *, batch_size: int = 16, seed: int = 0,
-                 shuffle_chunk_size: int = 64, io_batches: int = 16, max_length: int | None = 1024,
+                 shuffle_chunk_size: int = 64, io_batches: int = 16, max_length: int | None = DataConfig.max_length,
                  obs_columns=(), epochs: int | None = None, num_workers: int = 0):
         for name, value in (("batch_size", batch_size), ("shuffle_chunk_size", shuffle_chunk_size),
                             ("io_batches", io_batches)):

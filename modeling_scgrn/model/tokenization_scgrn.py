@@ -41,7 +41,7 @@ class ScGrnTokenizer(PreTrainedTokenizerFast):
         self,
         vocab: Mapping[str, int] | None = None,
         gene_aliases: Mapping[str, str] | None = None,
-        n_bins: int | None = 51,
+        n_bins: int | None = DEFAULT_N_BINS,
         target_sum: float = 1e4,
         tokenizer_file: str | None = None,
         **kwargs,

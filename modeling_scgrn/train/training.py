@@ -22,9 +22,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..cells.collators import DEFAULT_MASK_PROBABILITY
 from ..evaluation.plots import plot_training_curves
+from ..options.typed import checked_dataclass
 from ..storage.folders import checkpoint_folders, jsonable, run_task, write_run_manifest
-from ..storage.options import checked_dataclass
 
 
 @dataclass
@@ -53,7 +54,7 @@ class TrainingConfig:
     keep_last_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept on disk"})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder or 'latest'"})
     report_to: str = field(default="tensorboard", metadata={"help": "accelerate tracker(s): tensorboard, wandb, mlflow, or none"})
-    mask_probability: float = field(default=0.15, metadata={"help": "pretraining: share of gene values hidden"})
+    mask_probability: float = field(default=DEFAULT_MASK_PROBABILITY, metadata={"help": "pretraining: share of gene values hidden"})
     class_weighting: bool = field(default=True, metadata={"help": "finetuning: inverse-frequency class weights"})
     early_stopping_patience: int = field(default=0, metadata={"help": "finetuning: evaluations without macro-F1 gain before stopping; 0 = off"})
     layer_decay: float = field(default=1.0, metadata={"help": "finetuning: layer-wise learning-rate decay; each "

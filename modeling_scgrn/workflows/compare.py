@@ -12,12 +12,10 @@ import numpy as np
 from ..cells.prepared import load_prepared
 from ..evaluation.baselines import classification_baselines
 from ..evaluation.plots import COMPARED_METRICS, plot_comparison
+from ..model.configuration_scgrn import GRN_MODES
 from ..storage.folders import jsonable
 from .finetune import labelled_classes, run_finetuning
 from .pretrain import run_pretraining
-
-COMPARED_MODES = ("grn", "dense", "rewired", "random", "shuffled")
-
 
 def _comparison_run(data_dir, folder: Path, mode: str, seed: int, label_column: str, model_options: dict,
                     training_options: dict, pretraining_options: dict | None, baselines: dict) -> dict:
@@ -66,7 +64,7 @@ def comparison_markdown(runs: list[dict], label_column: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_comparison(data_dir, output_dir, *, label_column: str, modes=COMPARED_MODES, seeds=(0, 1, 2),
+def run_comparison(data_dir, output_dir, *, label_column: str, modes=GRN_MODES, seeds=(0, 1, 2),
                    model_options: dict | None = None, training_options: dict | None = None,
                    pretraining_options: dict | None = None) -> dict:
     """The prior-vs-control table on the user's data: the same architecture and budget finetuned with each mask
@@ -79,6 +77,10 @@ def run_comparison(data_dir, output_dir, *, label_column: str, modes=COMPARED_MO
     Writes `comparison.md`, `comparison.json` (every run) and `comparison.png` under `output_dir`; returns the runs
     and the markdown."""
     import pandas as pd
+
+    unknown = [mode for mode in modes if mode not in GRN_MODES]
+    if unknown:
+        raise ValueError(f"mode(s) {unknown} are not grn_mode values; choose from {list(GRN_MODES)}.")
 
     model_options, training_options = dict(model_options or {}), dict(training_options or {})
     arms = [None] if pretraining_options is None else [None, pretraining_options]

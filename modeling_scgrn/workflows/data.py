@@ -13,7 +13,7 @@ from ..grn.network import GeneRegulatoryNetwork
 from ..train.training import launched_processes
 
 
-def tokenize_files(cells, prior: str | Path, output_dir, *, resource: str = "collectri", **options) -> dict:
+def tokenize_files(cells, prior: str | Path, output_dir, *, resource: str | None = None, **options) -> dict:
     """`prepare_cells` from files: the prior is read from `prior` (OmniPath table or a source,target network file,
     filtered to `resource`) and printed; `options` go to `prepare_cells` (its keywords and `DataConfig` fields)."""
     network = GeneRegulatoryNetwork.read(prior, resource)
@@ -40,7 +40,7 @@ def run_data(data_dir, output_dir, *, cells=None, soma=None, prior=None, resumin
             return
         from ..cells.soma import prepare_soma
 
-        network = GeneRegulatoryNetwork.read(prior, options.pop("resource", "collectri"))
+        network = GeneRegulatoryNetwork.read(prior, options.pop("resource", None))
         print(network)
         prepare_soma(soma, network, folder, **options)
 

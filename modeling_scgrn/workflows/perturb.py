@@ -11,7 +11,7 @@ from ..tl.perturb import perturb, plot_effects, regulon_enrichment
 
 def run_perturbation(cells, model_folder, genes, output_dir, *, mode: str = "delete", classifier_folder=None,
                      max_cells: int | None = None, top: int = 25, batch_size: int = 16, seed: int = 0,
-                     prior=None, resource: str = "collectri") -> dict:
+                     prior=None, resource: str | None = None) -> dict:
     """`perturb` from files: a pretrained (masked-expression) model folder, cells (.h5ad of raw counts or
     `pbmc68k_reduced`), optionally a finetuned classifier folder; writes `effects.csv`, `effects_heatmap.png`,
     `embedding_shift.csv` (per cell), `label_moves.csv` (with a classifier) and `summary.json` into `output_dir`.
