@@ -14,6 +14,7 @@ import torch
 from conftest import GENES, tiny_config
 
 from modeling_scgrn import ScGrnForCellClassification, ScGrnForMaskedExpressionModeling
+from modeling_scgrn.tl.fields import CellFields
 from modeling_scgrn.tl.perturb import _cells, _perturbed, masking_groups, predicted_expression
 from modeling_scgrn.tl.verbs import perturb
 
@@ -60,7 +61,7 @@ def test_perturb_returns_effects_and_writes_uns(cells, tokenizer, edge_tensor):
 
 def test_deleting_a_gene_absent_from_a_cell_changes_nothing_for_it(cells, tokenizer, edge_tensor):
     model = masked_model(tokenizer, edge_tensor)
-    encoded = _cells(cells, tokenizer, None, None, True)
+    encoded = _cells(cells, tokenizer, CellFields(max_length=None))
     assert _perturbed(encoded[0], tokenizer.convert_tokens_to_ids("G4"), "delete", 5) is None
     with_absent = perturb(cells, model, tokenizer, ["G4"], batch_size=4, progress=False)
     holders = cells[cells.X[:, 4].toarray().ravel() > 0].copy()
@@ -76,7 +77,7 @@ def test_genes_out_of_reach_of_the_prior_are_predicted_exactly_as_before(cells, 
     # prior: G4 -> G0 -> {G1, G2}, G1 -> G3, G5 -> G6. Deleting G4 reaches G0 in one layer and G1, G2 in two; with
     # two layers and no [CLS] channel, G3 (three edges away) and every other gene cannot change.
     model = masked_model(tokenizer, edge_tensor)
-    cell = _cells(cells, tokenizer, None, None, True)[1]
+    cell = _cells(cells, tokenizer, CellFields(max_length=None))[1]
     groups = [masking_groups(cell, 4, 0)]
     before = predicted_expression(model, [cell], n_groups=4, groups=groups)[0]
     after = predicted_expression(model, [_perturbed(cell, tokenizer.convert_tokens_to_ids("G4"), "delete", 5)],
@@ -93,7 +94,7 @@ def test_genes_out_of_reach_of_the_prior_are_predicted_exactly_as_before(cells, 
 
 
 def test_overexpression_sets_the_top_value_or_adds_the_gene(cells, tokenizer):
-    encoded = _cells(cells, tokenizer, None, None, True)
+    encoded = _cells(cells, tokenizer, CellFields(max_length=None))
     gene = tokenizer.convert_tokens_to_ids("G4")
     up = _perturbed(encoded[0], gene, "overexpress", 5)  # absent: appended with the cell's top value
     assert up["input_ids"][-1] == gene and up["expression_values"][-1] == encoded[0]["expression_values"][1:].max()

@@ -45,9 +45,31 @@ def test_predict_writes_obs_and_obsm_and_round_trips(pbmc, classifier, tmp_path)
     back = ad.read_h5ad(path)
     assert back.obs["scgrn_prediction"].tolist() == adata.obs["scgrn_prediction"].tolist()
     np.testing.assert_array_equal(back.obsm["X_scgrn"], adata.obsm["X_scgrn"])
-    assert list(back.uns["scgrn_classes"]) == classes
-    embed(back, model, tokenizer, key_added="X_other", max_length=64)
+    assert list(back.uns["scgrn"]["classes"]) == classes
+    embed(back, model, tokenizer, key_added="other", max_length=64)
     np.testing.assert_allclose(back.obsm["X_other"], adata.obsm["X_scgrn"], atol=1e-5)
+
+
+def test_verbs_follow_scanpys_key_added_and_copy(pbmc, classifier, tmp_path):
+    """key_added as in sc.tl.umap (obsm["X_<key>"], uns["<key>"]["params"]); copy=True leaves the input alone."""
+    model, tokenizer = classifier
+    adata = pbmc[:30].copy()
+    adata.var["symbol"] = adata.var_names
+    adata.var_names = [f"id{i}" for i in range(adata.n_vars)]
+    before = (set(adata.obsm), set(adata.uns), set(adata.obs.columns))
+    copied = predict(adata, model, tokenizer, key_added="ct", copy=True, gene_column="symbol", max_length=64)
+    assert (set(adata.obsm), set(adata.uns), set(adata.obs.columns)) == before  # the input is untouched
+    assert {"X_ct", "ct_probabilities"} <= set(copied.obsm) and {"ct_prediction", "ct_probability"} <= set(copied.obs)
+    params = copied.uns["ct"]["params"]
+    assert params["model"] == "ScGrnForCellClassification" and params["gene_column"] == "symbol"
+    assert params["max_length"] == 64 and params["normalize"] is True and "layer" not in params
+    assert embed(adata, model, tokenizer, gene_column="symbol", max_length=64) is None
+    np.testing.assert_allclose(adata.obsm["X_scgrn"], copied.obsm["X_ct"], atol=1e-5)
+    with pytest.raises(ValueError, match="no column 'gene'"):
+        embed(adata, model, tokenizer, gene_column="gene")
+    with pytest.raises(ValueError, match="no layer 'counts'"):
+        embed(adata, model, tokenizer, gene_column="symbol", layer="counts")
+    copied.write_h5ad(tmp_path / "copied.h5ad")  # what the verbs record can be saved
 
 
 def test_prediction_inputs_are_checked(pbmc, classifier):

@@ -8,16 +8,13 @@ import importlib.util
 import numpy as np
 import torch
 
+from .inference import run_batches
+
 
 def predict_batches(model, dataset, collator, batch_size: int = 64, device=None):
-    """Yield (batch, model output) over a dataset, in order, without gradients."""
-    device = device or next(model.parameters()).device
+    """Yield (batch, model output) over a tokenized dataset, in order (`run_batches` over a DataLoader)."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
-    model.eval()
-    with torch.no_grad():
-        for batch in loader:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            yield batch, model(**batch)
+    return run_batches(model, loader, device=device)
 
 
 def masked_expression_metrics(model, dataset, collator, statistics: dict, batch_size: int = 64,

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..evaluation.inference import run_batches
 from ..grn.network import GeneRegulatoryNetwork
 from ..model.masks import token_roles
 
@@ -26,6 +27,26 @@ from ..model.masks import token_roles
 def _merge(keys: np.ndarray, sums: np.ndarray, counts: np.ndarray):
     unique, inverse = np.unique(keys, return_inverse=True)
     return unique, np.bincount(inverse, weights=sums), np.bincount(inverse, weights=counts)
+
+
+def _add_batch(totals: dict, batch: dict, out, labels: list[str], layer_ids, reads_regulators: bool, encoder):
+    """Add one batch's gene -> gene attention (mean over `layer_ids` and heads) to the per-cell-type totals."""
+    config = encoder.config
+    vocab = config.vocab_size
+    weights = torch.stack([out.attentions[i] for i in layer_ids]).float().mean(dim=(0, 2)).cpu()
+    ids = batch["input_ids"].cpu()
+    _, _, genes = token_roles(ids, batch["attention_mask"].cpu(), config.cls_token_id, encoder.special_token_ids)
+    pair = genes[:, :, None] & genes[:, None, :] & ~torch.eye(ids.shape[1], dtype=torch.bool)[None]
+    regulator = ids[:, None, :] if reads_regulators else ids[:, :, None]  # key / query
+    target = ids[:, :, None] if reads_regulators else ids[:, None, :]
+    keys = (regulator * vocab + target).expand_as(pair)
+    for row, label in enumerate(labels):
+        k, w = keys[row][pair[row]].numpy(), weights[row][pair[row]].numpy()
+        c = np.ones_like(w)
+        old = totals.get(label)
+        if old is not None:
+            k, w, c = np.concatenate([old[0], k]), np.concatenate([old[1], w]), np.concatenate([old[2], c])
+        totals[label] = _merge(k, w, c)
 
 
 def attention_scores(model, tokenizer, dataset, label_column: str, *, batch_size: int = 16, layers=None,
@@ -43,8 +64,6 @@ def attention_scores(model, tokenizer, dataset, label_column: str, *, batch_size
         `{cell type: DataFrame(regulator, target, score, cells)}` sorted by score, where `cells` is the number of
         cells of that type holding both genes. Pairs with zero weight in every cell (off a GRN mask) keep score 0.
     """
-    from tqdm.auto import tqdm
-
     from ..cells.collators import DataCollatorForCellClassification
 
     if label_column not in dataset.column_names:
@@ -71,30 +90,12 @@ def attention_scores(model, tokenizer, dataset, label_column: str, *, batch_size
     try:
         collator = DataCollatorForCellClassification(pad_token_id=config.pad_token_id)
         loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=collator)
-        encoder.eval()
         start = 0
-        with torch.no_grad():
-            for batch in tqdm(loader, desc="attention", disable=not progress):
-                batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-                out = encoder(**batch, output_attentions=True)
-                weights = torch.stack([out.attentions[i] for i in layer_ids]).float().mean(dim=(0, 2)).cpu()
-                ids = batch["input_ids"].cpu()
-                _, _, genes = token_roles(ids, batch["attention_mask"].cpu(), config.cls_token_id,
-                                          encoder.special_token_ids)
-                pair = genes[:, :, None] & genes[:, None, :] & ~torch.eye(ids.shape[1], dtype=torch.bool)[None]
-                regulator = ids[:, None, :] if reads_regulators else ids[:, :, None]  # key / query
-                target = ids[:, :, None] if reads_regulators else ids[:, None, :]
-                keys = (regulator * vocab + target).expand_as(pair)
-                for row in range(ids.shape[0]):
-                    label = subset_labels[start + row]
-                    k, w = keys[row][pair[row]].numpy(), weights[row][pair[row]].numpy()
-                    old = totals.get(label)
-                    if old is not None:
-                        k, w, c = np.concatenate([old[0], k]), np.concatenate([old[1], w]), np.concatenate([old[2], np.ones_like(w)])
-                    else:
-                        c = np.ones_like(w)
-                    totals[label] = _merge(k, w, c)
-                start += ids.shape[0]
+        for batch, out in run_batches(encoder, loader, device=device, progress=progress, desc="attention",
+                                      output_attentions=True):
+            batch_labels = subset_labels[start : start + batch["input_ids"].shape[0]]
+            _add_batch(totals, batch, out, batch_labels, layer_ids, reads_regulators, encoder)
+            start += len(batch_labels)
     finally:
         encoder.set_attn_implementation(previous)
     names = np.asarray(tokenizer.convert_ids_to_tokens(list(range(vocab))), dtype=object)

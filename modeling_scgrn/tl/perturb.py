@@ -22,19 +22,20 @@ import torch
 
 from ..cells.collators import _pad, _pad_cells
 from ..cells.config import DataConfig
+from ..evaluation.inference import run_batch
+from .fields import CellFields, target
 
 PERTURBATION_MODES = ("delete", "overexpress")
 
 
-def _cells(adata, tokenizer, max_length, layer, normalize) -> list[dict]:
+def _cells(adata, tokenizer, fields: CellFields) -> list[dict]:
     """Each cell's tokens as numpy arrays (`[CLS]` first, no padding)."""
-    matrix = adata.X if layer is None else adata.layers[layer]
-    tokenizer.check_coverage(list(adata.var_names))
-    encoded = tokenizer.encode_cells(matrix, list(adata.var_names), max_length=max_length, normalize=normalize,
-                                     return_tensors="np")
-    lengths = encoded["attention_mask"].sum(1)
-    columns = [c for c in ("input_ids", "expression_values", "expression_bins") if c in encoded]
-    return [{c: np.asarray(encoded[c][i, :n]) for c in columns} for i, n in enumerate(lengths)]
+    cells = []
+    for encoded in fields.encode(adata, tokenizer, return_tensors="np"):
+        lengths = encoded["attention_mask"].sum(1)
+        columns = [c for c in ("input_ids", "expression_values", "expression_bins") if c in encoded]
+        cells += [{c: np.asarray(encoded[c][i, :n]) for c in columns} for i, n in enumerate(lengths)]
+    return cells
 
 
 def _perturbed(cell: dict, gene_id: int, mode: str, n_bins: int | None) -> dict | None:
@@ -78,7 +79,6 @@ def _masked_inputs(cells: list[dict], groups: list[dict], n_groups: int, config)
     return _pad_cells(rows, config.pad_token_id), _pad(masks, False, torch.bool)
 
 
-@torch.no_grad()
 def predicted_expression(model, cells: list[dict], *, n_groups: int = 7, seed: int = 0, groups=None,
                          device=None) -> list[dict[int, float]]:
     """Each gene of each cell predicted by the masked-expression head from the cell's other genes (see the module
@@ -87,8 +87,7 @@ def predicted_expression(model, cells: list[dict], *, n_groups: int = 7, seed: i
     device = device or next(model.parameters()).device
     groups = groups or [masking_groups(cell, n_groups, [seed, i]) for i, cell in enumerate(cells)]
     batch, positions = _masked_inputs(cells, groups, n_groups, config)
-    model.eval()
-    logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
+    logits = run_batch(model, batch, device=device).logits.float().cpu()
     if config.value_encoding == "binned":
         logits = (logits.softmax(-1) * torch.arange(logits.shape[-1], dtype=torch.float32)).sum(-1)
     out = []
@@ -99,18 +98,14 @@ def predicted_expression(model, cells: list[dict], *, n_groups: int = 7, seed: i
     return out
 
 
-@torch.no_grad()
 def _embeddings(encoder, cells: list[dict], device) -> torch.Tensor:
-    encoder.eval()
     batch = _pad_cells(cells, encoder.config.pad_token_id)
-    return encoder(**{k: v.to(device) for k, v in batch.items()}).pooler_output.float().cpu()
+    return run_batch(encoder, batch, device=device).pooler_output.float().cpu()
 
 
-@torch.no_grad()
 def _classify(classifier, cells: list[dict], device) -> np.ndarray:
-    classifier.eval()
     batch = _pad_cells(cells, classifier.config.pad_token_id)
-    return classifier(**{k: v.to(device) for k, v in batch.items()}).logits.argmax(-1).cpu().numpy()
+    return run_batch(classifier, batch, device=device).logits.argmax(-1).cpu().numpy()
 
 
 def _check(model, tokenizer, genes, mode: str, classifier) -> list[int]:
@@ -143,9 +138,9 @@ class _Tally:
 
 
 def perturb(adata, model, tokenizer, genes, mode: str = "delete", *, classifier=None, n_groups: int = 7,
-            batch_size: int = 16, max_length: int | None = DataConfig.max_length, layer: str | None = None,
-            normalize: bool = True, seed: int = 0, key_added: str = "scgrn_perturbation", device=None,
-            progress: bool = True) -> pd.DataFrame:
+            key_added: str = "scgrn_perturbation", copy: bool = False, gene_column: str | None = None,
+            layer: str | None = None, normalize: bool = True, max_length: int | None = DataConfig.max_length,
+            batch_size: int = 16, seed: int = 0, device=None, progress: bool = True):
     """Predict what deleting (or overexpressing) each of `genes` does to every other gene, cell by cell.
 
     `model` is a masked-expression scgrn model (a pretrained folder), `tokenizer` its tokenizer; `adata` holds raw
@@ -154,12 +149,14 @@ def perturb(adata, model, tokenizer, genes, mode: str = "delete", *, classifier=
     absent). With `classifier` (a finetuned `ScGrnForCellClassification` on the same vocabulary), the predicted
     cell type before and after is compared too.
 
-    Returns a DataFrame: index the perturbed genes, columns the vocabulary genes of `adata`, values the mean
-    predicted change over the perturbed cells that hold the gene (log2 fold change of 1 + normalised value for a
-    continuous model; expected-bin change for a binned one); NaN where no such cell.
+    Returns a DataFrame (with `copy=True`: the AnnData copy written into): index the perturbed genes, columns the
+    vocabulary genes of `adata`, values the mean predicted change over the perturbed cells that hold the gene (log2
+    fold change of 1 + normalised value for a continuous model; expected-bin change for a binned one); NaN where no
+    such cell. The genes and values are read as every `tl` verb reads them (`gene_column`, `layer`, `normalize`).
 
     Sets the following fields:
-        `adata.uns[key_added]`: `effects` (the DataFrame), `mode`, `units`, `cells_perturbed` (per gene),
+        `adata.uns[key_added]`: `params` (the call's), `effects` (the DataFrame), `mode`, `units`,
+            `cells_perturbed` (per gene),
             `embedding_shift` (cells x genes cosine distance of the cell embedding; NaN where not perturbed) and,
             with a classifier, `label_moves` (genes x cell types: perturbed cells newly predicted as that type)
             and `label_changed` (per gene, share of perturbed cells whose predicted type changed).
@@ -167,8 +164,9 @@ def perturb(adata, model, tokenizer, genes, mode: str = "delete", *, classifier=
     from tqdm.auto import tqdm
 
     gene_ids = _check(model, tokenizer, genes, mode, classifier)
+    adata, fields = target(adata, copy), CellFields(gene_column, layer, normalize, max_length)
     device = device or next(model.parameters()).device
-    cells = _cells(adata, tokenizer, max_length, layer, normalize)
+    cells = _cells(adata, tokenizer, fields)
     tally = _Tally(len(gene_ids), model.config.vocab_size, len(cells))
     base_label = np.full(len(cells), -1)
     for start in tqdm(range(0, len(cells), batch_size), desc="perturbing", unit="batch", disable=not progress):
@@ -193,7 +191,9 @@ def perturb(adata, model, tokenizer, genes, mode: str = "delete", *, classifier=
             tally.shift[[start + i for i in rows], j] = shift.numpy()
             if classifier is not None:
                 tally.label[[start + i for i in rows], j] = _classify(classifier, perturbed, device)
-    return _write_perturbation(adata, tokenizer, model, list(genes), mode, tally, base_label, classifier, key_added)
+    effects = _write_perturbation(adata, tokenizer, model, list(genes), mode, tally, base_label, classifier, key_added)
+    adata.uns[key_added]["params"] = fields.params(model, mode=mode, n_groups=n_groups, seed=seed)
+    return adata if copy else effects
 
 
 def _write_perturbation(adata, tokenizer, model, genes, mode, tally: _Tally, base_label, classifier, key_added):

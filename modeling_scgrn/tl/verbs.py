@@ -1,7 +1,8 @@
-"""scanpy-style tools: run a scgrn model over an AnnData and write the results where scanpy users look for them.
+"""scanpy-style tools: run a scgrn model over an AnnData and write the results where scanpy users look for them
+(the reading and writing rules every verb shares: `tl/fields.py`).
 
     from modeling_scgrn.tl import embed, predict, perturb
-    predict(adata, model, tokenizer)            # adata.obs["scgrn_prediction"], adata.obsm["X_scgrn"], ...
+    predict(adata, model, tokenizer)            # adata.obs["scgrn_prediction"], adata.obsm["X_scgrn"], uns["scgrn"]
     perturb(adata, model, tokenizer, ["SPI1"])  # in-silico deletion: adata.uns["scgrn_perturbation"]
     sc.pp.neighbors(adata, use_rep="X_scgrn")
 """
@@ -15,31 +16,22 @@ import pandas as pd
 import torch
 
 from ..cells.config import DataConfig
+from ..evaluation.inference import encoded_batches, run_batches
+from .fields import CellFields, target
 from .perturb import perturb
 
 __all__ = ["embed", "predict", "perturb", "check_labels"]  # scanpy-style tools live together
 
 
-def _batches(adata, tokenizer, *, max_length, gene_column, layer, normalize, chunk_size):
-    gene_names = list(adata.var[gene_column].astype(str)) if gene_column else list(adata.var_names)
-    tokenizer.check_coverage(gene_names)
-    matrix = adata.X if layer is None else adata.layers[layer]
-    for start in range(0, adata.n_obs, chunk_size):
-        yield tokenizer.encode_cells(matrix[start : start + chunk_size], gene_names, max_length=max_length,
-                                     normalize=normalize, return_tensors="pt")
+def _outputs(model, adata, tokenizer, fields: CellFields, batch_size: int, chunk_size: int, device):
+    """The model's output for every batch of cells of `adata`, in order."""
+    for encoded in fields.encode(adata, tokenizer, chunk_size=chunk_size):
+        for _, output in run_batches(model, encoded_batches(encoded, batch_size), device=device):
+            yield output
 
 
-@torch.no_grad()
-def _run(model, encoded, batch_size, device):
-    model.eval()
-    for start in range(0, encoded["input_ids"].shape[0], batch_size):
-        part = {k: v[start : start + batch_size].to(device) for k, v in encoded.items()}
-        length = int(part["attention_mask"].sum(1).max())  # drop columns that are padding for the whole batch
-        yield model(**{k: v[:, :length] for k, v in part.items()})
-
-
-def _model_inputs(model):
-    return model.base_model if hasattr(model, "base_model") else model
+def _device(model, device):
+    return torch.device(device) if device else next(model.parameters()).device
 
 
 def embed(
@@ -47,27 +39,30 @@ def embed(
     model,
     tokenizer,
     *,
-    key_added: str = "X_scgrn",
-    max_length: int | None = DataConfig.max_length,
-    batch_size: int = 32,
+    key_added: str = "scgrn",
+    copy: bool = False,
     gene_column: str | None = None,
     layer: str | None = None,
     normalize: bool = True,
+    max_length: int | None = DataConfig.max_length,
+    batch_size: int = 32,
     chunk_size: int = 4096,
     device: str | torch.device | None = None,
-) -> None:
+):
     """Cell embeddings of a scgrn model (any head; its encoder's pooled output).
 
-    Sets the following fields:
-        `adata.obsm[key_added]`: `(n_obs, hidden_size)` float32 embeddings.
+    Sets the following fields (of a copy, returned, with `copy=True`):
+        `adata.obsm[f"X_{key_added}"]`: `(n_obs, hidden_size)` float32 embeddings.
+        `adata.uns[key_added]["params"]`: the model class, its grn_mode and how the cells were read.
     """
-    device = torch.device(device) if device else next(model.parameters()).device
-    encoder = _model_inputs(model).to(device)
-    parts = []
-    for encoded in _batches(adata, tokenizer, max_length=max_length, gene_column=gene_column, layer=layer,
-                            normalize=normalize, chunk_size=chunk_size):
-        parts += [out.pooler_output.float().cpu() for out in _run(encoder, encoded, batch_size, device)]
-    adata.obsm[key_added] = torch.cat(parts).numpy()
+    adata, fields = target(adata, copy), CellFields(gene_column, layer, normalize, max_length)
+    device = _device(model, device)
+    encoder = model.base_model.to(device)
+    parts = [out.pooler_output.float().cpu()
+             for out in _outputs(encoder, adata, tokenizer, fields, batch_size, chunk_size, device)]
+    adata.obsm[f"X_{key_added}"] = torch.cat(parts).numpy()
+    adata.uns[key_added] = {"params": fields.params(model)}
+    return adata if copy else None
 
 
 def predict(
@@ -76,43 +71,43 @@ def predict(
     tokenizer,
     *,
     key_added: str = "scgrn",
-    embedding_key: str | None = "X_scgrn",
-    max_length: int | None = DataConfig.max_length,
-    batch_size: int = 32,
+    copy: bool = False,
     gene_column: str | None = None,
     layer: str | None = None,
     normalize: bool = True,
+    max_length: int | None = DataConfig.max_length,
+    batch_size: int = 32,
     chunk_size: int = 4096,
     device: str | torch.device | None = None,
-) -> None:
+):
     """Cell-type predictions of a `ScGrnForCellClassification` model.
 
-    Sets the following fields:
+    Sets the following fields (of a copy, returned, with `copy=True`):
         `adata.obs[f"{key_added}_prediction"]`: predicted label (categorical, categories = the model's classes).
         `adata.obs[f"{key_added}_probability"]`: probability of the predicted label.
         `adata.obsm[f"{key_added}_probabilities"]`: `(n_obs, num_labels)` class probabilities, columns in
-            `adata.uns[f"{key_added}_classes"]` order.
-        `adata.obsm[embedding_key]`: the cell embeddings the classifier read (unless `embedding_key=None`).
+            `adata.uns[key_added]["classes"]` order.
+        `adata.obsm[f"X_{key_added}"]`: the cell embeddings the classifier read.
+        `adata.uns[key_added]`: `classes` and `params` (the model class, its grn_mode, how the cells were read).
     """
     if getattr(model, "task", None) != "cell_classification":
         raise ValueError("predict needs a cell classifier (ScGrnForCellClassification); use embed() for embeddings.")
-    device = torch.device(device) if device else next(model.parameters()).device
+    adata, fields = target(adata, copy), CellFields(gene_column, layer, normalize, max_length)
+    device = _device(model, device)
     model = model.to(device)
     probabilities, embeddings = [], []
-    for encoded in _batches(adata, tokenizer, max_length=max_length, gene_column=gene_column, layer=layer,
-                            normalize=normalize, chunk_size=chunk_size):
-        for out in _run(model, encoded, batch_size, device):
-            probabilities.append(out.logits.float().softmax(-1).cpu())
-            embeddings.append(out.cell_embeddings.float().cpu())
+    for out in _outputs(model, adata, tokenizer, fields, batch_size, chunk_size, device):
+        probabilities.append(out.logits.float().softmax(-1).cpu())
+        embeddings.append(out.cell_embeddings.float().cpu())
     probabilities = torch.cat(probabilities).numpy()
     classes = [model.config.id2label[i] for i in range(model.config.num_labels)]
     best = probabilities.argmax(1)
     adata.obs[f"{key_added}_prediction"] = pd.Categorical.from_codes(best, categories=classes)
     adata.obs[f"{key_added}_probability"] = probabilities[np.arange(len(best)), best].astype(np.float32)
     adata.obsm[f"{key_added}_probabilities"] = probabilities.astype(np.float32)
-    adata.uns[f"{key_added}_classes"] = np.array(classes, dtype=object)
-    if embedding_key:
-        adata.obsm[embedding_key] = torch.cat(embeddings).numpy()
+    adata.obsm[f"X_{key_added}"] = torch.cat(embeddings).numpy()
+    adata.uns[key_added] = {"classes": np.array(classes, dtype=object), "params": fields.params(model)}
+    return adata if copy else None
 
 
 def check_labels(adata, label_column: str, model) -> dict:

@@ -1,0 +1,54 @@
+"""The one inference loop: batches of cells through a scgrn model, in order, in eval mode, without gradients. Every
+reading of a model outside training goes through `run_batches`: the scanpy verbs (`tl.embed`, `tl.predict`,
+`tl.perturb`), attention scores and the evaluation metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import torch
+
+# the per-token columns a batch may carry; positions that are padding in every cell of a batch are dropped from them
+TOKEN_COLUMNS = ("input_ids", "attention_mask", "expression_values", "expression_bins")
+
+
+def encoded_batches(encoded: dict, batch_size: int) -> Iterator[dict]:
+    """Consecutive `batch_size`-cell slices of tokenized cells (a dict of `(n_cells, length)` tensors)."""
+    for start in range(0, encoded["input_ids"].shape[0], batch_size):
+        yield {k: v[start : start + batch_size] for k, v in encoded.items()}
+
+
+def _on_device(batch: dict, device) -> dict:
+    """The batch on `device`, without the positions that are padding in every one of its cells."""
+    length = int(batch["attention_mask"].sum(1).max())
+    width = batch["input_ids"].shape[1]
+    out = {}
+    for key, value in batch.items():
+        per_token = key in TOKEN_COLUMNS or (key == "labels" and value.shape == batch["input_ids"].shape)
+        out[key] = (value[:, :length] if per_token and width > length else value).to(device)
+    return out
+
+
+def run_batches(model, batches: Iterable[dict], *, device=None, progress: bool = False, desc: str = "cells",
+                total: int | None = None, **forward_kwargs) -> Iterator[tuple[dict, object]]:
+    """Yield `(batch, output)` for each batch of `batches` (a DataLoader, `encoded_batches(...)`, or a list of
+    padded batches), the batch moved to `device` (default: the model's) and trimmed of all-padding positions, the
+    output `model(**batch, **forward_kwargs)` in eval mode without gradients. The model's training mode is restored
+    when the loop ends."""
+    from tqdm.auto import tqdm
+
+    device = device or next(model.parameters()).device
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in tqdm(batches, desc=desc, total=total, unit="batch", disable=not progress):
+                batch = _on_device(batch, device)
+                yield batch, model(**batch, **forward_kwargs)
+    finally:
+        model.train(training)
+
+
+def run_batch(model, batch: dict, *, device=None, **forward_kwargs):
+    """The output of `run_batches` on one batch."""
+    return next(run_batches(model, [batch], device=device, **forward_kwargs))[1]
