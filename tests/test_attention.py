@@ -130,7 +130,7 @@ def test_plan_is_the_reference_mask_on_real_cells_and_collectri(real_cells, dire
     tokenizer, batch, edges = real_cells
     special = tuple(tokenizer.all_special_ids)
     options = dict(vocab_size=len(tokenizer), cls_token_id=tokenizer.cls_token_id, special_token_ids=special,
-                   direction=direction, self_loops=self_loops, cls_attends_all=cls_attends_all,
+                   grn_direction=direction, grn_self_loops=self_loops, cls_attends_all=cls_attends_all,
                    all_attend_cls=all_attend_cls)
     reference = build_attention_mask(batch["input_ids"], batch["attention_mask"], edges, dense=False, **options)
     plan = build_structured_plan(batch["input_ids"], batch["attention_mask"], keys=edge_keys(edges, len(tokenizer)),

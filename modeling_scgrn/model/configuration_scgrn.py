@@ -12,10 +12,11 @@ POOLINGS = ("cls", "mean")
 ISOLATED_GENE_POLICIES = ("self", "dense")
 DEFAULT_N_BINS = 51  # expression bins per cell: the model's, the tokenizer's and DataConfig's default
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+# The fields the mask rule reads for each cell (`masks.mask_rule` takes them under these names).
+MASK_RULE_FIELDS = ("grn_direction", "grn_self_loops", "cls_attends_all", "all_attend_cls", "isolated_genes", "grn_hops")
 # The fields that say how the network becomes the mask: the model card, `grn_provenance.json` and
 # `hub.architecture_of` read them from here.
-MASK_FIELDS = ("grn_mode", "grn_direction", "grn_self_loops", "cls_attends_all", "all_attend_cls", "isolated_genes",
-               "grn_dense_last_layers", "grn_hops", "grn_control_seed", "num_grn_edges")
+MASK_FIELDS = ("grn_mode", *MASK_RULE_FIELDS, "grn_dense_last_layers", "grn_control_seed", "num_grn_edges")
 # The fields that shape the network (a model of the same architecture, fresh weights, has these).
 SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
                 "value_encoding", "n_bins", "pooling")

@@ -68,7 +68,7 @@ class MaskRule:
         link: `(b, q, k) -> bool`, the prior links key gene `k` to query gene `q` (any pair; the rule keeps genes).
         isolated: `(batch, L)` bool, genes that attend to every gene of the cell (`isolated_genes="dense"`), or None.
         batch_edges: the batch's genes and the prior's edges among them ([`_batch_genes_and_edges`]), or None.
-        self_loops, cls_attends_all, all_attend_cls: see `ScGrnConfig`.
+        grn_self_loops, cls_attends_all, all_attend_cls: see `ScGrnConfig`.
     """
 
     valid: torch.Tensor
@@ -78,7 +78,7 @@ class MaskRule:
     link: Callable | None = None
     isolated: torch.Tensor | None = None
     batch_edges: tuple | None = None
-    self_loops: bool = True
+    grn_self_loops: bool = True
     cls_attends_all: bool = True
     all_attend_cls: bool = True
 
@@ -92,7 +92,7 @@ class MaskRule:
             allowed = self.link(b, q, k) & genes & ~same
             if self.isolated is not None:
                 allowed = allowed | (self.isolated[b, q] & genes)
-        if self.self_loops or self.dense:
+        if self.grn_self_loops or self.dense:
             allowed = allowed | (same & gene_q)
         allowed = allowed | (cls_q & (valid_k if self.cls_attends_all else same)) | (cls_q & same)
         if self.all_attend_cls or self.dense:
@@ -111,7 +111,7 @@ def _grid(batch: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.arange(batch, device=device)[:, None, None], torch.arange(length, device=device)
 
 
-def prior_link(input_ids: torch.Tensor, is_gene: torch.Tensor, batch_edges: tuple, direction: str) -> Callable:
+def prior_link(input_ids: torch.Tensor, is_gene: torch.Tensor, batch_edges: tuple, grn_direction: str) -> Callable:
     """The prior's `link(b, q, k)` for a batch: each token's column among the batch's genes and, for regulators, its
     row among the batch's regulators index a `(regulators in batch + 1, genes in batch + 1)` boolean edge table (the
     extra row and column are all-False sinks for non-regulators and special tokens), so no L x L tensor is needed.
@@ -123,8 +123,8 @@ def prior_link(input_ids: torch.Tensor, is_gene: torch.Tensor, batch_edges: tupl
     table = torch.zeros(batch_regulators.numel() + 1, batch_genes.numel() + 1, dtype=torch.bool,
                         device=input_ids.device)
     table[torch.searchsorted(batch_regulators, regulator), torch.searchsorted(batch_genes, target)] = True
-    reads_regulators = direction in ("regulator_to_target", "both")
-    reads_targets = direction in ("target_to_regulator", "both")
+    reads_regulators = grn_direction in ("regulator_to_target", "both")
+    reads_targets = grn_direction in ("target_to_regulator", "both")
 
     def link(b, q, k):
         if reads_regulators and reads_targets:
@@ -145,38 +145,38 @@ def mask_rule(
     cls_token_id: int,
     special_token_ids: tuple[int, ...],
     dense: bool,
-    direction: str = "regulator_to_target",
-    self_loops: bool = True,
+    grn_direction: str = "regulator_to_target",
+    grn_self_loops: bool = True,
     cls_attends_all: bool = True,
     all_attend_cls: bool = True,
     isolated_genes: str = "self",
-    hops: int = 1,
+    grn_hops: int = 1,
     keys: torch.Tensor | None = None,
 ) -> MaskRule:
     """The [`MaskRule`] of a batch. Arguments as [`build_attention_mask`].
 
-    With `hops > 1` or `isolated_genes="dense"`, a row depends on the whole cell (paths through other genes, whether
+    With `grn_hops > 1` or `isolated_genes="dense"`, a row depends on the whole cell (paths through other genes, whether
     a gene has any partner), so the prior's links are evaluated on every gene pair first (O(L^2) memory) and the
     closure and the isolated genes are read from that; otherwise the rule needs no L x L tensor."""
     valid, is_cls, is_gene = token_roles(input_ids, attention_mask, cls_token_id, special_token_ids)
-    rule = MaskRule(valid, is_cls, is_gene, dense, self_loops=self_loops, cls_attends_all=cls_attends_all,
+    rule = MaskRule(valid, is_cls, is_gene, dense, grn_self_loops=grn_self_loops, cls_attends_all=cls_attends_all,
                     all_attend_cls=all_attend_cls)
     if dense:
         return rule
     if keys is None:
         keys = edge_keys(grn_edges.to(input_ids.device), vocab_size)
     rule.batch_edges = _batch_genes_and_edges(input_ids, is_gene, keys, vocab_size)
-    rule.link = prior_link(input_ids, is_gene, rule.batch_edges, direction)
-    if hops == 1 and isolated_genes == "self":
+    rule.link = prior_link(input_ids, is_gene, rule.batch_edges, grn_direction)
+    if grn_hops == 1 and isolated_genes == "self":
         return rule
     cells, positions = _grid(*input_ids.shape, input_ids.device)
     q, k = positions[None, :, None], positions[None, None, :]
     gene_pairs = is_gene[cells, q] & is_gene[cells, k] & (q != k)
     partners = rule.link(cells, q, k) & gene_pairs
-    if hops > 1:
+    if grn_hops > 1:
         step = partners.float()
         reach = step.clone()
-        for _ in range(hops - 1):
+        for _ in range(grn_hops - 1):
             reach = ((reach @ step + reach) > 0).float()
         partners = (reach > 0) & gene_pairs
     rule.link = lambda b, q, k: partners[b, q, k]
@@ -200,8 +200,8 @@ def build_attention_mask(
         grn_edges: `(2, E)` regulator -> target vocabulary ids (ignored when `dense`).
         rules: `vocab_size`, `cls_token_id`, `special_token_ids`, `dense` (allow every pair of real tokens: the
             unconstrained Transformer), `keys` (precomputed `edge_keys(grn_edges, vocab_size)`, to skip the sort),
-            and the mask options of `ScGrnConfig` (`direction`, `self_loops`, `cls_attends_all`, `all_attend_cls`,
-            `isolated_genes`, `hops`).
+            and the mask options of `ScGrnConfig` under its names (`MASK_RULE_FIELDS`: `grn_direction`,
+            `grn_self_loops`, `cls_attends_all`, `all_attend_cls`, `isolated_genes`, `grn_hops`).
     """
     return mask_rule(input_ids, attention_mask, grn_edges, **rules).on_every_pair()[:, None]
 
@@ -296,10 +296,10 @@ def _pad_positions(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(valid, order, torch.zeros_like(order)), valid
 
 
-def structured_plan_supported(hops: int, isolated_genes: str, dense: bool) -> bool:
+def structured_plan_supported(grn_hops: int, isolated_genes: str, dense: bool) -> bool:
     """Whether [`build_structured_plan`] covers a mask configuration (k-hop closure and dense fallback rows for
     isolated genes can make most rows dense, so they use the boolean mask instead)."""
-    return not dense and hops == 1 and isolated_genes == "self"
+    return not dense and grn_hops == 1 and isolated_genes == "self"
 
 
 def build_structured_plan(
@@ -311,13 +311,13 @@ def build_structured_plan(
     vocab_size: int,
     cls_token_id: int,
     special_token_ids: tuple[int, ...],
-    direction: str = "regulator_to_target",
-    self_loops: bool = True,
+    grn_direction: str = "regulator_to_target",
+    grn_self_loops: bool = True,
     cls_attends_all: bool = True,
     all_attend_cls: bool = True,
 ) -> StructuredAttentionPlan:
     """The [`StructuredAttentionPlan`] of a batch; same arguments and rules as [`build_attention_mask`] with
-    `hops=1`, `isolated_genes="self"`. `keys` are `edge_keys(grn_edges, vocab_size)`, `regulators` the sorted
+    `grn_hops=1`, `isolated_genes="self"`. `keys` are `edge_keys(grn_edges, vocab_size)`, `regulators` the sorted
     unique regulator ids (`grn_edges[0]`).
 
     Edges are enumerated, not pairs of tokens: the prior's edges between genes of this batch are located in each
@@ -327,11 +327,11 @@ def build_structured_plan(
     batch, length = input_ids.shape
     device = input_ids.device
     rule = mask_rule(input_ids, attention_mask, None, keys=keys, vocab_size=vocab_size, cls_token_id=cls_token_id,
-                     special_token_ids=special_token_ids, dense=False, direction=direction, self_loops=self_loops,
-                     cls_attends_all=cls_attends_all, all_attend_cls=all_attend_cls)
+                     special_token_ids=special_token_ids, dense=False, grn_direction=grn_direction,
+                     grn_self_loops=grn_self_loops, cls_attends_all=cls_attends_all, all_attend_cls=all_attend_cls)
     is_cls, is_gene = rule.is_cls, rule.is_gene
-    reads_regulators = direction in ("regulator_to_target", "both")
-    reads_targets = direction in ("target_to_regulator", "both")
+    reads_regulators = grn_direction in ("regulator_to_target", "both")
+    reads_targets = grn_direction in ("target_to_regulator", "both")
     positions = torch.arange(length, device=device)
     cells = torch.arange(batch, device=device)
 
@@ -413,7 +413,7 @@ def build_block_mask(
     `(batch, 1, L, L)`, for `attn_implementation="flex_attention"`: its `mask_mod` is the batch's [`MaskRule`].
 
     No L x L tensor is kept, nor made while building: `create_block_mask` is compiled, so it evaluates the rule block
-    by block. With `hops > 1` or `isolated_genes="dense"`, whose rows depend on the whole cell, the rule reads links
+    by block. With `grn_hops > 1` or `isolated_genes="dense"`, whose rows depend on the whole cell, the rule reads links
     evaluated on every gene pair (exact, O(L^2) memory)."""
     rule = mask_rule(input_ids, attention_mask, grn_edges, **rules)
     batch, length = input_ids.shape
@@ -464,8 +464,8 @@ def block_mask_to_dense(block_mask) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------ mask forms by kernel
-# rules: the `build_attention_mask` keywords (vocab_size, cls_token_id, special_token_ids, self_loops,
-# cls_attends_all, all_attend_cls, direction, isolated_genes, hops) from `ScGrnModel.mask_rules()`.
+# rules: the `build_attention_mask` keywords (vocab_size, cls_token_id, special_token_ids, grn_self_loops,
+# cls_attends_all, all_attend_cls, grn_direction, isolated_genes, grn_hops) from `ScGrnModel.mask_rules()`.
 
 
 def _boolean_grn(input_ids, attention_mask, edges, keys, rules):
@@ -481,9 +481,9 @@ def _cheapest_dense(input_ids, attention_mask, rules):
 
 
 def _structured_grn(input_ids, attention_mask, edges, keys, rules):
-    if not structured_plan_supported(rules["hops"], rules["isolated_genes"], False):
+    if not structured_plan_supported(rules["grn_hops"], rules["isolated_genes"], False):
         return _boolean_grn(input_ids, attention_mask, edges, keys, rules)
-    plan_rules = {k: v for k, v in rules.items() if k not in ("hops", "isolated_genes")}
+    plan_rules = {k: v for k, v in rules.items() if k not in ("grn_hops", "isolated_genes")}
     return build_structured_plan(input_ids, attention_mask, keys=keys, regulators=torch.unique(edges[0]), **plan_rules)
 
 

@@ -19,7 +19,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
-from .configuration_scgrn import ScGrnConfig
+from .configuration_scgrn import MASK_RULE_FIELDS, ScGrnConfig
 from .controls import control_edges
 from .kernels import (
     AUTO_ATTENTION,
@@ -316,11 +316,10 @@ class ScGrnModel(ScGrnPreTrainedModel):
         return self.grn_edges
 
     def mask_rules(self) -> dict:
-        """The config's mask rules, as the builders of `masks.py` take them."""
+        """The config's mask rules, as the builders of `masks.py` take them (under the config's own names)."""
         c = self.config
         return dict(vocab_size=c.vocab_size, cls_token_id=c.cls_token_id, special_token_ids=self.special_token_ids,
-                    self_loops=c.grn_self_loops, cls_attends_all=c.cls_attends_all, all_attend_cls=c.all_attend_cls,
-                    direction=c.grn_direction, isolated_genes=c.isolated_genes, hops=c.grn_hops)
+                    **{name: getattr(c, name) for name in MASK_RULE_FIELDS})
 
     def build_attention_masks(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, boolean: bool = True
