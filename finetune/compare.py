@@ -39,18 +39,17 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def compare(args) -> dict:
-    from modeling_scgrn.workflows.cli import script_options
+    from modeling_scgrn.workflows.cli import training_script_configs
     from modeling_scgrn.workflows.compare import run_comparison
 
-    options = script_options(args.config, args.overrides, {"model": None, "training": None})
+    model_options, training = training_script_configs(args.config, args.overrides)
     pretraining = None
     if args.pretrain_config:
-        pretrain = script_options(args.pretrain_config, [], {"model": None, "training": None})
-        options["model"], pretraining = {**pretrain["model"], **options["model"]}, pretrain["training"]
+        pretrain_model, pretraining = training_script_configs(args.pretrain_config, [])
+        model_options = {**pretrain_model, **model_options}
     modes = {"modes": tuple(args.modes)} if args.modes else {}
     result = run_comparison(args.data, args.output_dir, label_column=args.label_column, seeds=args.seeds,
-                            model_options=options["model"], training_options=options["training"],
-                            pretraining_options=pretraining, **modes)
+                            model_options=model_options, training=training, pretraining=pretraining, **modes)
     print(result["markdown"])
     return result
 

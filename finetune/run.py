@@ -50,21 +50,21 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 def finetune(args) -> dict:
     from modeling_scgrn.hub.model_folder import architecture_of
-    from modeling_scgrn.workflows.cli import training_script_options
+    from modeling_scgrn.workflows.cli import training_script_configs
     from modeling_scgrn.workflows.data import run_data
     from modeling_scgrn.workflows.finetune import run_finetuning
 
-    options = training_script_options(args.config, args.overrides, args.resume_from_checkpoint)
+    model_options, training = training_script_configs(args.config, args.overrides, args.output_dir,
+                                                      args.resume_from_checkpoint)
     if args.architecture_from:
         if args.model:
             raise ValueError("--architecture_from trains from scratch; drop it or drop --model.")
-        options["model"] = {**architecture_of(args.architecture_from), **options["model"]}
+        model_options = {**architecture_of(args.architecture_from), **model_options}
     data = run_data(args.data, args.output_dir, cells=args.input, prior=args.prior, tokenizer=args.model,
                     label_column=args.label_column, group_column=args.group_column, resource=args.resource,
                     max_length=args.max_length, resuming=bool(args.resume_from_checkpoint))
-    evaluation = run_finetuning(data, args.output_dir, label_column=args.label_column,
-                                pretrained=args.model, model_options=options["model"],
-                                training_options=options["training"])
+    evaluation = run_finetuning(data, training, label_column=args.label_column, pretrained=args.model,
+                                model_options=model_options)
     headline = {k: v for k, v in evaluation.items()
                 if k not in ("per_class", "confusion_matrix", "baselines", "baseline_table")}
     print(json.dumps(headline, indent=2))

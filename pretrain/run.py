@@ -59,11 +59,12 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def pretrain(args) -> dict:
-    from modeling_scgrn.workflows.cli import training_script_options
+    from modeling_scgrn.workflows.cli import training_script_configs
     from modeling_scgrn.workflows.data import run_data
     from modeling_scgrn.workflows.pretrain import run_pretraining
 
-    options = training_script_options(args.config, args.overrides, args.resume_from_checkpoint)
+    model_options, training = training_script_configs(args.config, args.overrides, args.output_dir,
+                                                      args.resume_from_checkpoint)
     soma, streaming = soma_source(args), {}
     if soma is not None:
         streaming = dict(panel=args.panel, validation_cells=args.validation_cells)
@@ -71,8 +72,7 @@ def pretrain(args) -> dict:
     data = run_data(args.data, args.output_dir, cells=args.input, soma=soma, prior=args.prior, tokenizer=args.model,
                     resource=args.resource, max_length=args.max_length, resuming=bool(args.resume_from_checkpoint),
                     **streaming)
-    summary = run_pretraining(data, args.output_dir, model_options=options["model"],
-                              training_options=options["training"], init_from=args.model)
+    summary = run_pretraining(data, training, model_options=model_options, init_from=args.model)
     shown = {k: v for k, v in summary.items() if k not in ("validation", "baseline_table")}
     print(json.dumps(shown, indent=2))
     print(summary["baseline_table"])

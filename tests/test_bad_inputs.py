@@ -22,6 +22,7 @@ from modeling_scgrn.cells.reading import pbmc68k_reduced_counts
 from modeling_scgrn.grn.attach import new_config
 from modeling_scgrn.grn.network import GeneRegulatoryNetwork
 from modeling_scgrn.hub.model_folder import load_pretrained
+from modeling_scgrn.train.training import TrainingConfig
 from modeling_scgrn.workflows.pretrain import run_pretraining
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,9 +69,10 @@ def world(tmp_path_factory):
         warnings.simplefilter("ignore")
         network = GeneRegulatoryNetwork.read(prior, "collectri")
         prepare_cells(str(root / "pbmc.h5ad"), network, root / "data", label_column="bulk_labels", max_length=64)
-        run_pretraining(root / "data", root / "pretrain", model_options=dict(
-            hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32),
-            training_options=dict(max_steps=2, report_to="none", show_progress=False, mixed_precision="no"))
+        training = TrainingConfig(max_steps=2, report_to="none", show_progress=False, mixed_precision="no",
+                                  output_dir=str(root / "pretrain"))
+        run_pretraining(root / "data", training, model_options=dict(
+            hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
     broken = root / "broken_model"
     broken.mkdir()
     for item in (root / "pretrain" / "model").iterdir():

@@ -8,6 +8,7 @@ from conftest import OMNIPATH_TABLE, shared_data_or_skip
 
 from modeling_scgrn.cells.prepared import prepare_cells
 from modeling_scgrn.grn.network import GeneRegulatoryNetwork
+from modeling_scgrn.train.training import TrainingConfig
 from modeling_scgrn.workflows.compare import run_comparison
 
 
@@ -19,7 +20,7 @@ def test_comparison_of_all_masks_over_three_seeds(tmp_path):
     result = run_comparison(
         tmp_path / "data", tmp_path / "compare", label_column="bulk_labels", seeds=(0, 1, 2),
         model_options=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32),
-        training_options=dict(max_steps=3, per_device_batch_size=32, show_progress=False, mixed_precision="no"),
+        training=TrainingConfig(max_steps=3, per_device_batch_size=32, show_progress=False, mixed_precision="no"),
     )
     runs = result["runs"]
     modes = ("grn", "dense", "rewired", "random", "shuffled")
@@ -47,7 +48,7 @@ def test_pretrained_arm_pretrains_each_mask_first(tmp_path):
     result = run_comparison(
         tmp_path / "data", tmp_path / "compare", label_column="bulk_labels", seeds=(0,), modes=("grn", "rewired"),
         model_options=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32),
-        training_options=quick, pretraining_options=quick)
+        training=TrainingConfig(**quick), pretraining=TrainingConfig(**quick))
     assert [(r["grn_mode"], r["arm"]) for r in result["runs"]] == [
         ("grn", "scratch"), ("grn", "pretrained"), ("rewired", "scratch"), ("rewired", "pretrained")]
     for mode in ("grn", "rewired"):

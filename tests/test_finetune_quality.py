@@ -8,6 +8,7 @@ from test_interpret import ROOT
 
 from modeling_scgrn.cells.prepared import prepare_cells
 from modeling_scgrn.grn.network import GeneRegulatoryNetwork
+from modeling_scgrn.train.training import TrainingConfig
 from modeling_scgrn.workflows.cli import load_yaml_or_json
 from modeling_scgrn.workflows.finetune import run_finetuning
 
@@ -26,10 +27,10 @@ def test_finetuned_grn_model_reaches_the_stated_macro_f1(tmp_path):
     config = load_yaml_or_json(ROOT / "finetune" / "configs" / "pbmc68k.yaml")
     model = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=172, grn_mode="grn",
                  **config["model"])
-    evaluation = run_finetuning(tmp_path / "data", tmp_path / "finetune", label_column="bulk_labels",
-                                pretrained=None, model_options=model,
-                                training_options={**config["training"], "show_progress": False, "report_to": "none"},
-                                save_outputs=False)
+    training = TrainingConfig.from_dict(
+        {**config["training"], "show_progress": False, "report_to": "none"}, output_dir=tmp_path / "finetune")
+    evaluation = run_finetuning(tmp_path / "data", training,
+                                label_column="bulk_labels", pretrained=None, model_options=model, save_outputs=False)
     assert evaluation["test_macro_f1"] == pytest.approx(STATED_MACRO_F1, abs=TOLERANCE)
     assert evaluation["test_accuracy"] > 2 * evaluation["majority_class_accuracy"]
     assert evaluation["test_macro_f1"] > 10 * evaluation["majority_class_macro_f1"]

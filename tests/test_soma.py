@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from modeling_scgrn.cells.reading import pbmc68k_reduced_counts
 from modeling_scgrn.cells.tokenize import tokenize_anndata
+from modeling_scgrn.train.training import TrainingConfig
 from modeling_scgrn.workflows.pretrain import run_pretraining
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,13 +181,16 @@ def test_pretraining_killed_and_resumed_trains_on_the_cells_and_weights_of_an_un
 
     try:
         collators.DataCollatorForMaskedExpression.pad = recording("straight")
-        summary = run_pretraining(folder, tmp_path / "straight", model_options=TINY_MODEL, training_options=options)
+        summary = run_pretraining(folder, TrainingConfig.from_dict(options, output_dir=tmp_path / "straight"),
+                                  model_options=TINY_MODEL)
         collators.DataCollatorForMaskedExpression.pad = recording("crashed", crash_at=7)
         with pytest.raises(KeyboardInterrupt):
-            run_pretraining(folder, tmp_path / "crashed", model_options=TINY_MODEL, training_options=options)
+            run_pretraining(folder, TrainingConfig.from_dict(options, output_dir=tmp_path / "crashed"),
+                            model_options=TINY_MODEL)
         collators.DataCollatorForMaskedExpression.pad = recording("resumed")
-        run_pretraining(folder, tmp_path / "crashed", model_options=TINY_MODEL,
-                        training_options={**options, "resume_from_checkpoint": "latest"})
+        training = TrainingConfig.from_dict(
+            {**options, "resume_from_checkpoint": "latest"}, output_dir=tmp_path / "crashed")
+        run_pretraining(folder, training, model_options=TINY_MODEL)
     finally:
         collators.DataCollatorForMaskedExpression.pad = original
     state = json.loads((tmp_path / "crashed" / "checkpoints" / "step_00000008" / "scgrn_run_state.json").read_text())
@@ -293,8 +297,8 @@ def test_a_soma_folder_refuses_finetuning_and_a_changed_experiment(folder, files
     from modeling_scgrn.workflows.finetune import run_finetuning
 
     with pytest.raises(ValueError, match="streams its training cells from a SOMA experiment"):
-        run_finetuning(folder, tmp_path / "ft", label_column="bulk_labels", pretrained=None, model_options={},
-                       training_options={})
+        run_finetuning(folder, TrainingConfig.from_dict({}, output_dir=tmp_path / "ft"), label_column="bulk_labels",
+                       pretrained=None, model_options={})
     import shutil
 
     changed = tmp_path / "changed"
@@ -303,7 +307,8 @@ def test_a_soma_folder_refuses_finetuning_and_a_changed_experiment(folder, files
     described["source"]["obs_filter"] = "dataset == 'pbmc68k'"
     (changed / "soma_source.json").write_text(json.dumps(described))
     with pytest.raises(ValueError, match="now matches other training cells"):
-        run_pretraining(changed, tmp_path / "pt", model_options=TINY_MODEL, training_options={"max_steps": 1})
+        run_pretraining(changed, TrainingConfig.from_dict({"max_steps": 1}, output_dir=tmp_path / "pt"),
+                        model_options=TINY_MODEL)
 
 
 def test_pretrain_script_streams_with_two_processes(files, tmp_path):

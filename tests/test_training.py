@@ -43,7 +43,8 @@ def final_weights(output_dir):
 
 def test_resume_after_crash_gives_the_uninterrupted_weights(prepared, tmp_path):
     options = quiet(max_steps=12, checkpoint_steps=4, per_device_batch_size=16, logging_steps=4, seed=3)
-    run_pretraining(prepared, tmp_path / "straight", model_options=TINY_MODEL, training_options=options)
+    run_pretraining(prepared, TrainingConfig.from_dict(options, output_dir=tmp_path / "straight"),
+                    model_options=TINY_MODEL)
 
     # Crash during step 7 (after the checkpoint at step 4), then resume from the latest checkpoint.
     from modeling_scgrn.cells import collators as data_module
@@ -60,13 +61,15 @@ def test_resume_after_crash_gives_the_uninterrupted_weights(prepared, tmp_path):
     data_module.DataCollatorForMaskedExpression.pad = crashing
     try:
         with pytest.raises(KeyboardInterrupt):
-            run_pretraining(prepared, tmp_path / "crashed", model_options=TINY_MODEL, training_options=options)
+            run_pretraining(prepared, TrainingConfig.from_dict(options, output_dir=tmp_path / "crashed"),
+                            model_options=TINY_MODEL)
     finally:
         data_module.DataCollatorForMaskedExpression.pad = original
     checkpoints = sorted(p.name for p in (tmp_path / "crashed" / "checkpoints").iterdir())
     assert checkpoints == ["step_00000004"]  # nothing half-written is left beside it
-    run_pretraining(prepared, tmp_path / "crashed", model_options=TINY_MODEL,
-                    training_options={**options, "resume_from_checkpoint": "latest"})
+    training = TrainingConfig.from_dict(
+        {**options, "resume_from_checkpoint": "latest"}, output_dir=tmp_path / "crashed")
+    run_pretraining(prepared, training, model_options=TINY_MODEL)
     straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "crashed")
     assert straight.keys() == resumed.keys()
     for name in straight:
@@ -86,8 +89,8 @@ def test_deterministic_kernels_run_the_same_steps_and_are_switched_off_after(pre
         flags = seen.setdefault(name, [])  # every batch, training's and evaluation's
         monkeypatch.setattr(data_module.DataCollatorForMaskedExpression, "pad", lambda self, features, flags=flags: (
             flags.append(torch.are_deterministic_algorithms_enabled()) or original(self, features)))
-        run_pretraining(prepared, tmp_path / name, model_options=TINY_MODEL,
-                        training_options={**options, "deterministic": deterministic})
+        training = TrainingConfig.from_dict({**options, "deterministic": deterministic}, output_dir=tmp_path / name)
+        run_pretraining(prepared, training, model_options=TINY_MODEL)
     assert True not in seen["plain"] and seen["deterministic"].count(True) >= 4  # the 4 training steps
     assert not torch.are_deterministic_algorithms_enabled()
     plain, deterministic = final_weights(tmp_path / "plain"), final_weights(tmp_path / "deterministic")
@@ -106,7 +109,8 @@ class _Exploit:
 
 def test_resume_never_unpickles_what_a_checkpoint_folder_holds(prepared, tmp_path):
     options = quiet(max_steps=2, per_device_batch_size=16, seed=0)
-    run_pretraining(prepared, tmp_path / "run", model_options=TINY_MODEL, training_options=options)
+    run_pretraining(prepared, TrainingConfig.from_dict(options, output_dir=tmp_path / "run"),
+                    model_options=TINY_MODEL)
     checkpoint = tmp_path / "run" / "checkpoints" / "step_00000002"
     assert json.loads((checkpoint / "scgrn_run_state.json").read_text())["step"] == 2
     assert not list(checkpoint.glob("custom_checkpoint_*"))
@@ -114,10 +118,12 @@ def test_resume_never_unpickles_what_a_checkpoint_folder_holds(prepared, tmp_pat
     resume = {**options, "max_steps": 4, "resume_from_checkpoint": "latest"}
     torch.save(_Exploit(str(marker)), checkpoint / "custom_checkpoint_0.pkl")
     with pytest.raises(ValueError, match="custom_checkpoint_0.pkl, pickles that scgrn never writes"):
-        run_pretraining(prepared, tmp_path / "run", model_options=TINY_MODEL, training_options=resume)
+        run_pretraining(prepared, TrainingConfig.from_dict(resume, output_dir=tmp_path / "run"),
+                        model_options=TINY_MODEL)
     (checkpoint / "custom_checkpoint_0.pkl").unlink()
     torch.save(_Exploit(str(marker)), checkpoint / "random_states_0.pkl")  # Accelerate reads it weights_only
-    run_pretraining(prepared, tmp_path / "run", model_options=TINY_MODEL, training_options=resume)
+    run_pretraining(prepared, TrainingConfig.from_dict(resume, output_dir=tmp_path / "run"),
+                    model_options=TINY_MODEL)
     assert not marker.exists()
     assert (tmp_path / "run" / "checkpoints" / "step_00000004").is_dir()
 
@@ -190,9 +196,10 @@ def test_training_config_errors():
 
 def test_bad_inputs_fail_before_training(prepared, tmp_path):
     with pytest.raises(ValueError, match=r"unknown model option\(s\) \['hidden'\]"):
-        run_pretraining(prepared, tmp_path / "a", model_options={"hidden": 3}, training_options=quiet())
+        run_pretraining(prepared, TrainingConfig.from_dict(quiet(), output_dir=tmp_path / "a"),
+                        model_options={"hidden": 3})
     with pytest.raises(ValueError, match="lacks dataset/"):
-        run_pretraining(tmp_path, tmp_path / "b", model_options={}, training_options=quiet())
+        run_pretraining(tmp_path, TrainingConfig.from_dict(quiet(), output_dir=tmp_path / "b"), model_options={})
     other = tmp_path / "other_vocab"
     from modeling_scgrn import ScGrnForMaskedExpressionModeling, ScGrnTokenizer
     from modeling_scgrn.grn.attach import new_config
@@ -202,14 +209,15 @@ def test_bad_inputs_fail_before_training(prepared, tmp_path):
                                      ).save_pretrained(other)
     tokenizer.save_pretrained(other)
     with pytest.raises(ValueError, match="another gene vocabulary"):
-        run_pretraining(prepared, tmp_path / "d", model_options={}, training_options=quiet(), init_from=str(other))
+        run_pretraining(prepared, TrainingConfig.from_dict(quiet(), output_dir=tmp_path / "d"), model_options={},
+                        init_from=str(other))
     with pytest.raises(ValueError, match="another gene vocabulary"):
-        run_finetuning(prepared, tmp_path / "e", label_column="bulk_labels", pretrained=str(other),
-                       model_options={}, training_options=quiet())
+        run_finetuning(prepared, TrainingConfig.from_dict(quiet(), output_dir=tmp_path / "e"),
+                       label_column="bulk_labels", pretrained=str(other), model_options={})
     assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
     with pytest.raises(ValueError, match="no label column 'celltype'"):
-        run_finetuning(prepared, tmp_path / "c", label_column="celltype", pretrained=None, model_options={},
-                       training_options=quiet())
+        run_finetuning(prepared, TrainingConfig.from_dict(quiet(), output_dir=tmp_path / "c"),
+                       label_column="celltype", pretrained=None, model_options={})
 
 
 def test_cpu_smoke_config_learns_beyond_each_genes_mean(tmp_path):
@@ -226,8 +234,8 @@ def test_cpu_smoke_config_learns_beyond_each_genes_mean(tmp_path):
     options = script_options(str(root / "pretrain" / "configs" / "cpu_smoke.yaml"),
                              ["training.show_progress=false"],
                              {"model": None, "training": None})
-    summary = run_pretraining(tmp_path / "data", tmp_path / "run", model_options=options["model"],
-                              training_options=options["training"])
+    training = TrainingConfig.from_dict(options["training"], output_dir=tmp_path / "run")
+    summary = run_pretraining(tmp_path / "data", training, model_options=options["model"])
     validation = summary["validation"]
     written = json.loads((tmp_path / "run" / "summary.json").read_text())["validation"]
     assert written["masked_mse"] == validation["masked_mse"] and "gene_mean_mse" in written
@@ -252,8 +260,8 @@ def test_shipped_pbmc68k_pretraining_beats_every_trivial_predictor(tmp_path):
     options = script_options(str(root / "pretrain" / "configs" / "pbmc68k.yaml"),
                              ["training.show_progress=false", "training.report_to=none"],
                              {"model": None, "training": None})
-    summary = run_pretraining(tmp_path / "data", tmp_path / "run", model_options=options["model"],
-                              training_options=options["training"])
+    training = TrainingConfig.from_dict(options["training"], output_dir=tmp_path / "run")
+    summary = run_pretraining(tmp_path / "data", training, model_options=options["model"])
     assert summary["loss"] == "mse" and summary["beats_every_baseline"]
     best = min(summary["baselines"].values())
     assert summary["validation_loss"] < 0.95 * best  # a clear margin, not a tie
@@ -268,8 +276,9 @@ def test_bf16_mixed_precision_trains_on_cpu(prepared, tmp_path):
     weights = {}
     for precision in ("no", "bf16"):
         code = ("import json, sys; from modeling_scgrn.workflows.pretrain import run_pretraining; "
-                "run_pretraining(sys.argv[1], sys.argv[2], model_options=json.loads(sys.argv[3]), "
-                "training_options=json.loads(sys.argv[4]))")
+                "from modeling_scgrn.train.training import TrainingConfig; "
+                "run_pretraining(sys.argv[1], TrainingConfig.from_dict(json.loads(sys.argv[4]), output_dir=sys.argv[2]), "
+                "model_options=json.loads(sys.argv[3]))")
         options = quiet(max_steps=3, mixed_precision=precision)
         result = subprocess.run([sys.executable, "-c", code, str(prepared), str(tmp_path / precision),
                                  json.dumps(TINY_MODEL), json.dumps(options)],
@@ -287,15 +296,16 @@ def test_sharding_that_accelerate_does_not_apply_on_cpu_is_named(prepared, tmp_p
     # what `accelerate launch --config_file pretrain/configs/accelerate/fsdp_8gpu.yaml` sets, here without a GPU
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.warns(UserWarning, match="FSDP was requested .* applies FSDP only on GPUs"):
-        run_pretraining(prepared, tmp_path / "fsdp", model_options=dict(TINY_MODEL),
-                        training_options=quiet(max_steps=1))
+        run_pretraining(prepared, TrainingConfig.from_dict(quiet(max_steps=1), output_dir=tmp_path / "fsdp"),
+                        model_options=dict(TINY_MODEL))
 
 
 def test_pretrained_model_finetunes_on_a_new_dataset_with_other_genes(prepared, tmp_path):
     """The path users take: pretrain on one dataset, finetune on another whose genes differ."""
     from modeling_scgrn.cells.reading import pbmc68k_reduced_counts
 
-    run_pretraining(prepared, tmp_path / "pre", model_options=dict(TINY_MODEL), training_options=quiet(max_steps=2))
+    run_pretraining(prepared, TrainingConfig.from_dict(quiet(max_steps=2), output_dir=tmp_path / "pre"),
+                    model_options=dict(TINY_MODEL))
     pretrained = tmp_path / "pre" / "model"
     new = pbmc68k_reduced_counts()[:, 100:].copy()  # 665 of the model's 765 genes ...
     new.var_names = [f"NOVEL{i}" for i in range(15)] + list(new.var_names[15:])  # ... 15 of them unknown to it
@@ -305,8 +315,8 @@ def test_pretrained_model_finetunes_on_a_new_dataset_with_other_genes(prepared, 
         network = GeneRegulatoryNetwork.read(shared_data_or_skip(OMNIPATH_TABLE), "collectri")
     prepare_cells(str(tmp_path / "new.h5ad"), network, tmp_path / "own", label_column="bulk_labels", max_length=128)
     with pytest.raises(ValueError, match="another gene vocabulary"):  # tokenized on its own genes: refused
-        run_finetuning(tmp_path / "own", tmp_path / "refused", label_column="bulk_labels",
-                       pretrained=str(pretrained), model_options={}, training_options=quiet(max_steps=1))
+        run_finetuning(tmp_path / "own", TrainingConfig.from_dict(quiet(max_steps=1), output_dir=tmp_path / "refused"),
+                       label_column="bulk_labels", pretrained=str(pretrained), model_options={})
     with pytest.raises(ValueError, match="panel='all'"):
         prepare_cells(str(tmp_path / "new.h5ad"), network, tmp_path / "x", label_column="bulk_labels",
                       panel="hvg", tokenizer=pretrained)
@@ -314,8 +324,9 @@ def test_pretrained_model_finetunes_on_a_new_dataset_with_other_genes(prepared, 
                            max_length=128, tokenizer=pretrained)
     assert report["tokenization"]["genes_unknown_to_vocabulary"] == 15
     assert report["panel"] == {"strategy": "tokenizer", "panel_genes": 765, "vocabulary_genes_in_data": 650}
-    evaluation = run_finetuning(tmp_path / "new_data", tmp_path / "finetuned", label_column="bulk_labels",
-                                pretrained=str(pretrained), model_options={}, training_options=quiet(max_steps=2))
+    training = TrainingConfig.from_dict(quiet(max_steps=2), output_dir=tmp_path / "finetuned")
+    evaluation = run_finetuning(tmp_path / "new_data", training,
+                                label_column="bulk_labels", pretrained=str(pretrained), model_options={})
     assert 0.0 <= evaluation["test_accuracy"] <= 1.0
     renamed = pbmc68k_reduced_counts()[:50].copy()
     renamed.var_names = [f"ENSG{i:011d}" for i in range(renamed.n_vars)]

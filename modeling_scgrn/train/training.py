@@ -64,8 +64,12 @@ class TrainingConfig:
     show_progress: bool = field(default=True, metadata={"help": "tqdm progress bar on the main process"})
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainingConfig":
-        """Build from a mapping, refusing unknown keys and values of the wrong type."""
+    def from_dict(cls, values: dict, **overrides) -> "TrainingConfig":
+        """Build from a mapping (a config file's `training` section), then `overrides` (e.g. `output_dir=`, a path
+        or a string), refusing unknown keys and values of the wrong type."""
+        values = {**values, **overrides}
+        if isinstance(values.get("output_dir"), os.PathLike):
+            values["output_dir"] = os.fspath(values["output_dir"])
         return checked_dataclass(cls, values, "training")
 
 

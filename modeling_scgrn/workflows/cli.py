@@ -88,10 +88,13 @@ def script_options(config_path: str | None, overrides: list[str], sections: dict
     return options
 
 
-def training_script_options(config: str | None, overrides: list[str], resume_from_checkpoint: str | None = None):
-    """The `model` and `training` sections of a training script: its config file, `--set` overrides, and the
-    checkpoint to resume from."""
+def training_script_configs(config: str | None, overrides: list[str], output_dir: str | None = None,
+                            resume_from_checkpoint: str | None = None):
+    """What a training script's config file and `--set` overrides say: the `model` section (`ScGrnConfig` fields,
+    a dict: the vocabulary and prior come from the data) and the `training` section as a `TrainingConfig`, with
+    the run's folder and the checkpoint to resume from."""
+    from ..train.training import TrainingConfig
+
     options = script_options(config, overrides, {"model": None, "training": None})
-    if resume_from_checkpoint:
-        options["training"]["resume_from_checkpoint"] = resume_from_checkpoint
-    return options
+    given = {"output_dir": output_dir, "resume_from_checkpoint": resume_from_checkpoint}
+    return options["model"], TrainingConfig.from_dict(options["training"], **{k: v for k, v in given.items() if v})

@@ -5,6 +5,8 @@ one plot, with the baselines fitted once on the same held-out cells.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,22 +16,22 @@ from ..evaluation.baselines import classification_baselines
 from ..evaluation.plots import COMPARED_METRICS, plot_comparison
 from ..model.configuration_scgrn import GRN_MODES
 from ..storage.folders import jsonable
+from ..train.training import TrainingConfig
 from .finetune import labelled_classes, run_finetuning
 from .pretrain import run_pretraining
 
 def _comparison_run(data_dir, folder: Path, mode: str, seed: int, label_column: str, model_options: dict,
-                    training_options: dict, pretraining_options: dict | None, baselines: dict) -> dict:
-    """One cell of the comparison: finetune `mode` from scratch, or pretrain it first when `pretraining_options`."""
+                    training: TrainingConfig, pretraining: TrainingConfig | None, baselines: dict) -> dict:
+    """One cell of the comparison: finetune `mode` from scratch, or pretrain it first when `pretraining`."""
     options = {**model_options, "grn_mode": mode, "grn_control_seed": int(seed)}
-    training = {**training_options, "seed": int(seed), "report_to": "none"}
     pretrained = None
-    if pretraining_options is not None:
-        run_pretraining(data_dir, folder / "pretrain", model_options=options,
-                        training_options={**pretraining_options, "seed": int(seed), "report_to": "none"})
+    if pretraining is not None:
+        run_pretraining(data_dir, replace(pretraining, seed=int(seed), report_to="none",
+                                          output_dir=str(folder / "pretrain")), model_options=options)
         pretrained, options = str(folder / "pretrain" / "model"), {}
-    evaluation = run_finetuning(data_dir, folder / "finetune", label_column=label_column, pretrained=pretrained,
-                                model_options=options, training_options=training, save_outputs=False,
-                                baselines=baselines)
+    training = replace(training, seed=int(seed), report_to="none", output_dir=str(folder / "finetune"))
+    evaluation = run_finetuning(data_dir, training, label_column=label_column, pretrained=pretrained,
+                                model_options=options, save_outputs=False, baselines=baselines)
     coverage = evaluation["prior_coverage"] or {}
     return {"grn_mode": mode, "arm": "pretrained" if pretrained else "scratch", "seed": int(seed),
             **{k: evaluation[k] for k in COMPARED_METRICS},
@@ -64,14 +66,15 @@ def comparison_markdown(runs: list[dict], label_column: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_comparison(data_dir, output_dir, *, label_column: str, modes=GRN_MODES, seeds=(0, 1, 2),
-                   model_options: dict | None = None, training_options: dict | None = None,
-                   pretraining_options: dict | None = None) -> dict:
-    """The prior-vs-control table on the user's data: the same architecture and budget finetuned with each mask
+def run_comparison(data_dir, output_dir, *, label_column: str, training: TrainingConfig | None = None,
+                   pretraining: TrainingConfig | None = None, model_options: Mapping | None = None,
+                   modes=GRN_MODES, seeds=(0, 1, 2)) -> dict:
+    """The prior-vs-control table on the user's data: the same architecture (`model_options`, `ScGrnConfig` fields)
+    and budget (`training`; each run sets its own seed and folder under `output_dir`) finetuned with each mask
     mode over several seeds (the seed sets initialisation, data order and the controls' edges). `rewired` is the
-    control matched to what cells see (degree-preserving, no real edge). With `pretraining_options` (a training
-    section), a second arm pretrains each mask on the same cells first, then finetunes it: whether pretraining
-    with the prior helps. Baselines (logistic regression, kNN, majority class) on the same held-out cells close the
+    control matched to what cells see (degree-preserving, no real edge). With `pretraining`, a second arm
+    pretrains each mask on the same cells first, then finetunes it: whether pretraining with the prior helps.
+    Baselines (logistic regression, kNN, majority class) on the same held-out cells close the
     table.
 
     Writes `comparison.md`, `comparison.json` (every run) and `comparison.png` under `output_dir`; returns the runs
@@ -82,14 +85,14 @@ def run_comparison(data_dir, output_dir, *, label_column: str, modes=GRN_MODES, 
     if unknown:
         raise ValueError(f"mode(s) {unknown} are not grn_mode values; choose from {list(GRN_MODES)}.")
 
-    model_options, training_options = dict(model_options or {}), dict(training_options or {})
-    arms = [None] if pretraining_options is None else [None, pretraining_options]
+    model_options, training = dict(model_options or {}), training or TrainingConfig()
+    arms = [None] if pretraining is None else [None, pretraining]
     dataset, tokenizer, _, _ = load_prepared(data_dir)
     labelled_classes(dataset, label_column)  # refuse a missing or single-class column before any run
     # the same held-out cells for every run: the baselines are fitted once
     baselines = classification_baselines(dataset["train"], dataset["test"], label_column, len(tokenizer))
     runs = [_comparison_run(data_dir, Path(output_dir) / f"{mode}_seed{seed}" / ("pretrained" if arm else "scratch"),
-                            mode, seed, label_column, model_options, training_options, arm, baselines)
+                            mode, seed, label_column, model_options, training, arm, baselines)
             for mode in modes for arm in arms for seed in seeds]
     markdown = comparison_markdown(runs, label_column)
     output_dir = Path(output_dir)

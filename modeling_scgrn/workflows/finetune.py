@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -64,10 +65,11 @@ def labelled_subset(split, label_column: str, per_class: int, seed: int = 0):
     return split.select(np.sort(keep))
 
 
-def run_finetuning(data_dir, output_dir, *, label_column: str, pretrained: str | None, model_options: dict,
-                   training_options: dict, save_outputs: bool = True, baselines: dict | None = None,
+def run_finetuning(data_dir, training: TrainingConfig, *, label_column: str, pretrained: str | None = None,
+                   model_options: Mapping | None = None, save_outputs: bool = True, baselines: dict | None = None,
                    labels_per_class: int | None = None, network: GeneRegulatoryNetwork | None = None) -> dict:
-    """Cell-type finetuning on `data_dir` from a pretrained folder (or from scratch when `pretrained` is None: pass
+    """Cell-type finetuning on `data_dir` with `training` (its `output_dir` is the run's folder) from a pretrained
+    folder (or from scratch when `pretrained` is None, with `model_options`, `ScGrnConfig` fields: pass
     `architecture_of(folder)` in `model_options` to compare like-for-like); early stopping on validation
     macro-F1; held-out evaluation beside scikit-learn baselines on the same cells (`classification_baselines`),
     with embedding metrics of the test cells and the prior's per-cell coverage. `save_outputs` writes
@@ -76,7 +78,7 @@ def run_finetuning(data_dir, output_dir, *, label_column: str, pretrained: str |
     data folder (a comparison fits them once for all its runs). `labels_per_class` keeps that many training cells of
     each type (seeded; validation and test unchanged): finetuning with few labels. `network` replaces the data
     folder's prior for a model trained from scratch."""
-    training = TrainingConfig.from_dict({"output_dir": str(output_dir), **training_options})
+    model_options, output_dir = dict(model_options or {}), training.output_dir
     check_model_options(model_options)
     dataset, tokenizer, data_network, metadata = load_prepared(data_dir)
     network = data_network if network is None else network

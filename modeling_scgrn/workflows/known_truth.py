@@ -23,6 +23,7 @@ from ..bench.known_truth import (
 )
 from ..grn.network import GeneRegulatoryNetwork
 from ..model.configuration_scgrn import GRN_MODES
+from ..train.training import TrainingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +84,8 @@ def pretrain_arm(data_dir: Path, folder: Path, arm: str, seed: int, network, tru
     from .pretrain import run_pretraining
 
     options = {**model_options, **_arm_mode(arm), "grn_control_seed": seed}
-    summary = run_pretraining(data_dir, folder, model_options=options, network=network, regulation=truth,
-                              training_options={**pretraining, "seed": seed})
+    training = TrainingConfig.from_dict(pretraining, seed=seed, output_dir=folder)
+    summary = run_pretraining(data_dir, training, model_options=options, network=network, regulation=truth)
     validation = summary["validation"]
     regulated = validation["regulated_targets"] or {}
     return {"arm": arm, "seed": seed, "validation_loss": summary["validation_loss"],
@@ -105,10 +106,9 @@ def finetune_budgets(data_dir: Path, folder: Path, arm: str, seed: int, budgets,
     rows = []
     for budget in budgets:
         options = {} if pretrained else {**model_options, **_arm_mode(arm), "grn_control_seed": seed}
-        training = {**finetuning, "seed": seed}
-        evaluation = run_finetuning(data_dir, folder / f"labels_{budget or 'all'}", label_column="cell_type",
-                                    pretrained=pretrained, model_options=options, save_outputs=False,
-                                    training_options=training, labels_per_class=budget,
+        training = TrainingConfig.from_dict(finetuning, seed=seed, output_dir=folder / f"labels_{budget or 'all'}")
+        evaluation = run_finetuning(data_dir, training, label_column="cell_type", pretrained=pretrained,
+                                    model_options=options, save_outputs=False, labels_per_class=budget,
                                     network=None if pretrained else network)
         rows.append({"arm": arm, "start": "pretrained" if pretrained else "scratch", "seed": seed,
                      "labels_per_type": budget or "all", "macro_f1": evaluation["test_macro_f1"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -25,16 +26,18 @@ from ..train.training import TrainingConfig, train
 logger = logging.getLogger(__name__)
 
 
-def run_pretraining(data_dir, output_dir, *, model_options: dict, training_options: dict,
+def run_pretraining(data_dir, training: TrainingConfig, *, model_options: Mapping | None = None,
                     init_from: str | None = None, network: GeneRegulatoryNetwork | None = None,
                     regulation: GeneRegulatoryNetwork | None = None) -> dict:
-    """Masked-expression pretraining on `data_dir` (from `prepare_cells`). Writes the model folder to
-    `output_dir/model` (its card carries the baseline table) and `output_dir/summary.json`, and returns the summary:
+    """Masked-expression pretraining on `data_dir` (from `prepare_cells`) with `training` (its `output_dir` is the
+    run's folder) and `model_options` (`ScGrnConfig` fields; the vocabulary and prior come from the data folder).
+    Writes the model folder to `output_dir/model` (its card carries the baseline table) and
+    `output_dir/summary.json`, and returns the summary:
     the validation loss beside trivial predictors on the same masked validation values, in the loss's own units
     (`masked_expression_metrics`), the table and its verdict, and the prior's per-cell coverage. `network` replaces
     the data folder's prior (a wrong or partial prior, for experiments); with `regulation` (the known true network
     of simulated cells) the validation also scores the masked genes whose true regulators the cell shows."""
-    training = TrainingConfig.from_dict({"output_dir": str(output_dir), **training_options})
+    model_options, output_dir = dict(model_options or {}), training.output_dir
     check_model_options(model_options)
     dataset, tokenizer, data_network, metadata = load_prepared(data_dir, streamed=True)
     network = data_network if network is None else network
