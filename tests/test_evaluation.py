@@ -77,3 +77,31 @@ def test_prior_coverage_by_hand():
     assert coverage["mean_share_of_tokens_with_partner"] == pytest.approx((2 / 3 + 2 / 4 + 0) / 3)
     assert coverage["mean_active_pairs_per_cell"] == pytest.approx(2 / 3)
     assert coverage["share_of_cells_without_active_pair"] == pytest.approx(1 / 3)
+
+
+def test_the_inference_loop_changes_no_state_of_the_run():
+    """`run_batches`/`run_batch` restore the model's training mode and torch's grad mode, and draw from torch's RNG
+    exactly what iterating the batches draws (a seeded finetuning evaluates inside its loop: an extra draw shifted
+    its held-out macro-F1 from 0.755 to 0.605)."""
+    from modeling_scgrn.evaluation.inference import run_batch, run_batches
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear, self.calls = torch.nn.Linear(3, 2), []
+
+        def forward(self, input_ids, attention_mask):
+            self.calls.append((self.training, torch.is_grad_enabled()))
+            return self.linear(input_ids.float())
+
+    model = Recorder().train()
+    batches = [{"input_ids": torch.ones(2, 3), "attention_mask": torch.ones(2, 3, dtype=torch.long)}] * 3
+    torch.manual_seed(0)
+    list(torch.utils.data.DataLoader(batches, batch_size=None))
+    expected = torch.rand(1)
+    torch.manual_seed(0)
+    outputs = [out for _, out in run_batches(model, torch.utils.data.DataLoader(batches, batch_size=None))]
+    assert torch.equal(torch.rand(1), expected) and len(outputs) == 3
+    run_batch(model, batches[0])
+    assert model.calls == [(False, False)] * 4  # eval mode, no gradients, inside the loop
+    assert model.training and torch.is_grad_enabled()  # both restored after it

@@ -5,6 +5,7 @@ reading of a model outside training goes through `run_batches`: the scanpy verbs
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -35,20 +36,30 @@ def run_batches(model, batches: Iterable[dict], *, device=None, progress: bool =
     padded batches), the batch moved to `device` (default: the model's) and trimmed of all-padding positions, the
     output `model(**batch, **forward_kwargs)` in eval mode without gradients. The model's training mode is restored
     when the loop ends."""
-    from tqdm.auto import tqdm
-
     device = device or next(model.parameters()).device
+    if progress:  # only then: tqdm's wrapper draws from torch's global RNG, which would shift a seeded run
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=desc, total=total, unit="batch")
+    with _inference(model):
+        for batch in batches:
+            batch = _on_device(batch, device)
+            yield batch, model(**batch, **forward_kwargs)
+
+
+def run_batch(model, batch: dict, *, device=None, **forward_kwargs):
+    """The output of the model on one batch, as `run_batches` computes it."""
+    with _inference(model):
+        return model(**_on_device(batch, device or next(model.parameters()).device), **forward_kwargs)
+
+
+@contextmanager
+def _inference(model):
+    """Eval mode and no gradients, the model's training mode and torch's grad mode restored afterwards."""
     training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for batch in tqdm(batches, desc=desc, total=total, unit="batch", disable=not progress):
-                batch = _on_device(batch, device)
-                yield batch, model(**batch, **forward_kwargs)
+            yield
     finally:
         model.train(training)
-
-
-def run_batch(model, batch: dict, *, device=None, **forward_kwargs):
-    """The output of `run_batches` on one batch."""
-    return next(run_batches(model, [batch], device=device, **forward_kwargs))[1]
