@@ -12,6 +12,6 @@ python data/tokenize_cells.py --input pbmc68k_reduced --prior priors/omnipath_in
     --resource collectri --label_column bulk_labels --output_dir "$out/data"
 "${launch[@]}" pretrain/run.py --config pretrain/configs/pbmc68k.yaml --data "$out/data" \
     --output_dir "$out/pretrain"
-"${launch[@]}" finetune/run.py --config finetune/configs/pbmc68k.yaml --data "$out/data" \
+"${launch[@]}" finetune/run.py --config finetune/configs/pbmc68k_pretrained.yaml --data "$out/data" \
     --model "$out/pretrain/model" --label_column bulk_labels --output_dir "$out/finetune"
 echo "Hub-ready model folder: $out/finetune/model (upload with huggingface_hub or model.push_to_hub)"

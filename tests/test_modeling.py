@@ -62,6 +62,30 @@ def test_forward_backward_every_head(model_class, value_encoding, tokenizer, edg
     assert any(g.abs().sum() > 0 for g in grads)
 
 
+@pytest.mark.parametrize("value_encoding", ["binned", "continuous"])
+def test_pretraining_loss_trains_the_pooled_cell_embedding(value_encoding, tokenizer, edge_tensor, batch):
+    """The masked-value loss of the token head alone never reaches the pooled state (its gradient there is exactly
+    0: the diagnosis of issue 26); the cell decoder (the default) gives it one, and its loss is part of `loss`."""
+    gradients = {}
+    for decoder in ("none", "mvc"):
+        model = make(ScGrnForMaskedExpressionModeling, tokenizer, edge_tensor, value_encoding=value_encoding,
+                     cell_decoder=decoder).train()
+        pooled = {}
+        model.scgrn.register_forward_hook(lambda module, args, output: pooled.update(state=output.pooler_output))
+        labels = torch.full(batch["input_ids"].shape, -100 if value_encoding == "binned" else float("nan"))
+        labels[:, 2:4] = batch["expression_bins" if value_encoding == "binned" else "expression_values"][:, 2:4]
+        out = model(**batch, labels=labels.long() if value_encoding == "binned" else labels)
+        pooled["state"].retain_grad()
+        out.loss.backward()
+        grad = pooled["state"].grad  # None: the loss does not depend on the pooled state at all
+        gradients[decoder] = 0.0 if grad is None else grad.abs().sum().item()
+        if decoder == "mvc":
+            torch.testing.assert_close(out.loss, out.token_loss + model.config.cell_decoder_weight * out.cell_loss)
+            assert out.cell_logits.shape[:2] == batch["input_ids"].shape
+    assert ScGrnForMaskedExpressionModeling.config_class().cell_decoder == "mvc"
+    assert gradients["none"] == 0.0 and gradients["mvc"] > 0.0
+
+
 @pytest.mark.parametrize("model_class", HEADS)
 def test_save_load_round_trip_keeps_outputs_and_grn(model_class, tokenizer, edge_tensor, batch, tmp_path):
     model = make(model_class, tokenizer, edge_tensor)

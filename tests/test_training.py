@@ -269,6 +269,13 @@ def test_shipped_pbmc68k_pretraining_beats_every_trivial_predictor(tmp_path):
     assert written["baselines"] == summary["baselines"] and "scgrn beats every trivial" in written["baseline_table"]
     card = (tmp_path / "run" / "model" / "README.md").read_text()
     assert "| gene_mean_cell_offset |" in card and "active prior pairs per cell" in card
+    # the data has labels, so every evaluation also probes the frozen cell embedding, beside the raw-value baselines
+    probe = summary["probe"]
+    print("probe", probe["accuracy"], probe["depth_r2"], {k: v["accuracy"] for k, v in probe["baselines"].items()})
+    assert probe["cells"] == 70 and set(probe["depth_r2"]) == {"genes_detected", "mean_log1p"}
+    assert {"logistic_regression", "pca_logistic_regression"} <= set(probe["baselines"])
+    assert "linear probe of scgrn's pooled embedding" in card and "Frozen embedding:" in written["baseline_table"]
+    assert all("probe_accuracy" in entry for entry in json.loads((tmp_path / "run" / "history.json").read_text())["eval"])
 
 
 def test_bf16_mixed_precision_trains_on_cpu(prepared, tmp_path):

@@ -9,6 +9,12 @@ GRN_MODES = ("grn", "dense", "rewired", "random", "shuffled")  # the prior, no m
 GRN_DIRECTIONS = ("regulator_to_target", "target_to_regulator", "both")
 VALUE_ENCODINGS = ("binned", "continuous")
 POOLINGS = ("cls", "mean")
+# how pretraining reaches the pooled cell embedding: "mvc" (scGPT's masked value prediction from the cell embedding)
+# predicts every masked value from the pooled state and the gene's identity alone; "none" trains gene tokens only
+CELL_DECODERS = ("none", "mvc")
+# what each masked-value prediction starts from: nothing, or the trivial predictor the objective otherwise rewards
+# learning (the gene's training mean plus the cell's offset over its visible genes), so the heads learn the rest
+VALUE_BASELINES = ("none", "gene_mean_cell_offset")
 ISOLATED_GENE_POLICIES = ("self", "dense")
 DEFAULT_N_BINS = 51  # expression bins per cell: the model's, the tokenizer's and DataConfig's default
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
@@ -66,6 +72,14 @@ class ScGrnConfig(PretrainedConfig):
             (log1p values are never negative, so -1 is unambiguous).
         pooling (`str`, defaults to `"cls"`): cell embedding = final `[CLS]` state (`"cls"`) or the mean of the
             final gene states over non-padding genes (`"mean"`).
+        cell_decoder (`str`, defaults to `"mvc"`): a second pretraining head that predicts each masked value from
+            the pooled cell embedding and the gene's own embedding only (scGPT's MVC), so that pretraining trains
+            the cell embedding (the token head alone leaves its gradient at exactly 0); `"none"` drops it.
+        cell_decoder_weight (`float`, defaults to 1.0): weight of the cell decoder's loss beside the token head's.
+        value_baseline (`str`, defaults to `"none"`): with `"gene_mean_cell_offset"` (continuous values only), every
+            masked-value prediction is the gene's training mean (`gene_means`, set by pretraining) plus the cell's
+            offset over its visible genes, plus what the head adds: the shortcut is given, not learnt, and the cell
+            embedding need not carry depth.
         grn_mode (`str`, defaults to `"grn"`): which edges form the mask. `"grn"`: the prior network;
             `"dense"`: no constraint (the unconstrained Transformer baseline); `"random"`: uniform random edges
             among the prior's genes, as many as the prior has (seeded by `grn_control_seed`);
@@ -117,6 +131,9 @@ class ScGrnConfig(PretrainedConfig):
         n_bins: int = DEFAULT_N_BINS,
         mask_value: float = -1.0,
         pooling: str = "cls",
+        cell_decoder: str = "mvc",
+        cell_decoder_weight: float = 1.0,
+        value_baseline: str = "none",
         grn_mode: str = "grn",
         grn_direction: str = "regulator_to_target",
         grn_self_loops: bool = True,
@@ -131,6 +148,13 @@ class ScGrnConfig(PretrainedConfig):
     ):
         _check_choice("value_encoding", value_encoding, VALUE_ENCODINGS)
         _check_choice("pooling", pooling, POOLINGS)
+        _check_choice("cell_decoder", cell_decoder, CELL_DECODERS)
+        _check_choice("value_baseline", value_baseline, VALUE_BASELINES)
+        if value_baseline != "none" and value_encoding != "continuous":
+            raise ValueError(f"value_baseline={value_baseline!r} needs value_encoding='continuous' (bins are ranks "
+                             "within each cell, already free of depth).")
+        if cell_decoder_weight < 0:
+            raise ValueError(f"cell_decoder_weight={cell_decoder_weight} must not be negative.")
         _check_choice("grn_mode", grn_mode, GRN_MODES)
         _check_choice("grn_direction", grn_direction, GRN_DIRECTIONS)
         _check_choice("isolated_genes", isolated_genes, ISOLATED_GENE_POLICIES)
@@ -175,6 +199,9 @@ class ScGrnConfig(PretrainedConfig):
         self.n_bins = n_bins
         self.mask_value = mask_value
         self.pooling = pooling
+        self.cell_decoder = cell_decoder
+        self.cell_decoder_weight = cell_decoder_weight
+        self.value_baseline = value_baseline
         self.grn_mode = grn_mode
         self.grn_direction = grn_direction
         self.grn_self_loops = grn_self_loops

@@ -61,13 +61,21 @@ class ScGrnModelOutput(ModelOutput):
 class ScGrnMaskedExpressionOutput(ModelOutput):
     """
     Args:
-        loss: masked-value loss (cross-entropy over bins, or mean squared error of log1p values).
-        logits: `(batch, L, n_bins + 1)` bin logits (binned) or `(batch, L)` predicted log1p values (continuous).
+        loss: masked-value loss (cross-entropy over bins, or mean squared error of log1p values): the token head's,
+            plus `cell_decoder_weight` times the cell decoder's when the model has one.
+        logits: `(batch, L, n_bins + 1)` bin logits (binned) or `(batch, L)` predicted log1p values (continuous),
+            from each token's final state.
+        cell_logits: the same predictions from the pooled cell embedding and each gene's identity alone (the cell
+            decoder, `config.cell_decoder="mvc"`), or None.
+        token_loss, cell_loss: the two parts of `loss` (with labels and a cell decoder).
         hidden_states, attentions: as in [`ScGrnModelOutput`].
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
+    cell_logits: torch.FloatTensor | None = None
+    token_loss: torch.FloatTensor | None = None
+    cell_loss: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
@@ -468,8 +476,25 @@ def _boolean_masks(masks: list, input_ids: torch.Tensor, restore: torch.Tensor |
     return [converted[id(mask)] for mask in masks]
 
 
+class ScGrnCellDecoder(nn.Module):
+    """Each gene's value predicted from the pooled cell embedding and the gene's own embedding only (scGPT's MVC):
+    `logits[b, g, o] = <query(gene_g), W_o cell_b>`, where `query` is a sigmoid-gated projection of the gene
+    embedding. Nothing of the cell reaches it but the pooled state, so its loss trains that state."""
+
+    def __init__(self, config: ScGrnConfig, out_features: int):
+        super().__init__()
+        self.out_features = out_features
+        self.query = nn.Sequential(nn.Linear(config.hidden_size, config.hidden_size), nn.Sigmoid())
+        self.cell = nn.Linear(config.hidden_size, config.hidden_size * out_features)
+
+    def forward(self, cell_embeddings: torch.Tensor, gene_embeddings: torch.Tensor) -> torch.Tensor:
+        keys = self.cell(cell_embeddings).view(cell_embeddings.shape[0], self.out_features, -1)
+        return torch.einsum("blh,boh->blo", self.query(gene_embeddings), keys)
+
+
 class ScGrnForMaskedExpressionModeling(ScGrnPreTrainedModel):
-    """Predicts the expression of masked gene tokens (the gene's identity stays visible, its value is hidden)."""
+    """Predicts the expression of masked gene tokens (the gene's identity stays visible, its value is hidden), from
+    each token's final state and, with `config.cell_decoder="mvc"`, also from the pooled cell embedding."""
 
     task = "masked_expression"
 
@@ -483,7 +508,38 @@ class ScGrnForMaskedExpressionModeling(ScGrnPreTrainedModel):
             nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps),
             nn.Linear(config.hidden_size, out_features),
         )
+        self.cell_decoder = ScGrnCellDecoder(config, out_features) if config.cell_decoder == "mvc" else None
+        if config.value_baseline != "none":
+            # each gene's training mean of its log1p value, saved with the weights (set_gene_means)
+            self.register_buffer("gene_means", torch.zeros(config.vocab_size), persistent=True)
         self.post_init()
+
+    def set_gene_means(self, means: torch.Tensor) -> None:
+        """Each gene's mean log1p value over the training cells (`(vocab_size,)`), which `value_baseline` starts
+        every prediction from."""
+        if self.config.value_baseline == "none":
+            raise ValueError("this model has value_baseline='none': it keeps no gene means.")
+        self.gene_means.copy_(torch.as_tensor(means, dtype=self.gene_means.dtype).reshape(self.gene_means.shape))
+
+    def value_baseline(self, input_ids: torch.Tensor, expression_values: torch.Tensor,
+                       attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """`(batch, L)` the trivial prediction of every token's value: the gene's training mean plus the cell's mean
+        of (value - gene mean) over its visible genes (real, not `[CLS]`, not masked)."""
+        means = self.gene_means.to(expression_values.dtype)[input_ids]
+        visible = expression_values != self.config.mask_value
+        visible &= input_ids != self.config.cls_token_id
+        if attention_mask is not None:
+            visible &= attention_mask.bool()
+        offset = ((expression_values - means) * visible).sum(1) / visible.sum(1).clamp(min=1)
+        return means + offset[:, None]
+
+    def value_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The masked-value loss: mean squared error of log1p values (continuous; NaN labels are not scored) or
+        cross-entropy over bins (binned; -100 labels are not scored)."""
+        if self.config.value_encoding == "continuous":
+            scored = ~torch.isnan(labels)
+            return nn.functional.mse_loss(logits[scored], labels[scored].to(logits.dtype))
+        return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().long(), ignore_index=-100)
 
     def forward(
         self,
@@ -504,16 +560,27 @@ class ScGrnForMaskedExpressionModeling(ScGrnPreTrainedModel):
         outputs = self.scgrn(input_ids, expression_values=expression_values, expression_bins=expression_bins,
                              attention_mask=attention_mask, output_attentions=output_attentions,
                              output_hidden_states=output_hidden_states, return_dict=True)
+        continuous = self.config.value_encoding == "continuous"
+        start = 0.0
+        if self.config.value_baseline != "none":
+            start = self.value_baseline(input_ids, expression_values, attention_mask)
         logits = self.head(outputs.last_hidden_state)
-        loss = None
-        if self.config.value_encoding == "continuous":
-            logits = logits.squeeze(-1)
-            if labels is not None:
-                scored = ~torch.isnan(labels)
-                loss = nn.functional.mse_loss(logits[scored], labels[scored].to(logits.dtype))
-        elif labels is not None:
-            loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().long(), ignore_index=-100)
-        return self._head_output(ScGrnMaskedExpressionOutput(loss=loss, logits=logits), outputs, return_dict)
+        logits = logits.squeeze(-1) + start if continuous else logits
+        cell_logits = None
+        if self.cell_decoder is not None:
+            genes = self.scgrn.embeddings.gene_embeddings(input_ids)
+            cell_logits = self.cell_decoder(outputs.pooler_output, genes)
+            cell_logits = cell_logits.squeeze(-1) + start if continuous else cell_logits
+        loss = token_loss = cell_loss = None
+        if labels is not None:
+            loss = token_loss = self.value_loss(logits, labels)
+            if cell_logits is not None:
+                cell_loss = self.value_loss(cell_logits, labels)
+                loss = token_loss + self.config.cell_decoder_weight * cell_loss
+        output = ScGrnMaskedExpressionOutput(loss=loss, logits=logits, cell_logits=cell_logits,
+                                             token_loss=token_loss if cell_loss is not None else None,
+                                             cell_loss=cell_loss)
+        return self._head_output(output, outputs, return_dict)
 
 
 class ScGrnForCellClassification(ScGrnPreTrainedModel):

@@ -41,6 +41,8 @@ class TrainingConfig:
     learning_rate: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on norms and biases)"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps with linear warm-up, then cosine decay"})
+    min_learning_rate_ratio: float = field(default=0.0, metadata={"help": "where the cosine decay ends, as a share "
+                                                                          "of the peak learning rate (0: decay to 0)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm; 0 disables"})
     mixed_precision: str = field(default="auto", metadata={"help": "'no', 'bf16', 'fp16' or 'auto' (bf16 where the GPU has it)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory"})
@@ -245,7 +247,7 @@ def _prepare(accelerator, model, train_dataset, collator, config: TrainingConfig
     (`soma.SomaCellStream`) keeps its own DataLoader: Accelerate would read every cell in every process, or
     dispatch them from the first; its batches are moved to the device in `_batches`. An epoch is one pass of all
     processes over the cells either way."""
-    from transformers import get_cosine_schedule_with_warmup
+    from transformers import get_cosine_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
 
     if config.gradient_checkpointing:  # transformers renamed it activation checkpointing; the old name warns
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
@@ -270,7 +272,12 @@ def _prepare(accelerator, model, train_dataset, collator, config: TrainingConfig
     updates_per_epoch = max(1, math.ceil(batches_per_epoch / accelerator.num_processes
                                          / config.gradient_accumulation_steps))
     total_steps = config.max_steps if config.max_steps > 0 else max(1, math.ceil(config.num_epochs * updates_per_epoch))
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    warmup = int(config.warmup_ratio * total_steps)
+    if config.min_learning_rate_ratio > 0:
+        scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, total_steps,
+                                                                min_lr_rate=config.min_learning_rate_ratio)
+    else:
+        scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
     if stream is None:
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     else:

@@ -13,8 +13,9 @@ import torch
 
 from ..cells.collators import DataCollatorForMaskedExpression
 from ..cells.prepared import load_prepared
-from ..evaluation.baselines import masked_baseline_table
+from ..evaluation.baselines import classification_baselines, masked_baseline_table
 from ..evaluation.metrics import gene_statistics, masked_expression_metrics
+from ..evaluation.probe import embedding_probe, probe_split, probe_table
 from ..grn.attach import adjacency, attach_grn, check_model_options, new_config
 from ..grn.coverage import coverage_line, prior_coverage
 from ..grn.network import GeneRegulatoryNetwork
@@ -52,29 +53,59 @@ def run_pretraining(data_dir, training: TrainingConfig, *, model_options: Mappin
     coverage = log_prior_coverage(model, sample)
     collator = DataCollatorForMaskedExpression.from_config(model.config, training.mask_probability)
     statistics = gene_statistics(sample, model.config.vocab_size, model.config.value_encoding, model.config.n_bins)
+    if model.config.value_baseline != "none" and not init_from:
+        model.set_gene_means(statistics["means"])
     evaluation_set = dataset["validation"]
     eval_collator = DataCollatorForMaskedExpression.from_config(model.config, training.mask_probability, seed=training.seed)
 
     truth = None if regulation is None else adjacency(regulation, tokenizer)
+    probe = _probe_setup(sample, evaluation_set, metadata, model.config.vocab_size, training.seed)
 
     def evaluate(unwrapped, accelerator):
-        return masked_expression_metrics(unwrapped, evaluation_set, eval_collator, statistics, regulation=truth)
+        scores = masked_expression_metrics(unwrapped, evaluation_set, eval_collator, statistics, regulation=truth)
+        return {**scores, **probe(unwrapped)}
 
     result = train(model, train_cells, collator.pad, training, evaluate=evaluate, batch_transform=collator.mask,
                     project_name="pretrain",
                     extra_tracker_config={f"model/{k}": v for k, v in model.config.mask_description().items()})
     final = result.history["eval"][-1]
     table = masked_baseline_table(final)
+    if final.get("probe"):
+        table += "\n" + probe_table(final["probe"], metadata["split"]["label_column"])
     summary = {"final_step": result.final_step, "validation_loss": final["masked_loss"], "loss": final["loss_name"],
                "baselines": {name: entry["loss"] for name, entry in final["baselines"].items()},
                "beats_every_baseline": final["beats_every_baseline"], "validation": final, "baseline_table": table,
-               "prior_coverage": coverage}
+               "prior_coverage": coverage, "probe": final.get("probe")}
     if result.is_main_process:
         save_model_folder(result.model, tokenizer, network, Path(output_dir) / "model", evaluation=final,
                           training_data=training_data_text(metadata, "masked-expression pretraining"),
                           baselines_markdown=table, prior_coverage=coverage)
         (Path(output_dir) / "summary.json").write_text(json.dumps(summary, indent=2, default=jsonable))
     return summary
+
+
+PROBE_CELLS = 2000  # training cells the embedding probe is fitted on (a seeded sample of larger splits)
+
+
+def _probe_setup(sample, validation, metadata: dict, vocab_size: int, seed: int):
+    """What each evaluation adds about the pooled cell embedding: with a label column in the data, a linear probe of
+    the frozen embedding on the validation cells beside logistic regression and PCA + logistic regression on the raw
+    values (fitted once, on the same cells) and the embedding's depth R^2 (`evaluation.probe`); else nothing. The
+    flat `probe_*` numbers are what the trackers log."""
+    label_column = (metadata.get("split") or {}).get("label_column")
+    if not label_column or label_column not in (sample.column_names or []) or len(validation) < 2:
+        return lambda model: {}
+    train = probe_split(sample, label_column, PROBE_CELLS, seed)
+    baselines = classification_baselines(train, validation, label_column, vocab_size, seed=seed)
+
+    def probe(model) -> dict:
+        found = embedding_probe(model, train, validation, label_column, baselines=baselines, seed=seed)
+        flat = {"probe_accuracy": found["accuracy"], "probe_macro_f1": found["macro_f1"],
+                **{f"probe_depth_r2_{name}": value for name, value in found["depth_r2"].items()},
+                **{f"probe_baseline_{name}_accuracy": e["accuracy"] for name, e in found["baselines"].items()}}
+        return {"probe": found, **flat}
+
+    return probe
 
 
 def _training_cells(data_dir, dataset, tokenizer, training: TrainingConfig):
