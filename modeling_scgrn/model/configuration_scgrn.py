@@ -148,13 +148,7 @@ class ScGrnConfig(PretrainedConfig):
     ):
         _check_choice("value_encoding", value_encoding, VALUE_ENCODINGS)
         _check_choice("pooling", pooling, POOLINGS)
-        _check_choice("cell_decoder", cell_decoder, CELL_DECODERS)
-        _check_choice("value_baseline", value_baseline, VALUE_BASELINES)
-        if value_baseline != "none" and value_encoding != "continuous":
-            raise ValueError(f"value_baseline={value_baseline!r} needs value_encoding='continuous' (bins are ranks "
-                             "within each cell, already free of depth).")
-        if cell_decoder_weight < 0:
-            raise ValueError(f"cell_decoder_weight={cell_decoder_weight} must not be negative.")
+        _check_objective(value_encoding, cell_decoder, cell_decoder_weight, value_baseline)
         _check_choice("grn_mode", grn_mode, GRN_MODES)
         _check_choice("grn_direction", grn_direction, GRN_DIRECTIONS)
         _check_choice("isolated_genes", isolated_genes, ISOLATED_GENE_POLICIES)
@@ -237,6 +231,18 @@ class ScGrnConfig(PretrainedConfig):
     def mask_description(self) -> dict:
         """The exact mask construction, as written into the model card and `grn_provenance.json`."""
         return {**{name: getattr(self, name) for name in MASK_FIELDS}, "same_mask_for_all_heads": True}
+
+
+def _check_objective(value_encoding: str, cell_decoder: str, cell_decoder_weight: float, value_baseline: str) -> None:
+    """The pretraining objective's options: a known cell decoder and value baseline, the baseline on continuous
+    values only, a weight that is not negative."""
+    _check_choice("cell_decoder", cell_decoder, CELL_DECODERS)
+    _check_choice("value_baseline", value_baseline, VALUE_BASELINES)
+    if value_baseline != "none" and value_encoding != "continuous":
+        raise ValueError(f"value_baseline={value_baseline!r} needs value_encoding='continuous' (bins are ranks "
+                         "within each cell, already free of depth).")
+    if cell_decoder_weight < 0:
+        raise ValueError(f"cell_decoder_weight={cell_decoder_weight} must not be negative.")
 
 
 def _check_choice(name: str, value, choices) -> None:
