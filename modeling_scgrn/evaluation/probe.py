@@ -9,17 +9,16 @@ import numpy as np
 import torch
 
 from ..cells.collators import DataCollatorForCellClassification
+from ..cells.config import SEQUENCE_COLUMNS
 from .baselines import classification_baselines
 from .inference import run_batches
 from .metrics import label_scores
-
-TOKEN_COLUMNS = ("input_ids", "expression_values", "expression_bins")
 
 
 def cell_embeddings(model, dataset, *, batch_size: int = 64) -> np.ndarray:
     """`(cells, hidden)` pooled embeddings of a tokenized dataset (the encoder of any scgrn head)."""
     encoder = model.base_model
-    cells = dataset.remove_columns([c for c in dataset.column_names if c not in TOKEN_COLUMNS])
+    cells = dataset.remove_columns([c for c in dataset.column_names if c not in SEQUENCE_COLUMNS])
     # its own generator: iterating draws nothing from torch's global RNG, so a run probed at each evaluation trains
     # exactly as one that is not
     loader = torch.utils.data.DataLoader(cells, batch_size=batch_size, shuffle=False, generator=torch.Generator(),
@@ -35,7 +34,7 @@ def depth(dataset) -> dict[str, np.ndarray]:
             "mean_log1p": np.array([float(np.mean(v[1:])) if len(v) > 1 else 0.0 for v in values])}
 
 
-def probe_split(dataset, label_column: str, max_cells: int, seed: int):
+def probe_split(dataset, max_cells: int, seed: int):
     """At most `max_cells` cells of a split (a seeded sample), the probe's training or held-out cells."""
     if len(dataset) <= max_cells:
         return dataset

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..cells.config import SEQUENCE_COLUMNS
 from ..evaluation.inference import run_batches
 from ..grn.network import GeneRegulatoryNetwork
 from ..model.masks import token_roles
@@ -78,7 +79,7 @@ def attention_scores(model, tokenizer, dataset, label_column: str, *, batch_size
             seen[label] = seen.get(label, 0) + 1
             keep[i] = seen[label] <= max_cells_per_label
     subset = dataset.select(np.flatnonzero(keep)).remove_columns(
-        [c for c in dataset.column_names if c not in ("input_ids", "expression_values", "expression_bins")])
+        [c for c in dataset.column_names if c not in SEQUENCE_COLUMNS])
     subset_labels = [labels[i] for i in np.flatnonzero(keep)]
     vocab = config.vocab_size
     reads_regulators = config.grn_direction != "target_to_regulator"

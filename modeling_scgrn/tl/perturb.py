@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from ..cells.collators import _pad, _pad_cells
-from ..cells.config import DataConfig
+from ..cells.config import SEQUENCE_COLUMNS, DataConfig
 from ..evaluation.inference import run_batch
 from .fields import CellFields, target
 
@@ -33,7 +33,7 @@ def _cells(adata, tokenizer, fields: CellFields) -> list[dict]:
     cells = []
     for encoded in fields.encode(adata, tokenizer, return_tensors="np"):
         lengths = encoded["attention_mask"].sum(1)
-        columns = [c for c in ("input_ids", "expression_values", "expression_bins") if c in encoded]
+        columns = [c for c in SEQUENCE_COLUMNS if c in encoded]
         cells += [{c: np.asarray(encoded[c][i, :n]) for c in columns} for i, n in enumerate(lengths)]
     return cells
 

@@ -93,9 +93,9 @@ def _probe_setup(sample, validation, metadata: dict, vocab_size: int, seed: int)
     values (fitted once, on the same cells) and the embedding's depth R^2 (`evaluation.probe`); else nothing. The
     flat `probe_*` numbers are what the trackers log."""
     label_column = (metadata.get("split") or {}).get("label_column")
-    if not label_column or label_column not in (sample.column_names or []) or len(validation) < 2:
+    if not label_column or label_column not in sample.column_names or len(validation) < 2:
         return lambda model: {}
-    train = probe_split(sample, label_column, PROBE_CELLS, seed)
+    train = probe_split(sample, PROBE_CELLS, seed)
     baselines = classification_baselines(train, validation, label_column, vocab_size, seed=seed)
 
     def probe(model) -> dict:
