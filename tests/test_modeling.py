@@ -297,6 +297,12 @@ def test_config_errors():
         ScGrnConfig(grn_mode="sparse")
     with pytest.raises(ValueError, match="nothing to"):
         ScGrnConfig(grn_self_loops=False, all_attend_cls=False)
+    with pytest.raises(ValueError, match=r"cell_decoder='gepc' is not one of \['none', 'mvc'\]"):
+        ScGrnConfig(cell_decoder="gepc")
+    with pytest.raises(ValueError, match="value_baseline='gene_mean_cell_offset' needs value_encoding='continuous'"):
+        ScGrnConfig(value_baseline="gene_mean_cell_offset", value_encoding="binned")
+    with pytest.raises(ValueError, match="cell_decoder_weight=-1 must not be negative"):
+        ScGrnConfig(cell_decoder_weight=-1)
 
 
 def test_model_without_prior_refuses_grn_mode(tokenizer, batch):
