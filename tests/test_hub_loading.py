@@ -93,7 +93,7 @@ def test_model_folder_contents(hub_cache):
     assert names == sorted([
         "README.md", "config.json", "configuration_scgrn.py", "controls.py", "grn_edges.parquet", "kernels.py", "masks.py",
         "grn_provenance.json", "model.safetensors", "modeling_scgrn.py", "prior_report.json",
-        "tokenization_scgrn.py", "tokenizer.json", "tokenizer_config.json",
+        "sizing.py", "tokenization_scgrn.py", "tokenizer.json", "tokenizer_config.json",
     ])
     assert all((folder / n).stat().st_size > 0 for n in names)
     weights = load_file(str(folder / "model.safetensors"))
@@ -106,7 +106,7 @@ def test_model_folder_contents(hub_cache):
     loaded = GeneRegulatoryNetwork.load(folder)
     assert len(loaded) == len(EDGES) and loaded.provenance["resource"] == "hand-made"
     for module in ("modeling_scgrn.py", "configuration_scgrn.py", "controls.py", "kernels.py", "masks.py",
-                   "tokenization_scgrn.py"):
+                   "sizing.py", "tokenization_scgrn.py"):
         text = (folder / module).read_text()
         for heavy in ("anndata", "pandas", "scanpy", "scipy"):
             assert f"import {heavy}" not in text, (module, heavy)

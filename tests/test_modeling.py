@@ -406,3 +406,52 @@ def test_custom_backward_passes_refuse_second_derivatives(tokenizer, edge_tensor
     (grad,) = torch.autograd.grad(model(**batch).last_hidden_state.pow(2).sum(), weight, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|not differentiable|double backward"):
         grad.sum().backward()
+
+
+def test_an_unset_or_invalid_edge_buffer_is_refused_instead_of_run(tokenizer, edge_tensor, batch, tmp_path):
+    """The usual "same architecture, fresh weights", a checkpoint without `grn_edges`, and meta-device building
+    all leave an edge buffer no prior filled: the model must refuse to run, never attend along [PAD] -> [PAD] or
+    along uninitialised memory."""
+    from safetensors.torch import load_file, save_file
+
+    model = make(ScGrnModel, tokenizer, edge_tensor)
+    model.save_pretrained(tmp_path / "saved")
+    fresh = AutoModel.from_config(AutoConfig.from_pretrained(tmp_path / "saved"))
+    assert fresh.config.num_grn_edges == edge_tensor.shape[1] and (fresh.grn_edges == 0).all()
+    with pytest.raises(ValueError, match=r"edge buffer is unset \(every id is \[PAD\]"):
+        fresh(**batch)
+    weights = load_file(tmp_path / "saved" / "model.safetensors")
+    del weights["grn_edges"]
+    save_file(weights, tmp_path / "saved" / "model.safetensors", metadata={"format": "pt"})
+    for _ in range(2):  # uninitialised memory would differ from one load to the next; the refusal does not
+        with pytest.raises(ValueError, match="edge buffer is unset"):
+            ScGrnModel.from_pretrained(tmp_path / "saved")(**batch)
+    with torch.device("meta"):
+        meta = ScGrnModel(model.config)
+    meta.to_empty(device="cpu")
+    meta.init_weights()
+    with pytest.raises(ValueError, match="edge buffer is unset"):
+        meta(**batch)
+    assert make(ScGrnModel, tokenizer, edge_tensor)(**batch).last_hidden_state.isfinite().all()
+    model.grn_edges[1, 0] = tokenizer.cls_token_id  # an edit in place is checked again
+    with pytest.raises(ValueError, match=r"invalid \(1 of 5 edges hold a special-token or out-of-vocabulary id"):
+        model(**batch)
+    model.grn_edges[1, 0] = 10_000
+    with pytest.raises(ValueError, match="out-of-vocabulary"):
+        model(**batch)
+
+
+def test_a_config_too_large_for_the_machine_is_refused_before_allocating(tokenizer):
+    import time
+
+    from modeling_scgrn.model.sizing import encoder_parameter_count
+
+    config = tiny_config(tokenizer)
+    counted = sum(p.numel() for p in ScGrnModel(config).parameters())
+    assert 0.9 < encoder_parameter_count(config) / counted <= 1.0
+    start = time.perf_counter()
+    for huge in ({"hidden_size": 10**6, "num_attention_heads": 1, "intermediate_size": 10**6},
+                 {"num_hidden_layers": 10**8}):
+        with pytest.raises(ValueError, match="more than this machine's .* GiB of memory"):
+            AutoModel.from_config(tiny_config(tokenizer, **huge))
+    assert time.perf_counter() - start < 5

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import PreTrainedModel
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -37,6 +38,7 @@ from .masks import (
     mask_form,
     regulators_first_order,
 )
+from .sizing import check_model_fits
 
 
 @dataclass
@@ -241,6 +243,16 @@ class ScGrnPreTrainedModel(PreTrainedModel):
                 "'flex_attention' or 'eager' (the only one returning attention weights).")
         return super().get_correct_attn_implementation(requested_attention, is_init_check)
 
+    def _init_weights(self, module: nn.Module) -> None:
+        """transformers' initialisation; an edge buffer that no checkpoint fills (a model built from a config alone,
+        a checkpoint without `grn_edges`, `to_empty()` + `init_weights()`) becomes all `[PAD]` ids, which the
+        encoder refuses to run on instead of reading uninitialised memory as a prior."""
+        super()._init_weights(module)
+        if isinstance(module, ScGrnModel):
+            init.constant_(module.grn_edges, self.config.pad_token_id)
+        if isinstance(module, ScGrnCellDecoder) and hasattr(module, "gene_means"):
+            init.zeros_(module.gene_means)
+
     def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
                                 mean_resizing: bool = True) -> nn.Embedding:
         """transformers' resize; a smaller vocabulary also drops (and counts, in a warning) the GRN edges whose
@@ -278,6 +290,7 @@ class ScGrnModel(ScGrnPreTrainedModel):
     ids), saved in `model.safetensors` with the weights; attach a network with [`set_grn_edges`]."""
 
     def __init__(self, config: ScGrnConfig):
+        check_model_fits(config)
         super().__init__(config)
         self.embeddings = ScGrnEmbeddings(config)
         self.layers = nn.ModuleList([ScGrnLayer(config, i) for i in range(config.num_hidden_layers)])
@@ -345,14 +358,34 @@ class ScGrnModel(ScGrnPreTrainedModel):
         dense = [form.dense(input_ids, attention_mask, rules)] if num_grn < c.num_hidden_layers else []
         if num_grn == 0:
             return dense * c.num_hidden_layers
-        if self.grn_edges.shape[1] == 0:
-            raise ValueError(
-                f"grn_mode={c.grn_mode!r} but the model holds no GRN edges; attach a prior with "
-                "model.set_grn_edges(...) (or scgrn's attach_grn) or use grn_mode='dense'."
-            )
-        edges = self.grn_edges.to(input_ids.device)
+        edges = self.checked_grn_edges().to(input_ids.device)
         grn = form.grn(input_ids, attention_mask, edges, edge_keys(edges, c.vocab_size), rules)
         return [grn] * num_grn + dense * c.grn_dense_last_layers
+
+    def checked_grn_edges(self) -> torch.Tensor:
+        """The stored edges, refused when they cannot be a prior: none, any special-token or out-of-vocabulary id
+        (an unset buffer is all `[PAD]`: a model built from a config alone, or a checkpoint without `grn_edges`).
+        Checked once per buffer content, so a forward pass on an accelerator does not wait for it again."""
+        edges, c = self.grn_edges, self.config
+        stamp = (edges.data_ptr(), edges._version, edges.device, tuple(edges.shape))
+        if getattr(self, "_checked_edges_stamp", None) == stamp:
+            return edges
+        how = ("attach a prior with model.set_grn_edges(...) (or scgrn's attach_grn), load the weights with "
+               "from_pretrained, or use grn_mode='dense'")
+        if edges.shape[1] == 0:
+            raise ValueError(f"grn_mode={c.grn_mode!r} but the model holds no GRN edges; {how}.")
+        if edges.is_meta:
+            raise ValueError(f"the model's GRN edges are on the meta device (never loaded); {how}.")
+        special = torch.tensor(self.special_token_ids, device=edges.device)
+        unset = bool((edges == c.pad_token_id).all())
+        bad = int((torch.isin(edges, special) | (edges < 0) | (edges >= c.vocab_size)).any(0).sum())
+        if unset or bad:
+            what = ("unset (every id is [PAD]: built from a config without weights, or loaded from a checkpoint "
+                    "without grn_edges)" if unset else
+                    f"invalid ({bad} of {edges.shape[1]} edges hold a special-token or out-of-vocabulary id)")
+            raise ValueError(f"the model's GRN edge buffer is {what}, so it has no prior to follow; {how}.")
+        self._checked_edges_stamp = stamp
+        return edges
 
     def drop_edges_outside_vocabulary(self) -> int:
         """Remove stored edges with an id at or beyond `config.vocab_size` (after the vocabulary shrank); returns
