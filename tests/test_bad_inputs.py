@@ -2,7 +2,9 @@
 `error: ...` naming the problem, exit status 2, no traceback, and leaves every folder as it was."""
 
 import importlib.util
+import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -296,3 +298,64 @@ def test_prepare_cells_takes_an_anndata_object(world, tmp_path):
         [("SPI1", "CEBPB"), ("CEBPB", "IRF8"), ("GATA1", "TAL1"), ("TAL1", "KLF1")], columns=["source", "target"]))
     report = prepare_cells(adata, network, tmp_path / "data", label_column="kind", max_length=16)
     assert report["cells"] == 40 and report["sources"] == [{"name": "AnnData object (40 cells x 30 genes)"}]
+
+
+def _error_line(capsys, call) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        call()
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert exit_info.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    return lines[0]
+
+
+def test_a_second_run_into_a_locked_folder_is_refused_and_a_stale_lock_is_reported(world, tmp_path, capsys):
+    from modeling_scgrn.storage.folders import lock_path
+
+    out = tmp_path / "run"
+    arguments = ["--data", world["data"], "--output_dir", str(out), *TINY, "--set", "training.max_steps=2"]
+    holding = ("import sys; from modeling_scgrn.storage.folders import folder_lock\n"
+               f"with folder_lock({str(out)!r}):\n    print('held', flush=True)\n    sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", holding], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)  # another process holds the folder, as a run does for its lifetime
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        line = _error_line(capsys, lambda: script("pretrain").main(arguments))
+        assert f"output folder {out} is in use by another run (pid {holder.pid} on host" in line
+        line = _error_line(capsys, lambda: script("tokenize").main(
+            ["--input", world["h5ad"], "--prior", world["prior"], "--output_dir", str(out)]))
+        assert "is in use by another run" in line
+        assert not out.exists()
+    finally:
+        holder.communicate("", timeout=60)
+    assert not lock_path(out).exists()  # released when its run ends
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True)
+    lock_path(out).write_text(json.dumps({"pid": int(ended.stdout), "host": socket.gethostname()}))
+    line = _error_line(capsys, lambda: script("pretrain").main(arguments))
+    assert "that is no longer running" in line and f"delete {lock_path(out)}" in line
+    assert lock_path(out).exists() and not out.exists()  # reported, never taken over
+
+
+def test_a_symlinked_or_dot_output_folder_keeps_the_real_error_and_works(world, tmp_path, capsys, monkeypatch):
+    target = tmp_path / "target"
+    target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    line = _error_line(capsys, lambda: script("pretrain").main(
+        ["--data", str(tmp_path / "missing"), "--output_dir", str(link), *TINY]))
+    assert "does not exist; create it with data/tokenize_cells.py" in line and "Errno" not in line
+    assert link.resolve() == target and list(target.iterdir()) == []  # the user's empty folder, as it was
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    script("pretrain").main(["--data", world["data"], "--output_dir", ".", *TINY, "--set", "training.max_steps=2"])
+    assert (here / "model" / "model.safetensors").is_file()
+    before = snapshot(here)
+    for name, arguments in (("pretrain", ["--data", world["data"], *TINY]),
+                            ("tokenize", ["--input", world["h5ad"], "--prior", world["prior"]])):
+        main, given = script(name).main, [*arguments, "--output_dir", ".", "--overwrite"]
+        line = _error_line(capsys, lambda main=main, given=given: main(given))
+        assert "holds the folder this command runs in" in line
+    assert snapshot(here) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "link", "target"]  # nothing left beside it

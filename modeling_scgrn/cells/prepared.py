@@ -15,7 +15,7 @@ import pandas as pd
 from ..grn.coverage import LOW_COVERAGE, coverage_line, prior_coverage, prior_report
 from ..grn.network import GeneRegulatoryNetwork
 from ..model.tokenization_scgrn import ScGrnTokenizer
-from ..storage.folders import atomic_folder, check_output_folder, jsonable
+from ..storage.folders import atomic_folder, check_output_folder, folder_lock, jsonable
 from .config import DataConfig
 from .reading import describe_sources, qc_masks, read_cells_from
 from .tokenize import tokenize_anndata
@@ -46,7 +46,8 @@ def split_cells(
     """Row indices of train/validation/test splits that do not leak.
 
     With `group_column` (donor, sample), whole groups go to one split. Otherwise the split is stratified by
-    `label_column` when given (classes too small to split stay in train). Seeded."""
+    `label_column` when given (a class too small to split stays in train;
+    every other class is still stratified). Seeded."""
     from sklearn.model_selection import GroupShuffleSplit, train_test_split
 
     index = np.arange(len(obs))
@@ -63,17 +64,21 @@ def split_cells(
         train, validation = next(inner.split(rest, groups=groups[rest]))
         return {"train": rest[train], "validation": rest[validation], "test": test}
 
-    def stratify(rows):
-        if label_column is None:
-            return None
-        labels = obs[label_column].astype(str).to_numpy()[rows]
-        counts = pd.Series(labels).value_counts()
-        return labels if counts.min() >= 2 else None
+    labels = None if label_column is None else obs[label_column].astype(str).to_numpy()
 
-    rest, test = train_test_split(index, test_size=test_size, random_state=seed, stratify=stratify(index))
-    train, validation = train_test_split(
-        rest, test_size=validation_size / (1 - test_size), random_state=seed, stratify=stratify(rest)
-    )
+    def split(rows, size):
+        """`rows` into (kept, held out), stratified by label; a class with fewer than 2 cells among `rows` cannot
+        be split and stays on the kept side, while every other class is still stratified."""
+        if labels is None:
+            return train_test_split(rows, test_size=size, random_state=seed)
+        names, counts = np.unique(labels[rows], return_counts=True)
+        small = np.isin(labels[rows], names[counts < 2])
+        splittable = rows[~small]
+        kept, held = train_test_split(splittable, test_size=size, random_state=seed, stratify=labels[splittable])
+        return np.concatenate([kept, rows[small]]), held
+
+    rest, test = split(index, test_size)
+    train, validation = split(rest, validation_size / (1 - test_size))
     return {"train": np.sort(train), "validation": np.sort(validation), "test": np.sort(test)}
 
 
@@ -105,45 +110,48 @@ def prepare_cells(
     data = DataConfig.from_dict({**dataclasses.asdict(data or DataConfig()), **settings})
     paths = tuple(s for s in (source if isinstance(source, (list, tuple)) else [source])
                   if isinstance(s, (str, os.PathLike)))
-    check_output_folder(output_dir, overwrite=overwrite, inputs=paths)
-    columns = [c for c in (label_column, group_column, *obs_columns) if c]
-    tokenizer = _given_tokenizer(tokenizer, data)
-    adata = _read_for_tokenizing(source, data, columns, label_column)
-    cells_kept, genes_kept, qc_report = qc_masks(adata, min_genes=data.min_genes, min_cells=data.min_cells,
-                                                 chunk_size=data.chunk_size)
-    genes, panel_report = _gene_panel(adata, network, data, tokenizer, cells_kept, genes_kept)
-    tokenizer = tokenizer or ScGrnTokenizer.from_genes(genes, n_bins=data.n_bins)
-    report = prior_report(network, genes)
-    edges = network.to_vocab_edges(tokenizer)  # fails early, with the reason, when the prior misses the panel
-    dataset, tokenize_report = tokenize_anndata(
-        adata, tokenizer, obs_columns=tuple(columns), max_length=data.max_length, num_proc=data.num_proc,
-        cells_kept=None if cells_kept.all() else cells_kept, chunk_size=data.chunk_size, normalize=data.normalize)
-    report["per_cell"] = prior_coverage(dataset["input_ids"], edges, len(tokenizer), tokenizer.all_special_ids)
-    (logger.warning if report["per_cell"]["mean_share_of_tokens_with_partner"] < LOW_COVERAGE else logger.info)(
-        coverage_line(report["per_cell"]))
-    obs = adata.obs[cells_kept]
-    if label_column is not None and obs[label_column].nunique() < 2:
-        raise ValueError(f"after QC, label column {label_column!r} has a single class; lower min_genes.")
-    splits = split_cells(obs, label_column=label_column, group_column=group_column,
-                         test_size=data.test_size, validation_size=data.validation_size, seed=data.seed)
-    metadata = {
-        "sources": describe_sources(source),
-        "cells": int(cells_kept.sum()),
-        "data_config": dataclasses.asdict(data),
-        "qc": qc_report,
-        "tokenization": {**tokenize_report, "normalized_by_scgrn": data.normalize},
-        "panel": panel_report,
-        "split": {"seed": data.seed, "label_column": label_column, "group_column": group_column,
-                  **{name: int(len(rows)) for name, rows in splits.items()}},
-    }
-    with atomic_folder(output_dir) as folder:
-        save_dataset_atomically(_split_dataset(dataset, splits), folder / "dataset", metadata,
-                                max_shard_size=data.max_shard_size)
-        tokenizer.save_pretrained(folder / "tokenizer")
-        network.restrict(genes).save(folder / "prior")
-        (folder / "prior_report.json").write_text(json.dumps({"prior": report, **metadata}, indent=2,
-                                                             default=jsonable))
-    return {"prior": report, **metadata}
+    with folder_lock(output_dir):  # a second run into the same folder is refused while this one runs
+        check_output_folder(output_dir, overwrite=overwrite, inputs=paths, replaced=True)
+        columns = [c for c in (label_column, group_column, *obs_columns) if c]
+        tokenizer = _given_tokenizer(tokenizer, data)
+        adata = _read_for_tokenizing(source, data, columns, label_column)
+        cells_kept, genes_kept, qc_report = qc_masks(adata, min_genes=data.min_genes, min_cells=data.min_cells,
+                                                     chunk_size=data.chunk_size)
+        if label_column is not None:
+            cells_kept, qc_report["unlabelled_cells_dropped"] = drop_unlabelled(adata.obs, label_column, cells_kept)
+        genes, panel_report = _gene_panel(adata, network, data, tokenizer, cells_kept, genes_kept)
+        tokenizer = tokenizer or ScGrnTokenizer.from_genes(genes, n_bins=data.n_bins)
+        report = prior_report(network, genes)
+        edges = network.to_vocab_edges(tokenizer)  # fails early, with the reason, when the prior misses the panel
+        dataset, tokenize_report = tokenize_anndata(
+            adata, tokenizer, obs_columns=tuple(columns), max_length=data.max_length, num_proc=data.num_proc,
+            cells_kept=None if cells_kept.all() else cells_kept, chunk_size=data.chunk_size, normalize=data.normalize)
+        report["per_cell"] = prior_coverage(dataset["input_ids"], edges, len(tokenizer), tokenizer.all_special_ids)
+        (logger.warning if report["per_cell"]["mean_share_of_tokens_with_partner"] < LOW_COVERAGE else logger.info)(
+            coverage_line(report["per_cell"]))
+        obs = adata.obs[cells_kept]
+        if label_column is not None and obs[label_column].nunique() < 2:
+            raise ValueError(f"after QC, label column {label_column!r} has a single class; lower min_genes.")
+        splits = split_cells(obs, label_column=label_column, group_column=group_column,
+                             test_size=data.test_size, validation_size=data.validation_size, seed=data.seed)
+        metadata = {
+            "sources": describe_sources(source),
+            "cells": int(cells_kept.sum()),
+            "data_config": dataclasses.asdict(data),
+            "qc": qc_report,
+            "tokenization": {**tokenize_report, "normalized_by_scgrn": data.normalize},
+            "panel": panel_report,
+            "split": {"seed": data.seed, "label_column": label_column, "group_column": group_column,
+                      **{name: int(len(rows)) for name, rows in splits.items()}},
+        }
+        with atomic_folder(output_dir) as folder:
+            save_dataset_atomically(_split_dataset(dataset, splits), folder / "dataset", metadata,
+                                    max_shard_size=data.max_shard_size)
+            tokenizer.save_pretrained(folder / "tokenizer")
+            network.restrict(genes).save(folder / "prior")
+            (folder / "prior_report.json").write_text(json.dumps({"prior": report, **metadata}, indent=2,
+                                                                 default=jsonable))
+        return {"prior": report, **metadata}
 
 
 def _split_dataset(dataset, splits: dict):
@@ -178,6 +186,18 @@ def _read_for_tokenizing(source, data: DataConfig, columns: list, label_column: 
     if label_column is not None and adata.obs[label_column].nunique() < 2:
         raise ValueError(f"label column {label_column!r} has a single class; classification needs at least two.")
     return adata
+
+
+def drop_unlabelled(obs: pd.DataFrame, label_column: str, cells_kept: np.ndarray) -> tuple[np.ndarray, int]:
+    """`cells_kept` without the cells whose label is missing (NaN or None: they would become a class named
+    "nan"), and how many were dropped (with a warning; tokenize without `label_column` to keep them for
+    pretraining)."""
+    labelled = obs[label_column].notna().to_numpy()
+    dropped = int((cells_kept & ~labelled).sum())
+    if dropped:
+        logger.warning(f"{dropped} cells have no {label_column!r} label (NaN); they are left out of every split. "
+                       "Tokenize without --label_column to keep them for pretraining.")
+    return cells_kept & labelled, dropped
 
 
 def _gene_panel(adata, network, data: DataConfig, tokenizer, cells_kept, genes_kept) -> tuple[list, dict]:

@@ -437,7 +437,8 @@ def prepare_soma(source: SomaSource, network, output_dir, data=None, *, tokenize
     data = DataConfig.from_dict({**dataclasses.asdict(data or DataConfig()), **settings})
     if not data.normalize:
         raise ValueError("a SOMA layer is read as raw counts (the Census's 'raw'); normalize=False does not apply.")
-    check_output_folder(output_dir, overwrite=overwrite, inputs=(source.uri,) if "://" not in source.uri else ())
+    check_output_folder(output_dir, overwrite=overwrite, inputs=(source.uri,) if "://" not in source.uri else (),
+                        replaced=True)
     cells = query_cells(source)
     check_raw_counts(read_block(cells, cells.joinids[:200])[0])
     validation, train = _hold_out(cells, data, validation_cells)

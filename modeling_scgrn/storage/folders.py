@@ -8,13 +8,16 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
-from contextlib import contextmanager
+import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
 
 RUN_MANIFEST = "scgrn_run.json"
+_HELD_LOCKS: set[Path] = set()  # the folder locks this process holds
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -43,7 +46,7 @@ def make_temporary_folder(parent: Path, name: str) -> Path:
 def atomic_folder(path: str | os.PathLike):
     """Yield a temporary sibling folder to fill; on success it replaces `path`, on any error it is removed, so a
     crash never leaves a half-written folder at `path`."""
-    path = Path(path)
+    path = folder_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = make_temporary_folder(path.parent, path.name)
     try:
@@ -54,6 +57,13 @@ def atomic_folder(path: str | os.PathLike):
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+
+
+def folder_path(path: str | os.PathLike) -> Path:
+    """An output folder as an absolute path without `.`/`..` (so `.` has a name and a parent to write beside) and,
+    when it is a symbolic link, the folder it points to (which is what gets replaced or cleaned up)."""
+    path = Path(os.path.abspath(path))
+    return path.resolve() if path.is_symlink() else path
 
 
 def is_empty_folder(path: Path) -> bool:
@@ -74,12 +84,17 @@ def write_run_manifest(path: Path, task: str) -> None:
 
 
 def check_output_folder(path: str | os.PathLike, *, overwrite: bool = False, resume: bool = False,
-                        task: str | None = None, inputs: tuple = (), option: str = "output folder") -> None:
+                        task: str | None = None, inputs: tuple = (), option: str = "output folder",
+                        replaced: bool = False) -> None:
     """Refuse to write into a non-empty `path` unless `overwrite` (then no input may lie inside it, since it is
-    replaced) or `resume` of a run of the same `task` (recognised by its manifest)."""
+    replaced) or `resume` of a run of the same `task` (recognised by its manifest). A folder that is `replaced`
+    (written beside and renamed into place, or moved aside by `overwrite`) must not hold the working folder."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{option} {path} is a file, not a folder; choose a folder path.")
+    if (replaced or overwrite) and folder_path(path) in (Path.cwd(), *Path.cwd().parents):
+        raise ValueError(f"{option} {path} holds the folder this command runs in, which cannot be replaced; give "
+                         "a new folder's name (e.g. ./run), or run the command from elsewhere.")
     if is_empty_folder(path):
         if resume:
             raise ValueError(f"there is no run to resume in {path}; drop --resume_from_checkpoint to start one.")
@@ -101,6 +116,66 @@ def check_output_folder(path: str | os.PathLike, *, overwrite: bool = False, res
                              f"{option}.")
 
 
+def lock_path(path: Path) -> Path:
+    """Where the lock of output folder `path` lies: a hidden sibling, so that it outlives the folder being moved
+    aside or replaced."""
+    path = Path(path).absolute()
+    return path.parent / f".{path.name}.lock"
+
+
+def _lock_owner_alive(owner: dict) -> bool | None:
+    """Whether the process that took a lock still runs: None when it ran on another host (not knowable here)."""
+    if owner.get("host") != socket.gethostname():
+        return None
+    try:
+        os.kill(int(owner.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, OverflowError):
+        return True
+    return True
+
+
+def _locked_message(path: Path, lock: Path) -> str:
+    try:
+        owner = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        owner = {}
+    who = f"pid {owner.get('pid', '?')} on host {owner.get('host', '?')}"
+    since = f", since {owner['started']}" if "started" in owner else ""
+    if _lock_owner_alive(owner) is False:
+        return (f"output folder {path} is locked by a run ({who}{since}) that is no longer running; it stopped "
+                f"without releasing the folder. Check what it left, then delete {lock} and run again.")
+    return (f"output folder {path} is in use by another run ({who}{since}); wait for it to finish or choose "
+            f"another folder (if no run uses it, delete {lock}).")
+
+
+@contextmanager
+def folder_lock(path: str | os.PathLike):
+    """Hold output folder `path` for a run's lifetime: a lock file beside it, created atomically and holding the
+    owner's pid, host and start time, so that a second run into the same folder is refused instead of mixing its
+    results in. A lock left by a process that died is reported (with how to clear it), never taken over."""
+    path = Path(path)
+    lock = lock_path(path)
+    if lock in _HELD_LOCKS:  # this process already holds it (a script's folder, then the library writing it)
+        yield lock
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except FileExistsError:
+        raise ValueError(_locked_message(path, lock)) from None
+    with os.fdopen(handle, "w") as file:
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+                   "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}, file)
+    _HELD_LOCKS.add(lock)
+    try:
+        yield lock
+    finally:
+        _HELD_LOCKS.discard(lock)
+        lock.unlink(missing_ok=True)
+
+
 def checkpoint_folders(root: Path) -> list[Path]:
     """The `step_*` checkpoint folders under `root` (a run's `checkpoints/`), oldest first."""
     return sorted(p for p in Path(root).glob("step_*") if p.is_dir())
@@ -112,8 +187,15 @@ def output_folder(path: str | os.PathLike, task: str, *, overwrite: bool = False
     """The lifetime of a script's output folder. Checks it (`check_output_folder`); an overwritten folder is moved
     aside and deleted only when the new run succeeds. A run that fails leaves nothing behind unless it wrote a
     resumable checkpoint (the old folder then comes back where the new run left nothing). Only the main process
-    touches the disk."""
-    path = Path(path)
+    touches the disk, and it holds the folder's lock (`folder_lock`) for the whole run."""
+    path = folder_path(path)
+    with (folder_lock(path) if main_process else nullcontext(),
+          _output_folder(path, task, overwrite=overwrite, resume=resume, inputs=inputs, main_process=main_process)):
+        yield path
+
+
+@contextmanager
+def _output_folder(path: Path, task: str, *, overwrite: bool, resume: bool, inputs: tuple, main_process: bool):
     check_output_folder(path, overwrite=overwrite, resume=resume, task=task, inputs=inputs)
     aside = None
     if main_process and overwrite and not resume and not is_empty_folder(path):
@@ -128,7 +210,7 @@ def output_folder(path: str | os.PathLike, task: str, *, overwrite: bool = False
             if aside is not None:
                 os.replace(aside / path.name, path)
             elif existed:
-                path.mkdir()
+                path.mkdir(exist_ok=True)  # the empty folder the user made comes back; never masks the error
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
         raise
