@@ -309,3 +309,48 @@ def test_already_normalised_values_are_refused_unless_normalisation_is_switched_
         assert np.all(np.diff(np.asarray(values[1:], np.float32)) <= 0)
     everything = np.concatenate([np.asarray(v[1:], np.float32) for v in dataset["train"]["expression_values"]])
     assert np.isin(everything, np.asarray(sp.csr_matrix(reduced.raw.X).data, np.float32)).all()
+
+
+def test_two_inputs_of_the_same_file_name_are_both_tokenized(pbmc, tmp_path, collectri_prior):
+    from modeling_scgrn.cells.prepared import prepare_cells
+    from modeling_scgrn.cells.reading import read_cells_from
+
+    for folder, cells in (("a", pbmc[:120]), ("b", pbmc[120:200])):
+        (tmp_path / folder).mkdir()
+        cells.write_h5ad(tmp_path / folder / "donor.h5ad")
+    sources = [str(tmp_path / "a" / "donor.h5ad"), str(tmp_path / "b" / "donor.h5ad")]
+    joined = read_cells_from(sources)
+    assert joined.n_obs == 200 and joined.obs["dataset"].value_counts().to_dict() == {"a/donor": 120, "b/donor": 80}
+    report = prepare_cells(sources, collectri_prior, tmp_path / "out", panel="all")
+    assert report["cells"] == 200 and [s["name"] for s in report["sources"]] == ["donor.h5ad", "donor.h5ad"]
+    with pytest.raises(ValueError, match="is given twice"):
+        read_cells_from([sources[0], str(tmp_path / "a" / ".." / "a" / "donor.h5ad")])
+
+
+def test_unlabelled_cells_are_left_out_and_counted_never_a_class(pbmc, tmp_path, collectri_prior):
+    import datasets
+
+    from modeling_scgrn.cells.prepared import prepare_cells
+
+    cells = pbmc.copy()
+    labels = cells.obs["bulk_labels"].astype(object)
+    labels.iloc[::10] = np.nan
+    cells.obs["bulk_labels"] = labels
+    report = prepare_cells(cells, collectri_prior, tmp_path / "out", label_column="bulk_labels", panel="all")
+    assert report["qc"]["unlabelled_cells_dropped"] == 70 and report["cells"] == 630
+    splits = datasets.load_from_disk(str(tmp_path / "out" / "dataset"))
+    found = set().union(*(set(split["bulk_labels"]) for split in splits.values()))
+    assert "nan" not in found and found == set(pbmc.obs["bulk_labels"].astype(str))
+
+
+def test_a_single_cell_class_stays_in_train_and_every_other_class_is_stratified(pbmc):
+    obs = pbmc.obs[["bulk_labels"]].astype(str).copy()
+    obs.iloc[0, 0] = "a type of one cell"
+    shares = obs["bulk_labels"].value_counts(normalize=True)
+    for seed in range(4):
+        splits = split_cells(obs, label_column="bulk_labels", seed=seed)
+        assert 0 in splits["train"]
+        assert sum(len(rows) for rows in splits.values()) == len(obs)
+        test = obs["bulk_labels"].iloc[splits["test"]].value_counts(normalize=True)
+        big = shares[shares > 0.05].index  # stratified: each common class keeps its share of the test split
+        assert np.allclose(test[big], shares[big], atol=0.015), seed

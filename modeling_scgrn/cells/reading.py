@@ -136,15 +136,39 @@ def read_cells_from(sources: str | list[str], backed: bool = False):
         raise ValueError("backed mode reads one .h5ad at a time; tokenize each file to its own folder (or join "
                          "them in memory without --backed).")
     parts = {}
-    for number, source in enumerate(sources):
+    for name, source in zip(source_names(sources), sources):
         adata = read_cells(source)
-        if isinstance(source, (str, os.PathLike)):
-            name = Path(source).stem if source != "pbmc68k_reduced" else source
-        else:
-            name, adata = f"adata{number}", adata.copy()  # var_names_make_unique must not change the caller's
+        if not isinstance(source, (str, os.PathLike)):
+            adata = adata.copy()  # var_names_make_unique must not change the caller's
         adata.var_names_make_unique()
         parts[name] = adata
     return anndata.concat(parts, join="outer", label="dataset", index_unique="-", fill_value=0)
+
+
+def source_names(sources) -> list[str]:
+    """The `dataset` label of each source: a file's stem, with as many parent folders as it takes to tell files of
+    the same name apart (`a/donor`, `b/donor`); `adata<i>` for an in-memory AnnData. The same file twice is
+    refused, since its cells would be counted twice."""
+    paths = [Path(os.path.abspath(s)) if isinstance(s, (str, os.PathLike)) and s != "pbmc68k_reduced" else None
+             for s in sources]
+    seen = {}
+    for source, path in zip(sources, paths):
+        key = path.resolve() if path is not None else (source if isinstance(source, str) else id(source))
+        if key in seen:
+            raise ValueError(f"the input {source} is given twice ({seen[key]} and {source}); give each file once.")
+        seen[key] = source
+
+    def name(path: Path, depth: int) -> str:
+        return "/".join([*path.parent.parts[len(path.parent.parts) - depth:], path.stem]) if depth else path.stem
+
+    depth = 0
+    while True:
+        names = [name(path, depth) if path is not None else
+                 (source if isinstance(source, str) else f"adata{number}")
+                 for number, (source, path) in enumerate(zip(sources, paths))]
+        if len(set(names)) == len(names) or depth > max(len(p.parts) for p in paths if p is not None):
+            return names
+        depth += 1
 
 
 def describe_sources(sources) -> list[dict]:

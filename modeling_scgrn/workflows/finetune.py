@@ -33,12 +33,17 @@ def labelled_classes(dataset, label_column: str) -> list[str]:
     if label_column not in dataset["train"].column_names:
         raise ValueError(f"the dataset has no label column {label_column!r}; columns are "
                          f"{dataset['train'].column_names}. Tokenize with --label_column {label_column}.")
-    classes = sorted(set(dataset["train"][label_column]))
+    present = set(dataset["train"][label_column])
+    if "nan" in present or None in present:
+        raise ValueError(f"label column {label_column!r} labels some cells 'nan' (a missing label, kept as a class "
+                         "by an earlier scgrn); tokenize the cells again, which leaves unlabelled cells out.")
+    classes = sorted(present)
     if len(classes) < 2:
         raise ValueError(f"label column {label_column!r} has a single class in the training split.")
-    unseen = sorted(set(dataset["test"][label_column]) - set(classes))
-    if unseen:
-        raise ValueError(f"test labels {unseen} never occur in training; re-split or drop those cells.")
+    for name in ("validation", "test"):
+        unseen = sorted(set(dataset[name][label_column]) - set(classes)) if name in dataset else []
+        if unseen:
+            raise ValueError(f"{name} labels {unseen} never occur in training; re-split or drop those cells.")
     return classes
 
 
