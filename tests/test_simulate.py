@@ -131,6 +131,10 @@ def test_corpus_is_simulated_in_chunks_and_joined(prior, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.h5ad"]  # no chunk or temporary left
     with pytest.raises(FileExistsError, match="--overwrite"):
         simulate_corpus(prior, output, 100, n_genes=30)
+    single = simulate_corpus(prior, tmp_path / "one_chunk.h5ad", 60, chunk_cells=100, n_genes=30, n_cell_types=2,
+                             seed=2, show_progress=False)  # n_cells <= chunk_cells: one chunk, no join to make
+    assert single["chunks"] == 1 and ad.read_h5ad(tmp_path / "one_chunk.h5ad").n_obs == 60
+    (tmp_path / "one_chunk.h5ad").unlink()
     with pytest.raises(TimeoutError, match="ran past"):  # a stuck chunk is stopped, and nothing is left behind
         simulate_corpus(prior, tmp_path / "slow.h5ad", 3000, chunk_cells=3000, n_genes=40, chunk_timeout=0.05,
                         show_progress=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import multiprocessing
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -427,7 +428,7 @@ def signal_line(signal: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- corpora
-def _write_chunk(network, arguments: dict, chunk: int, n_cells: int, path: str) -> str:
+def _write_chunk(network, arguments: dict, chunk: int, n_cells: int, path: Path) -> Path:
     simulate_cells(network, n_cells=n_cells, chunk=chunk, timeout=None, **arguments).write_h5ad(path)
     return path
 
@@ -445,7 +446,6 @@ def simulate_corpus(network, output, n_cells: int, *, chunk_cells: int = 2_000, 
     import time
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures import TimeoutError as FutureTimeout
-    from pathlib import Path
 
     import anndata as ad
     import h5py
@@ -460,7 +460,8 @@ def simulate_corpus(network, output, n_cells: int, *, chunk_cells: int = 2_000, 
     start = time.perf_counter()
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.chunks") as folder:
-        paths = [str(Path(folder) / f"chunk{c:05d}.h5ad") for c in range(len(sizes))]
+        # Paths, not strings: anndata's concat_on_disk of a single file calls Path methods on its inputs
+        paths = [Path(folder) / f"chunk{c:05d}.h5ad" for c in range(len(sizes))]
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(num_proc, mp_context=context) as pool:
             jobs = [pool.submit(_guarded, _write_chunk, network, arguments, c, size, path)
