@@ -358,3 +358,40 @@ def test_a_bad_source_under_torchrun_ends_every_process_with_one_line(tmp_path):
         "tiledbsoma.io.from_anndata wrote, or a Census release with --census."]
     assert "Connection closed by peer" not in result.stderr and "[rank1]" not in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_an_endless_stream_over_a_tiny_experiment_reads_cells_twice_without_crashing(tmp_path, monkeypatch):
+    """A read of 16 batches of 16 cells reaches into the next epochs of a 64-cell experiment and holds each cell
+    several times (TileDB's indexer refused that: "There are duplicate keys"); so does any shard smaller than one
+    read. With 1 and 2 processes and 1 and 2 workers, every batch holds cells of the experiment, each cell's tokens
+    are the same whenever it comes back, and every cell comes."""
+    import itertools
+
+    soma = soma_or_skip()
+    from modeling_scgrn import ScGrnTokenizer
+
+    tiny = pbmc68k_reduced_counts()[:64].copy()
+    uri = soma.write_experiment(tmp_path / "tiny", {"tiny": tiny})
+    cells = soma.query_cells(soma.SomaSource(uri))
+    tokenizer = ScGrnTokenizer.from_genes(cells.gene_names, n_bins=51)
+    for world_size, workers in ((1, 1), (2, 1), (1, 2), (2, 2)):
+        monkeypatch.setenv("WORLD_SIZE", str(world_size))
+        monkeypatch.setenv("NUM_WORKERS", str(workers))
+        tokens, seen = {}, set()
+        for rank, worker in itertools.product(range(world_size), range(workers)):
+            monkeypatch.setenv("RANK", str(rank))
+            monkeypatch.setenv("WORKER", str(worker))
+            stream = soma.stream_soma(uri, tokenizer, max_length=32, num_workers=workers)  # endless, 16 x 16
+            for unit in itertools.islice(stream.units(), 24):
+                assert len(unit) == 16
+                for cell in unit:
+                    joinid = int(cell["soma_joinid"])
+                    assert list(tokens.setdefault(joinid, list(cell["input_ids"]))) == list(cell["input_ids"])
+                    seen.add(joinid)
+        assert seen == set(cells.joinids.tolist()), (world_size, workers)
+    for name in ("RANK", "WORKER", "NUM_WORKERS"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    stream = soma.stream_soma(uri, tokenizer, max_length=32, num_workers=2)  # a real DataLoader, two workers
+    batches = list(itertools.islice(stream.loader(joinids_of), 10))
+    assert len(batches) == 10 and all(set(b) <= set(cells.joinids.tolist()) for b in batches)

@@ -156,6 +156,12 @@ def read_block(cells: SomaCells, joinids: np.ndarray, obs_columns=(), experiment
             return read_block(cells, joinids, obs_columns, opened)
     # astype copies: after a spawn, unpickled arrays carry a dtype object that tiledbsoma's type check refuses
     joinids, var_joinids = np.asarray(joinids).astype("int64"), cells.var_joinids.astype("int64")
+    unique, inverse = np.unique(joinids, return_inverse=True)
+    if unique.size < joinids.size:
+        # an endless stream's read can reach into the next epoch and hold a cell twice (few cells, or a shard
+        # smaller than one read); TileDB's indexer refuses duplicate keys, so each cell is read once and repeated
+        matrix, obs = read_block(cells, unique, obs_columns, experiment)
+        return matrix[inverse], obs.iloc[inverse].reset_index(drop=True)
     X = experiment.ms[cells.source.measurement].X[cells.source.layer]
     rows = tiledbsoma.IntIndexer(joinids, context=X.context)
     genes = tiledbsoma.IntIndexer(var_joinids, context=X.context)
