@@ -359,3 +359,81 @@ def test_a_symlinked_or_dot_output_folder_keeps_the_real_error_and_works(world, 
         assert "holds the folder this command runs in" in line
     assert snapshot(here) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "link", "target"]  # nothing left beside it
+
+
+@pytest.fixture(scope="module")
+def classifier(world):
+    """A finetuned classifier folder from the world's pretrained model (two steps: only its head's kind matters)."""
+    from modeling_scgrn.workflows.finetune import run_finetuning
+
+    training = TrainingConfig(max_steps=2, report_to="none", show_progress=False, mixed_precision="no",
+                              output_dir=str(world["root"] / "finetune"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_finetuning(world["data"], training, label_column="bulk_labels", pretrained=world["model"])
+    return str(world["root"] / "finetune" / "model")
+
+
+def test_a_model_whose_head_is_not_the_tasks_is_refused_not_run_with_a_random_head(world, classifier, tmp_path,
+                                                                                      capsys):
+    perturb = ["--input", world["h5ad"], "--genes", "SPI1", "--max_cells", "5", "--output_dir", str(tmp_path / "o")]
+    line = _error_line(capsys, lambda: script("perturb").main([*perturb, "--model", classifier]))
+    assert "holds ScGrnForCellClassification, not a trained ScGrnForMaskedExpressionModeling" in line
+    line = _error_line(capsys, lambda: script("perturb").main([*perturb, "--model", world["model"],
+                                                                "--classifier", world["model"]]))
+    assert "not a trained ScGrnForCellClassification: its classifier head would be random" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_classifier_of_another_gene_order_or_a_doubled_gene_is_refused(world, classifier, tmp_path, capsys):
+    vocabulary_file = Path(classifier) / "tokenizer.json"
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    for item in Path(classifier).iterdir():
+        if item.is_file():
+            (shuffled / item.name).write_bytes(item.read_bytes())
+    tokenizer = json.loads(vocabulary_file.read_text())
+    vocab = tokenizer["model"]["vocab"]
+    genes = [g for g in vocab if not g.startswith("[")]
+    order = sorted(genes)  # the same genes and size, another order
+    tokenizer["model"]["vocab"] = {**{g: i for g, i in vocab.items() if g.startswith("[")},
+                                   **{g: vocab[o] for g, o in zip(genes, order)}}
+    (shuffled / "tokenizer.json").write_text(json.dumps(tokenizer))
+    perturb = ["--input", world["h5ad"], "--genes", "SPI1", "--max_cells", "5", "--output_dir", str(tmp_path / "o"),
+               "--model", world["model"], "--classifier", str(shuffled)]
+    line = _error_line(capsys, lambda: script("perturb").main(perturb))
+    assert "was trained on another gene vocabulary" in line
+    tokenizer["model"]["vocab"] = {**vocab, genes[1]: vocab[genes[0]]}  # two genes on one id
+    (shuffled / "tokenizer.json").write_text(json.dumps(tokenizer))
+    with pytest.raises(ValueError, match="does not give each of its tokens its own id"):
+        ScGrnTokenizer.from_pretrained(shuffled)
+
+
+def test_log_normalised_cells_and_special_tokens_are_refused_by_the_tools(world, tmp_path, capsys):
+    import scanpy as sc
+
+    from modeling_scgrn import tl
+    from modeling_scgrn.model.modeling_scgrn import ScGrnForMaskedExpressionModeling
+
+    model = ScGrnForMaskedExpressionModeling.from_pretrained(world["model"])
+    tokenizer = ScGrnTokenizer.from_pretrained(world["model"])
+    cells = anndata.read_h5ad(world["h5ad"])[:20].copy()
+    logged = cells.copy()
+    sc.pp.normalize_total(logged)
+    sc.pp.log1p(logged)
+    for verb in (lambda a: tl.embed(a, model, tokenizer), lambda a: tl.perturb(a, model, tokenizer, ["SPI1"])):
+        with pytest.raises(ValueError, match=r"looks like normalised or log data. adata.X must hold raw counts"):
+            verb(logged)
+        with pytest.raises(ValueError, match="0 cells"):
+            verb(cells[:0])
+    with pytest.raises(ValueError, match=r"\['\[CLS\]'\] are special tokens, not genes"):
+        tl.perturb(cells, model, tokenizer, ["[CLS]"])
+    other = ScGrnTokenizer.from_genes(list(cells.var_names[:50]))
+    with pytest.raises(ValueError, match="the tokenizer has 54 tokens but the model's vocabulary has"):
+        tl.embed(cells, model, other)
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own one line, before anything is read
+        script("perturb").main(["--input", world["h5ad"], "--genes", "SPI1", "--max_cells", "-690", "--model",
+                                world["model"], "--output_dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "error: argument --max_cells: -690 is below 1" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()

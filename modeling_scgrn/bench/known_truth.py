@@ -156,7 +156,7 @@ def recover_edges(data_dir: Path, cells, prior: GeneRegulatoryNetwork, models: d
     pairs = candidate_pairs(cells.var_names, set(prior.edges["source"]))
     scores = tree_pair_scores(cells, correlation_pair_scores(cells, pairs), seed=seed)
     for name, (folder, layers) in models.items():
-        model = load_pretrained(ScGrnForMaskedExpressionModeling, folder)
+        model = load_pretrained(ScGrnForMaskedExpressionModeling, folder, trained_head=True)
         scores = attention_pair_scores(model, tokenizer, dataset["test"], scores, layers=layers, column=name)
     return edge_recovery(scores, true_edges(cells), ["pearson", "spearman", "trees", *models])
 

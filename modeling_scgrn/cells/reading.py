@@ -52,18 +52,20 @@ def check_expression_values(matrix, normalize: bool, sample: int = 100_000) -> N
             "like raw counts; drop --no_normalize so that scgrn normalises them.")
 
 
-def check_raw_counts(matrix, sample: int = 100_000) -> None:
-    """Refuse data that are not raw counts (log-normalised or scaled), naming what was found."""
+RAW_COUNTS_ADVICE = ("Pass raw counts (adata.layers['counts'] or adata.raw), or tokenize with normalize=False "
+                     "(data/tokenize_cells.py --no_normalize) if the values are already log1p-normalised.")
+
+
+def check_raw_counts(matrix, sample: int = 100_000, advice: str = RAW_COUNTS_ADVICE) -> None:
+    """Refuse data that are not raw counts (log-normalised or scaled), naming what was found and, in `advice`,
+    how the caller can give counts instead."""
     data = _sampled_values(matrix, sample)
     if not np.isfinite(data).all() or (data < 0).any():
         raise ValueError("the expression matrix holds NaN, infinite or negative values; raw counts are needed.")
     fractional = np.abs(data - np.rint(data)) > 1e-3
     if fractional.mean() > 0.01:
-        raise ValueError(
-            f"{fractional.mean():.0%} of sampled values are not integers: this looks like normalised or log data. "
-            "Pass raw counts (adata.layers['counts'] or adata.raw), or tokenize with normalize=False "
-            "(data/tokenize_cells.py --no_normalize) if the values are already log1p-normalised."
-        )
+        raise ValueError(f"{fractional.mean():.0%} of sampled values are not integers: this looks like normalised "
+                         f"or log data. {advice}")
 
 
 def qc_masks(adata, *, min_genes: int = 0, min_cells: int = 0, layer: str | None = None,

@@ -134,10 +134,11 @@ def check_model_source(source: str | os.PathLike) -> str:
     return str(folder)
 
 
-def load_pretrained(model_class, source: str | os.PathLike, **options):
+def load_pretrained(model_class, source: str | os.PathLike, *, trained_head: bool = False, **options):
     """`model_class.from_pretrained(source, **options)` after [`check_model_source`], with transformers' load
     report (a table of every new or unused weight) replaced by one line: which head is new, which is unused.
-    Refuses a model whose encoder weights are missing."""
+    Refuses a model whose encoder weights are missing, and with `trained_head` one whose head for this task
+    would be new (random): a task that reads the head (perturbation, knockouts, labels) needs the trained one."""
     from safetensors import SafetensorError
     from transformers.utils import logging as transformers_logging
 
@@ -157,6 +158,11 @@ def load_pretrained(model_class, source: str | os.PathLike, **options):
                          f"model of this architecture.")
     new_heads = sorted({k.split(".")[0] for k in missing})
     unused = sorted({k.split(".")[0] for k in info.get("unexpected_keys", [])})
+    if trained_head and new_heads:
+        held = ", ".join(getattr(model.config, "architectures", None) or ["an encoder without a head"])
+        raise ValueError(f"{source} holds {held}, not a trained {model_class.__name__}: its {', '.join(new_heads)} "
+                         "head would be random. Give a model folder of that kind (a pretrained model for "
+                         "perturbations and knockouts, a finetuned classifier for labels).")
     if new_heads or unused:
         logger.warning(f"loaded the encoder of {source}; " + "; ".join(
             part for part in (f"new head ({', '.join(new_heads)}), trained from scratch" if new_heads else "",

@@ -63,6 +63,31 @@ class ScGrnTokenizer(PreTrainedTokenizerFast):
             target_sum=self.target_sum,
             **kwargs,
         )
+        self.check_vocabulary()
+
+    def check_vocabulary(self) -> None:
+        """Refuse a vocabulary that cannot name genes one to one: ids that are not exactly `0..len - 1`, each once
+        (a `tokenizer.json` holding a gene twice, or two genes on one id, loads differently from load to load)."""
+        ids = sorted(self.get_vocab().values())
+        if ids != list(range(len(ids))):
+            shared = sorted({i for i in ids if ids.count(i) > 1})[:3] if len(set(ids)) < len(ids) else []
+            raise ValueError("the tokenizer's vocabulary does not give each of its tokens its own id from 0 to "
+                             f"{len(ids) - 1}" + (f" (ids {shared} name more than one gene)" if shared else "")
+                             + "; rebuild it with ScGrnTokenizer.from_genes or data/tokenize_cells.py.")
+
+    def check_matches(self, config) -> None:
+        """Refuse to pair this tokenizer with a model `config` of another vocabulary: another size, or other ids
+        for the special tokens. (Two vocabularies of one size in another gene order cannot be told apart from a
+        config; `hub.model_folder.check_compatible` compares a folder's own tokenizer.)"""
+        if len(self) != config.vocab_size:
+            raise ValueError(f"the tokenizer has {len(self)} tokens but the model's vocabulary has "
+                             f"{config.vocab_size}; use the tokenizer saved with the model "
+                             "(ScGrnTokenizer.from_pretrained(model_folder)).")
+        special = {name: getattr(config, f"{name}_token_id") for name in ("pad", "cls", "mask", "unk")}
+        ours = {name: getattr(self, f"{name}_token_id") for name in special}
+        if ours != special:
+            raise ValueError(f"the tokenizer's special-token ids {ours} are not the model's {special}; use the "
+                             "tokenizer saved with the model.")
 
     @classmethod
     def from_genes(

@@ -71,6 +71,7 @@ def attention_scores(model, tokenizer, dataset, label_column: str, *, batch_size
         raise ValueError(f"the dataset has no column {label_column!r}; columns are {dataset.column_names}.")
     encoder = model.base_model
     config = encoder.config
+    tokenizer.check_matches(config)
     labels = [str(v) for v in dataset[label_column]]
     keep = np.ones(len(labels), dtype=bool)
     if max_cells_per_label is not None:

@@ -38,9 +38,17 @@ class CellFields:
     def encode(self, adata, tokenizer, *, chunk_size: int | None = None, return_tensors: str = "pt"):
         """The cells tokenized, `chunk_size` cells at a time (all at once when None), after checking that the
         tokenizer knows enough of the genes."""
+        from ..cells.reading import check_raw_counts
+
+        if adata.n_obs == 0 or adata.n_vars == 0:
+            raise ValueError(f"the AnnData holds {adata.n_obs} cells x {adata.n_vars} genes; there is nothing to read.")
         genes = self.gene_names(adata)
         tokenizer.check_coverage(genes)
         matrix = self.matrix(adata)
+        if self.normalize:  # the tokenizer normalises raw counts: log data would be normalised twice, silently
+            where = "adata.X" if self.layer is None else f"adata.layers[{self.layer!r}]"
+            check_raw_counts(matrix, advice=f"{where} must hold raw counts: pass layer='counts' (a layer of raw "
+                                            "counts), or normalize=False if the values are log1p-normalised.")
         step = chunk_size or max(adata.n_obs, 1)
         for start in range(0, adata.n_obs, step):
             yield tokenizer.encode_cells(matrix[start : start + step], genes, max_length=self.max_length,

@@ -116,6 +116,12 @@ def _check(model, tokenizer, genes, mode: str, classifier) -> list[int]:
                          "pretrained scgrn folder) to predict expression.")
     if classifier is not None and getattr(classifier, "task", None) != "cell_classification":
         raise ValueError("classifier= must be a cell classifier (ScGrnForCellClassification).")
+    for paired in (model, classifier):
+        if paired is not None:
+            tokenizer.check_matches(paired.config)
+    special = [g for g in genes if g in tokenizer.all_special_tokens]
+    if special:
+        raise ValueError(f"{special} are special tokens, not genes; perturb genes the model knows.")
     vocabulary = tokenizer.get_vocab()
     unknown = [g for g in genes if g not in vocabulary]
     if unknown:

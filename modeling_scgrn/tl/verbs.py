@@ -25,6 +25,7 @@ __all__ = ["embed", "predict", "perturb", "check_labels"]  # scanpy-style tools 
 
 def _outputs(model, adata, tokenizer, fields: CellFields, batch_size: int, chunk_size: int, device):
     """The model's output for every batch of cells of `adata`, in order."""
+    tokenizer.check_matches(model.config)
     for encoded in fields.encode(adata, tokenizer, chunk_size=chunk_size):
         for _, output in run_batches(model, encoded_batches(encoded, batch_size), device=device):
             yield output

@@ -22,8 +22,8 @@ def run_knockout_validation(corpus_path, model_folders: dict, output_dir, *, gen
     corpus = anndata.read_h5ad(corpus_path, backed="r")
     corpus = anndata.AnnData(obs=corpus.obs.iloc[:0], var=corpus.var, uns=dict(corpus.uns))  # the recipe only
     genes = list(genes or knockout_candidates(true_edges(corpus)))
-    models = {name: (load_pretrained(ScGrnForMaskedExpressionModeling, folder), ScGrnTokenizer.from_pretrained(folder))
-              for name, folder in model_folders.items()}
+    models = {name: (load_pretrained(ScGrnForMaskedExpressionModeling, folder, trained_head=True),
+                     ScGrnTokenizer.from_pretrained(folder)) for name, folder in model_folders.items()}
     scores = validate_knockouts(corpus, models, genes, n_truth_cells=n_truth_cells, n_model_cells=n_model_cells)
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)

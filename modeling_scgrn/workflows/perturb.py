@@ -21,14 +21,18 @@ def run_perturbation(cells, model_folder, genes, output_dir, *, mode: str = "del
     from pathlib import Path
 
     from ..cells.reading import read_cells
-    from ..hub.model_folder import load_pretrained
+    from ..hub.model_folder import check_compatible, load_pretrained
     from ..model.modeling_scgrn import ScGrnForCellClassification, ScGrnForMaskedExpressionModeling
     from ..model.tokenization_scgrn import ScGrnTokenizer
     from ..storage.folders import jsonable
 
-    model = load_pretrained(ScGrnForMaskedExpressionModeling, model_folder)
     tokenizer = ScGrnTokenizer.from_pretrained(model_folder)
-    classifier = load_pretrained(ScGrnForCellClassification, classifier_folder) if classifier_folder else None
+    check_compatible(model_folder, tokenizer)
+    model = load_pretrained(ScGrnForMaskedExpressionModeling, model_folder, trained_head=True)
+    classifier = None
+    if classifier_folder:
+        check_compatible(classifier_folder, tokenizer)  # the same genes under the same ids, not just as many
+        classifier = load_pretrained(ScGrnForCellClassification, classifier_folder, trained_head=True)
     adata = read_cells(cells)
     if max_cells is not None and adata.n_obs > max_cells:
         adata = adata[np.sort(np.random.default_rng(seed).permutation(adata.n_obs)[:max_cells])].copy()
