@@ -10,6 +10,15 @@ knockout.csv and knockout.png.
 """
 
 import argparse
+import runpy
+from importlib.util import find_spec
+from pathlib import Path
+from types import SimpleNamespace
+
+# scgrn's shared options (names, help, choices), read by path before scgrn is imported (it loads torch), so that
+# --help answers at once
+shared = SimpleNamespace(**runpy.run_path(str(Path(find_spec("modeling_scgrn").origin).parent / "options" /
+                                                "arguments.py")))
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -17,8 +26,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--corpus", required=True, help="an .h5ad from data/simulate_cells.py (its network is used)")
     parser.add_argument("--model", action="append", required=True, help="NAME=FOLDER of a pretrained model; repeat")
     parser.add_argument("--genes", nargs="+", help="genes to knock out (default: 5 masters and 5 mid-level TFs)")
-    parser.add_argument("--truth_cells", type=int, default=2000, help="cells simulated per knockout")
-    parser.add_argument("--model_cells", type=int, default=300, help="cells perturbed in silico")
+    parser.add_argument("--truth_cells", type=shared.count, default=2000, help="cells simulated per knockout")
+    parser.add_argument("--model_cells", type=shared.count, default=300, help="cells perturbed in silico")
     parser.add_argument("--output_dir", required=True, help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")

@@ -15,6 +15,15 @@ GENIE3-style tree ensemble. Writes known_truth.md/.json, label_efficiency.png an
 import argparse
 import json
 import platform
+import runpy
+from importlib.util import find_spec
+from pathlib import Path
+from types import SimpleNamespace
+
+# scgrn's shared options (names, help, choices), read by path before scgrn is imported (it loads torch), so that
+# --help answers at once
+shared = SimpleNamespace(**runpy.run_path(str(Path(find_spec("modeling_scgrn").origin).parent / "options" /
+                                                "arguments.py")))
 
 QUICK = {"n_genes": 60, "n_cells": 600, "n_cell_types": 3, "seeds": (0,), "budgets": (10, None),
          "arms": ("grn", "dense"), "single_seed_arms": ("random", "grn_dense_last", "50% removed", "unrelated"),
@@ -27,17 +36,17 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--resource", default=None)
     parser.add_argument("--output_dir", required=True, help="output folder")
     parser.add_argument("--corpus", help="an .h5ad from data/simulate_cells.py instead of simulating here")
-    parser.add_argument("--n_genes", type=int, default=1000)
-    parser.add_argument("--n_cells", type=int, default=10_000, help="cells simulated (or taken from --corpus)")
-    parser.add_argument("--n_cell_types", type=int, default=10)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--n_genes", type=shared.count, default=1000)
+    parser.add_argument("--n_cells", type=shared.count, default=10_000, help="cells simulated (or taken from --corpus)")
+    parser.add_argument("--n_cell_types", type=shared.count, default=10)
+    parser.add_argument("--seeds", type=shared.seed, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budgets", nargs="+", default=["10", "50", "200", "all"], help="labelled cells per type")
     parser.add_argument("--arms", nargs="+", default=["grn", "dense"], help="masks run with every seed")
     parser.add_argument("--single_seed_arms", nargs="*", help="masks and wrong priors (names in "
                         "known_truth.WRONG_PRIORS) run with the first seed only (default: rewired random "
                         "grn_dense_last, 50%% removed, 50%% false added, unrelated)")
-    parser.add_argument("--pretrain_steps", type=int, default=400, help="pretraining optimizer steps")
-    parser.add_argument("--finetune_steps", type=int, default=150, help="finetuning optimizer steps, the same for "
+    parser.add_argument("--pretrain_steps", type=shared.count, default=400, help="pretraining optimizer steps")
+    parser.add_argument("--finetune_steps", type=shared.count, default=150, help="finetuning optimizer steps, the same for "
                         "every label budget")
     parser.add_argument("--quick", action="store_true", help="a few-minute version (what the tests run)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
@@ -61,8 +70,8 @@ def benchmark(args) -> dict:
 
     import torch
 
-    from modeling_scgrn.workflows.known_truth import run_known_truth
     from modeling_scgrn.grn.network import GeneRegulatoryNetwork
+    from modeling_scgrn.workflows.known_truth import run_known_truth
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     prior = GeneRegulatoryNetwork.read(args.prior, args.resource)

@@ -31,14 +31,14 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser = shared.new_parser(__doc__)
     shared.add_prior(parser, required=True)
     parser.add_argument("--output", required=True, help="the .h5ad file to write")
-    parser.add_argument("--n_genes", type=int, default=1000, help="genes in the network")
-    parser.add_argument("--n_cells", type=int, default=10_000, help="cells in all")
-    parser.add_argument("--n_cell_types", type=int, default=10, help="cell types (master-regulator programs)")
-    parser.add_argument("--seed", type=int, default=0, help="the same seed gives identical cells")
+    parser.add_argument("--n_genes", type=shared.count, default=1000, help="genes in the network")
+    parser.add_argument("--n_cells", type=shared.count, default=10_000, help="cells in all")
+    parser.add_argument("--n_cell_types", type=shared.count, default=10, help="cell types (master-regulator programs)")
+    parser.add_argument("--seed", type=shared.seed, default=0, help="the same seed gives identical cells")
     parser.add_argument("--noise", default="10x", help="technical noise: 10x, none, or a SERGIO setting (DS1..DS14)")
-    parser.add_argument("--chunk_cells", type=int, default=2_000, help="cells simulated at a time (memory grows "
+    parser.add_argument("--chunk_cells", type=shared.count, default=2_000, help="cells simulated at a time (memory grows "
                         "with it: about 0.9 GB per 1,000 cells of 1,000 genes)")
-    parser.add_argument("--num_proc", type=int, default=1, help="chunks simulated in parallel")
+    parser.add_argument("--num_proc", type=shared.count, default=1, help="chunks simulated in parallel")
     shared.add_housekeeping(parser, output="--output file")
     return parser.parse_args(argv)
 

@@ -33,7 +33,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--pretrain_config", default=None, help="add a pretrained arm: each mask is pretrained on "
                         "the same cells with this config's training section first (its model section, if any, sets "
                         "the architecture of both arms)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds per mode")
+    parser.add_argument("--seeds", nargs="+", type=shared.seed, default=[0, 1, 2], help="seeds per mode")
     shared.add_housekeeping(parser)
     return parser.parse_args(argv)
 

@@ -33,7 +33,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     shared.add_prior(parser, when="with --input")
     parser.add_argument("--group_column", default=None, help="with --input: obs column of donors/samples; the split "
                         "keeps each group in one split")
-    parser.add_argument("--max_length", type=int, default=None, help="with --input: "
+    parser.add_argument("--max_length", type=shared.count, default=None, help="with --input: "
                         + shared.DATA_HELP["max_length"] + " (default: DataConfig's)")
     parser.add_argument("--model", default=None, help="a pretrained scgrn model folder to finetune")
     parser.add_argument("--architecture_from", default=None, help="without --model: train from scratch with "

@@ -35,7 +35,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     source.add_argument("--census", metavar="RELEASE", help="the hosted CELLxGENE Census release to stream from, e.g. "
                         "stable (needs network, --prior and pip install 'scgrn[census]')")
     shared.add_prior(parser, when="with --input/--soma/--census")
-    parser.add_argument("--max_length", type=int, default=None, help="with --input/--soma/--census: "
+    parser.add_argument("--max_length", type=shared.count, default=None, help="with --input/--soma/--census: "
                         + shared.DATA_HELP["max_length"] + " (default: DataConfig's)")
     soma = parser.add_argument_group("streaming from SOMA (--soma, --census)")
     soma.add_argument("--obs_filter", default=None, help="TileDB value filter over obs, e.g. "
@@ -46,7 +46,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                       "feature_name, gene_symbols, gene_name, var_id or feature_id, the first present)")
     soma.add_argument("--panel", default=None, help="vocabulary: all (every gene of the experiment, default) or a "
                       "prior-aware panel: ranked, union, hvg (chosen on 10,000 sampled cells)")
-    soma.add_argument("--validation_cells", type=int, default=None, help="cells held out for validation (default "
+    soma.add_argument("--validation_cells", type=shared.count, default=None, help="cells held out for validation (default "
                       "1,000, at most DataConfig's validation_size)")
     shared.add_output_dir(parser, "checkpoints, logs, summary and model/ go here")
     parser.add_argument("--model", default=None, help="continue pretraining a saved scgrn model folder")

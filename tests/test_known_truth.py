@@ -1,6 +1,7 @@
 """The known-truth benchmark's pieces (wrong priors, edge recovery, few-label subsets) and its --quick run."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,14 @@ def test_quick_benchmark_writes_tables_with_baselines_and_pictures(tmp_path):
                 "Regulation check: true edges"):
         assert row in markdown
     assert 0.0 <= results["edge_recovery"]["pearson"]["auroc"] <= 1.0
+
+
+def test_a_typo_in_an_arm_or_a_repeated_seed_is_refused_before_anything_is_simulated(tmp_path, collectri_prior):
+    from modeling_scgrn.workflows.known_truth import run_known_truth
+
+    for options, words in (({"arms": ("grm",)}, "unknown arm(s) ['grm']"),
+                           ({"single_seed_arms": ("60% removed",)}, "unknown arm(s) ['60% removed']"),
+                           ({"seeds": (0, 0)}, "each once"), ({"budgets": (0,)}, "at least 1 cell")):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            run_known_truth(collectri_prior, tmp_path / "out", n_genes=30, n_cells=50, **options)
+    assert not (tmp_path / "out").exists()

@@ -207,3 +207,13 @@ def test_read_recognises_omnipath_and_plain_networks(tmp_path, collectri):
     assert len(net) == len(collectri)
     collectri.edges.head(5).to_parquet(tmp_path / "plain.parquet")
     assert len(GeneRegulatoryNetwork.read(tmp_path / "plain.parquet")) == 5
+
+
+def test_regulation_named_in_words_keeps_its_sign_and_unknown_words_are_refused():
+    table = pd.DataFrame({"source": ["SPI1", "SPI1", "GATA1", "MYC"], "target": ["CD14", "LYZ", "KLF1", "CDK4"],
+                          "weight": ["Activation", "repression", "-", None]})
+    network = GeneRegulatoryNetwork.from_dataframe(table)
+    assert network.edges["weight"].tolist() == [1.0, -1.0, -1.0, 1.0]  # missing: +1, as without a weight column
+    table["weight"] = ["activation", "represses", "0.5", "-2"]
+    with pytest.raises(ValueError, match=r"neither numbers nor a mode of regulation \(e.g. \['represses'\]\)"):
+        GeneRegulatoryNetwork.from_dataframe(table)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -243,7 +244,10 @@ def test_cpu_smoke_config_learns_beyond_each_genes_mean(tmp_path):
     assert validation["masked_mse"] < 0.85 * validation["gene_mean_mse"]
     assert validation["pearson_r"] > 0.6
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()
-    assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents*"))  # TensorBoard by default
+    logs = [p for p in (tmp_path / "run" / "logs").rglob("*") if p.is_file()]
+    assert [p for p in logs if p.name.startswith("events.out.tfevents")]  # TensorBoard by default
+    for log in logs:  # users upload run folders: no log names the user's path
+        assert str(tmp_path).encode() not in log.read_bytes(), log.name
 
 
 def test_shipped_pbmc68k_pretraining_beats_every_trivial_predictor(tmp_path):
@@ -365,3 +369,14 @@ def test_layer_decay_gives_each_layer_its_learning_rate(tokenizer):
     assert {g["lr"] for g in plain.param_groups} == {1e-3}
     with pytest.raises(ValueError, match="layer_decay=1.5 must be in"):
         _optimizer(model, TrainingConfig(layer_decay=1.5))
+
+
+@pytest.mark.parametrize("option,value,words", [
+    ("mask_probability", 1.5, "a share in (0, 1)"), ("mask_probability", 0.0, "a share in (0, 1)"),
+    ("per_device_batch_size", 0, "at least 1"), ("learning_rate", -1e-3, "above 0"), ("max_steps", 0, "-1"),
+    ("warmup_ratio", 1.0, "in [0, 1)"), ("keep_last_checkpoints", 0, "at least 1"), ("seed", -1, "at least 0"),
+    ("mixed_precision", "fp8", "is not one of"),
+])
+def test_training_options_out_of_range_are_refused_when_the_config_is_built(option, value, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        TrainingConfig.from_dict({option: value})

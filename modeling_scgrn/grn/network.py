@@ -28,6 +28,27 @@ PROVENANCE_FILE = "grn_provenance.json"
 UNIPROT_PATTERN = r"[OPQ][0-9][A-Z0-9]{3}[0-9]|[A-NR-Z][0-9](?:[A-Z][A-Z0-9]{2}[0-9]){1,2}"
 
 
+# how tables name a mode of regulation in words (TRRUST, RegNetwork, hand-made CSVs), as the sign of a weight
+SIGN_WORDS = {"activation": 1.0, "activator": 1.0, "activating": 1.0, "positive": 1.0, "stimulation": 1.0,
+              "+": 1.0, "up": 1.0, "repression": -1.0, "repressor": -1.0, "repressing": -1.0, "inhibition": -1.0,
+              "negative": -1.0, "-": -1.0, "down": -1.0, "unknown": np.nan, "": np.nan}
+
+
+def edge_weights(column: pd.Series) -> pd.Series:
+    """A weight column as floats: numbers as they are, a mode of regulation in words (`SIGN_WORDS`, any case) as
+    its sign, missing as NaN (+1 later). Anything else is refused, so that "repression" never silently becomes
+    +1."""
+    numbers = pd.to_numeric(column, errors="coerce").astype(float)
+    words = column[numbers.isna() & column.notna()].astype(str).str.strip().str.lower()
+    unknown = sorted(set(words) - set(SIGN_WORDS))
+    if unknown:
+        raise ValueError(f"the weight column holds {len(unknown)} value(s) that are neither numbers nor a mode of "
+                         f"regulation (e.g. {unknown[:3]}); use numbers, or words such as 'activation' and "
+                         "'repression'.")
+    numbers[words.index] = words.map(SIGN_WORDS).astype(float)
+    return numbers
+
+
 @dataclass
 class GeneRegulatoryNetwork:
     """Directed, signed, weighted regulator (TF) -> target edges between gene identifiers, with provenance.
@@ -64,9 +85,7 @@ class GeneRegulatoryNetwork:
             {
                 "source": table[source].astype("string"),
                 "target": table[target].astype("string"),
-                "weight": pd.to_numeric(table[weight], errors="coerce").astype(float)
-                if weight is not None and weight in table.columns
-                else 1.0,
+                "weight": edge_weights(table[weight]) if weight is not None and weight in table.columns else 1.0,
             }
         )
         provenance = dict(provenance or {})

@@ -50,6 +50,26 @@ RESOURCE_HELP = (f"for the OmniPath table: {' or '.join(OMNIPATH_RESOURCES)} (de
                  "a plain network file needs none")
 
 
+def _whole_number(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{value} is below {least}; give a whole number of at least {least}")
+    return value
+
+
+def count(text: str) -> int:
+    """argparse type of a number of things (cells, genes, steps, batch size): a whole number of at least 1."""
+    return _whole_number(text, 1)
+
+
+def seed(text: str) -> int:
+    """argparse type of a random seed: a whole number of at least 0 (numpy refuses negative seeds)."""
+    return _whole_number(text, 0)
+
+
 def new_parser(doc: str, **kwargs) -> argparse.ArgumentParser:
     """A script's parser: its module docstring as the description, kept as written."""
     return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)

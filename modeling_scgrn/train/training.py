@@ -28,6 +28,41 @@ from ..options.typed import checked_dataclass
 from ..storage.folders import checkpoint_folders, jsonable, run_task, write_run_manifest
 
 
+def _at_least(bound):
+    return lambda value: value >= bound
+
+
+def _above(bound):
+    return lambda value: value > bound
+
+
+def _no_limit(value) -> bool:
+    return True
+
+
+# each range is checked when a TrainingConfig is built, before any work: (option, low check, high check, in words)
+TRAINING_RANGES = (
+    ("seed", _at_least(0), _no_limit, "at least 0"),
+    ("num_epochs", _above(0), _no_limit, "above 0"),
+    ("max_steps", lambda v: v == -1 or v >= 1, _no_limit, "-1 (from num_epochs) or at least 1"),
+    ("per_device_batch_size", _at_least(1), _no_limit, "at least 1"),
+    ("gradient_accumulation_steps", _at_least(1), _no_limit, "at least 1"),
+    ("learning_rate", _above(0), _no_limit, "above 0"),
+    ("weight_decay", _at_least(0), _no_limit, "at least 0"),
+    ("warmup_ratio", _at_least(0), lambda v: v < 1, "in [0, 1)"),
+    ("min_learning_rate_ratio", _at_least(0), lambda v: v <= 1, "in [0, 1]"),
+    ("max_grad_norm", _at_least(0), _no_limit, "at least 0 (0 turns clipping off)"),
+    ("logging_steps", _at_least(1), _no_limit, "at least 1"),
+    ("eval_steps", _at_least(0), _no_limit, "at least 0 (0: at the end of each epoch)"),
+    ("checkpoint_steps", _at_least(0), _no_limit, "at least 0 (0: only at the end)"),
+    ("keep_last_checkpoints", _at_least(1), _no_limit, "at least 1"),
+    ("mask_probability", _above(0), lambda v: v < 1, "a share in (0, 1): some values hidden, some left to read"),
+    ("early_stopping_patience", _at_least(0), _no_limit, "at least 0 (0 turns it off)"),
+    ("layer_decay", _above(0), lambda v: v <= 1, "in (0, 1] (1 turns it off)"),
+    ("dataloader_num_workers", _at_least(0), _no_limit, "at least 0"),
+)
+
+
 @dataclass
 class TrainingConfig:
     """Every training hyperparameter, with its default. Scripts read it from YAML/JSON plus command-line overrides."""
@@ -64,6 +99,14 @@ class TrainingConfig:
     freeze_encoder: bool = field(default=False, metadata={"help": "finetuning: train the classifier only (linear probe)"})
     dataloader_num_workers: int = field(default=0, metadata={"help": "worker processes of each DataLoader"})
     show_progress: bool = field(default=True, metadata={"help": "tqdm progress bar on the main process"})
+
+    def __post_init__(self):
+        for name, low, high, text in TRAINING_RANGES:
+            value = getattr(self, name)
+            if not low(value) or not high(value):
+                raise ValueError(f"training option {name}={value!r} must be {text}.")
+        if self.mixed_precision not in ("no", "bf16", "fp16", "auto"):
+            raise ValueError(f"mixed_precision={self.mixed_precision!r} is not one of ['no', 'bf16', 'fp16', 'auto'].")
 
     @classmethod
     def from_dict(cls, values: dict, **overrides) -> "TrainingConfig":
@@ -165,8 +208,6 @@ def _optimizer(model, config: TrainingConfig):
     """AdamW without weight decay on norms, biases and embeddings; with `layer_decay < 1`, each parameter's learning
     rate is `learning_rate x layer_decay ** layer_depth` (BEiT/ELECTRA-style finetuning: the head learns fastest,
     the embeddings slowest)."""
-    if not 0 < config.layer_decay <= 1:
-        raise ValueError(f"layer_decay={config.layer_decay} must be in (0, 1]; 1 turns it off.")
     num_layers = getattr(getattr(model, "config", None), "num_hidden_layers", 0)
     groups: dict[tuple, dict] = {}
     for name, parameter in model.named_parameters():
@@ -310,6 +351,10 @@ def _start(run: _Run, project_name: str, extra_tracker_config: dict | None) -> P
         accelerator.print(f"resumed from {resume_path} at step {run.state.step}")
     if accelerator.log_with:
         tracked = {k: v for k, v in dataclasses.asdict(config).items() if isinstance(v, (int, float, str, bool))}
+        # users upload run folders: the logs name folders by their own name, never by the user's path
+        for name in ("output_dir", "resume_from_checkpoint"):
+            if tracked.get(name) not in (None, "latest"):
+                tracked[name] = Path(tracked[name]).name
         tracked.update(extra_tracker_config or {})
         accelerator.init_trackers(project_name, config=tracked)
     return resume_path

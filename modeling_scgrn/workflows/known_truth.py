@@ -48,6 +48,19 @@ WRONG_PRIORS = {"25% removed": {"removed": 0.25}, "50% removed": {"removed": 0.5
                 "75% false added": {"added": 0.75}, "unrelated": None}
 
 
+def check_plan(arms, scratch_arms, single_seed_arms, seeds, budgets) -> None:
+    """Refuse, before anything is simulated, an arm no name here means (a typo would otherwise run the true
+    network under the typed name), a repeated seed or a budget below one cell."""
+    names = (*GRN_MODES, "grn_dense_last", *WRONG_PRIORS)
+    unknown = [a for a in (*arms, *scratch_arms, *single_seed_arms) if a not in names]
+    if unknown:
+        raise ValueError(f"unknown arm(s) {unknown}; arms are {list(names)}.")
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise ValueError(f"seeds {list(seeds)} must be given, each once; repeated seeds would run the same arm twice.")
+    if any(b is not None and b < 1 for b in budgets):
+        raise ValueError(f"label budgets {list(budgets)} must be at least 1 cell per type (or all).")
+
+
 def prepare_known_truth(cells, output: Path, *, seed: int = 0) -> tuple[Path, GeneRegulatoryNetwork, dict]:
     """Tokenize simulated `cells` (AnnData from `simulate_cells`) with their true network as the prior into
     `output/data`; returns the folder, the true network and the regulation check."""
@@ -134,6 +147,7 @@ def run_known_truth(prior: GeneRegulatoryNetwork, output, *, cells=None, n_genes
 
     from ..bench.simulate import signal_line, simulate_cells
 
+    check_plan(arms, scratch_arms, single_seed_arms, seeds, budgets)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     model_options = {**MODEL, **(model_options or {})}
