@@ -151,10 +151,21 @@ def test_attention_is_exactly_zero_off_the_prior(tokenizer, edge_tensor, batch):
         assert torch.all(weights.masked_select(expected[:, None].expand_as(weights)) > 0)
 
 
-def test_output_attentions_needs_eager(tokenizer, edge_tensor, batch):
+def test_output_attentions_needs_eager_and_other_kernels_warn_and_return_none(tokenizer, edge_tensor, batch,
+                                                                              caplog):
+    from transformers.utils import logging as transformers_logging
+
     model = make(ScGrnModel, tokenizer, edge_tensor, attn_implementation="sdpa")
-    with pytest.raises(ValueError, match="eager"):
-        model(**batch, output_attentions=True)
+    transformers_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            output = model(**batch, output_attentions=True)  # as transformers' models do: no raise, no weights
+    finally:
+        transformers_logging.disable_propagation()
+    assert output.attentions is None and output.last_hidden_state.shape[0] == 3
+    assert "needs the eager attention" in caplog.text
+    model.set_attn_implementation("eager")
+    assert len(model(**batch, output_attentions=True).attentions) == model.config.num_hidden_layers
 
 
 def perturb_gene(batch, tokenizer, gene, cell=0):

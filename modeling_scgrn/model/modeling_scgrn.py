@@ -18,7 +18,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .configuration_scgrn import MASK_RULE_FIELDS, ScGrnConfig
 from .controls import control_edges
@@ -39,6 +39,9 @@ from .masks import (
     regulators_first_order,
 )
 from .sizing import check_model_fits
+
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -422,7 +425,8 @@ class ScGrnModel(ScGrnPreTrainedModel):
             expression_values: `(batch, L)` log1p-normalised expression (continuous encoding).
             expression_bins: `(batch, L)` per-cell expression bins in `[0, n_bins + 1]` (binned encoding).
             attention_mask: `(batch, L)` 1 for real tokens, 0 for padding.
-            output_attentions: return attention probabilities; needs `attn_implementation="eager"`.
+            output_attentions: return attention probabilities; needs `attn_implementation="eager"` (other kernels
+                warn and return none, as transformers' models do).
             output_attention_masks: return the boolean mask of each block.
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
@@ -431,11 +435,13 @@ class ScGrnModel(ScGrnPreTrainedModel):
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if output_attentions and self.config._attn_implementation != "eager":
-            raise ValueError(
+            # as transformers' models do: a warning, and no weights, so generic callers (pipelines, common tests) run
+            logger.warning_once(
                 f"output_attentions=True needs the eager attention (this model uses "
-                f"{self.config._attn_implementation!r}, which returns no weights); call "
-                "model.set_attn_implementation('eager') or load with attn_implementation='eager'."
+                f"{self.config._attn_implementation!r}, which returns no weights), so no attentions are returned; "
+                "call model.set_attn_implementation('eager') or load with attn_implementation='eager'."
             )
+            output_attentions = False
         if attention_mask is None:
             attention_mask = (input_ids != self.config.pad_token_id).long()
         token_inputs = (input_ids, attention_mask, expression_values, expression_bins)
