@@ -354,3 +354,53 @@ def test_a_single_cell_class_stays_in_train_and_every_other_class_is_stratified(
         test = obs["bulk_labels"].iloc[splits["test"]].value_counts(normalize=True)
         big = shares[shares > 0.05].index  # stratified: each common class keeps its share of the test split
         assert np.allclose(test[big], shares[big], atol=0.015), seed
+
+
+KILLED_TOKENIZATION = """
+import os, signal, sys
+import modeling_scgrn.cells.tokenize as tokenize
+from modeling_scgrn.cells.prepared import prepare_cells
+from modeling_scgrn.grn.network import GeneRegulatoryNetwork
+
+rows, calls = tokenize._tokenize_rows, []
+def dying(*args, **kwargs):  # kill -9 in the middle of tokenizing, as a user's Ctrl-\\\\ or the OOM killer would
+    calls.append(1)
+    if len(calls) == 4 and sys.argv[3] == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return rows(*args, **kwargs)
+tokenize._tokenize_rows = dying
+network = GeneRegulatoryNetwork.read(sys.argv[1], "collectri")
+prepare_cells("pbmc68k_reduced", network, sys.argv[2], chunk_size=50)
+"""
+
+
+def test_a_tokenization_killed_midway_leaves_no_chunks_and_the_next_run_cleans_up(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import OMNIPATH_TABLE
+
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_TOKENIZATION)
+    out = tmp_path / "work" / "data"
+    out.parent.mkdir()
+
+    def run(mode):
+        return subprocess.run([sys.executable, str(script), str(shared_data_or_skip(OMNIPATH_TABLE)), str(out), mode],
+                              capture_output=True, text=True, env={**os.environ, "TMPDIR": str(temporary)}, timeout=300)
+
+    assert run("die").returncode == -9
+    chunks = [p for p in temporary.rglob("*.arrow")]
+    assert len(chunks) <= 2  # only the chunks in flight: each one read back is unlinked at once
+    assert not out.exists() and (out.parent / ".data.lock").exists()
+    refused = run("live")
+    assert refused.returncode != 0 and "that is no longer running" in refused.stderr
+    (out.parent / ".data.lock").unlink()  # what the message says to do, once the user has looked
+    (out.parent / ".data.tmpkilled").mkdir()  # what a kill -9 while writing the folder would have left
+    (out.parent / ".data.tmpkilled" / "part.arrow").write_bytes(b"half")
+    assert run("live").returncode == 0
+    assert not list(temporary.glob("scgrn-tokenize-*")) and (out / "dataset").is_dir()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["data"]  # no half-written .data.tmp* sibling left

@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import threading
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -130,6 +131,27 @@ def _tokenize_to_file(bounds):
     return path, report
 
 
+CHUNK_FOLDER_PREFIX = "scgrn-tokenize-"
+
+
+def remove_stale_chunk_folders() -> int:
+    """Remove the temporary chunk folders of tokenizing runs on this machine whose process is gone (killed before
+    its own cleanup); returns how many were removed."""
+    removed = 0
+    for folder in Path(tempfile.gettempdir()).glob(f"{CHUNK_FOLDER_PREFIX}*-*"):
+        pid = folder.name[len(CHUNK_FOLDER_PREFIX):].split("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+        except (PermissionError, OverflowError):
+            continue
+    return removed
+
+
 def tokenize_anndata(
     adata,
     tokenizer,
@@ -168,9 +190,11 @@ def tokenize_anndata(
     bounds = [(start, min(start + chunk_size, adata.n_obs)) for start in range(0, adata.n_obs, chunk_size)]
     progress = tqdm(total=len(bounds), desc="tokenizing", disable=not show_progress, unit="chunk")
     reports, tables = [], []
-    # chunks go to Arrow files that are memory-mapped back, so memory follows chunk_size, not the file; the files
-    # are unlinked at once (open maps stay valid until the dataset is gone)
-    folder = tempfile.mkdtemp(prefix="scgrn-tokenize-")
+    # chunks go to Arrow files that are memory-mapped back, so memory follows chunk_size, not the file; each file is
+    # unlinked once mapped (the map stays valid until the dataset is gone), so a killed run leaves at most the
+    # chunks in flight, and the next run removes the folders of runs that died
+    remove_stale_chunk_folders()
+    folder = tempfile.mkdtemp(prefix=f"{CHUNK_FOLDER_PREFIX}{os.getpid()}-")
     _WORKER_STATE.update(adata=adata, matrix=matrix, tokenizer=tokenizer, gene_names=gene_names,
                          cells_kept=cells_kept, obs_columns=tuple(obs_columns), max_length=max_length,
                          normalize=normalize, folder=folder)
@@ -189,6 +213,7 @@ def tokenize_anndata(
             for path, report in results:
                 with pa.memory_map(path) as source:
                     tables.append(pa.ipc.open_stream(source).read_all())
+                os.unlink(path)
                 reports.append(report)
                 progress.update()
         finally:

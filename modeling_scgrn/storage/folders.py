@@ -150,6 +150,16 @@ def _locked_message(path: Path, lock: Path) -> str:
             f"another folder (if no run uses it, delete {lock}).")
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    """With the folder's lock held, a half-written temporary sibling (`.<name>.tmp*`) can only be a dead run's (a
+    kill -9 before its cleanup): remove it. A folder moved aside by `--overwrite` (`.<name>.replaced.tmp*`) is
+    kept, since it holds what the user had."""
+    path = folder_path(path)
+    for stale in path.parent.glob(f".{path.name}.tmp*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 @contextmanager
 def folder_lock(path: str | os.PathLike):
     """Hold output folder `path` for a run's lifetime: a lock file beside it, created atomically and holding the
@@ -169,6 +179,7 @@ def folder_lock(path: str | os.PathLike):
         json.dump({"pid": os.getpid(), "host": socket.gethostname(),
                    "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}, file)
     _HELD_LOCKS.add(lock)
+    _remove_stale_temporaries(path)
     try:
         yield lock
     finally:
