@@ -156,6 +156,7 @@ def test_output_attentions_needs_eager_and_other_kernels_warn_and_return_none(to
     from transformers.utils import logging as transformers_logging
 
     model = make(ScGrnModel, tokenizer, edge_tensor, attn_implementation="sdpa")
+    transformers_logging.warning_once.cache_clear()  # said once per process: other tests may have said it
     transformers_logging.enable_propagation()
     try:
         with caplog.at_level("WARNING"):

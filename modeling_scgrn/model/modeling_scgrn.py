@@ -240,10 +240,10 @@ class ScGrnPreTrainedModel(PreTrainedModel):
             return AUTO_ATTENTION
         known = {"eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()}
         if requested_attention not in known and "/" not in requested_attention and "|" not in requested_attention:
-            raise ValueError(
-                f"attn_implementation={requested_attention!r} is not available; choose 'grn_auto' (the default: "
-                "the kernel chosen for the inputs' device), 'grn_structured' (exact and prior-structured), 'sdpa', "
-                "'flex_attention' or 'eager' (the only one returning attention weights).")
+            raise ValueError(  # transformers' own first sentence, which callers match
+                f'Specified `attn_implementation="{requested_attention}"` is not supported; choose '
+                "'grn_auto' (the default: the kernel chosen for the inputs' device), 'grn_structured' (exact and "
+                "prior-structured), 'sdpa', 'flex_attention' or 'eager' (the only one returning attention weights).")
         return super().get_correct_attn_implementation(requested_attention, is_init_check)
 
     def _init_weights(self, module: nn.Module) -> None:
