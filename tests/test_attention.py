@@ -67,7 +67,15 @@ def test_the_default_runs_the_kernel_chosen_for_the_device(tokenizer, edge_tenso
     """With the table pointing this device at `kernel`, the default builds that kernel's mask form and runs that
     kernel: bit for bit the model that names it, forward and backward."""
     monkeypatch.setitem(DEVICE_ATTENTION, "cpu", kernel)
+    from modeling_scgrn.model.kernels import OWN_KERNELS
+
     called = []
+
+    def recording(name, function):
+        return lambda *args, **kwargs: called.append(name) or function(*args, **kwargs)
+
+    for name, function in list(OWN_KERNELS.items()):  # scgrn's kernels, which never go through the registry
+        monkeypatch.setitem(OWN_KERNELS, name, recording(name, function))
     original = ALL_ATTENTION_FUNCTIONS.get_interface
     monkeypatch.setattr(ALL_ATTENTION_FUNCTIONS, "get_interface",
                         lambda name, default: called.append(name) or original(name, default))
@@ -261,3 +269,32 @@ def test_flex_attention_on_real_cells_is_exact_and_block_sparse(real_cells):
     with torch.no_grad():
         torch.testing.assert_close(model(**inputs).last_hidden_state, reference_model(**inputs).last_hidden_state,
                                    atol=1e-5, rtol=1e-5)
+
+
+def test_a_model_calls_its_own_kernels_whatever_the_registry_holds(tokenizer, edge_tensor, batch):
+    """transformers' attention registry is one per process: another scgrn repo (of another version) loaded later
+    re-registers "grn_structured" and "grn_auto". A model must still run the kernels of its own code."""
+    from transformers.modeling_utils import AttentionInterface
+
+    from modeling_scgrn.model.kernels import OWN_KERNELS
+
+    calls = []
+
+    def foreign(*args, **kwargs):
+        calls.append(1)
+        raise AssertionError("another repo's kernel ran")
+
+    model = ScGrnModel(tiny_config(tokenizer)).eval()
+    model.set_grn_edges(edge_tensor)
+    expected = model(**batch).last_hidden_state
+    saved = {name: ALL_ATTENTION_FUNCTIONS[name] for name in ("grn_structured", "grn_auto")}
+    try:
+        for name in saved:
+            AttentionInterface.register(name, foreign)
+        for implementation in ("grn_auto", "grn_structured"):
+            model.set_attn_implementation(implementation)
+            assert torch.equal(model(**batch).last_hidden_state, expected)
+    finally:
+        for name, function in saved.items():
+            AttentionInterface.register(name, function)
+    assert calls == [] and ALL_ATTENTION_FUNCTIONS["grn_structured"] is OWN_KERNELS["grn_structured"]

@@ -10,6 +10,7 @@ files.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -277,9 +278,24 @@ def auto_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Te
                            attention_mask, **kwargs):
     """`attn_implementation="grn_auto"`: the registered kernel of [`attention_on`] for the inputs' device (the
     model builds the mask in that kernel's form, from the same choice)."""
-    kernel = ALL_ATTENTION_FUNCTIONS.get_interface(attention_on(AUTO_ATTENTION, query.device), eager_attention_forward)
+    kernel = attention_function(attention_on(AUTO_ATTENTION, query.device))
     return kernel(module, query, key, value, attention_mask, **kwargs)
 
 
+# scgrn's own kernels, called from this module whatever the registry holds: transformers' registry is one per
+# process, so the scgrn repo loaded last would otherwise run its kernels for every scgrn model (of any version)
+OWN_KERNELS = {"eager": eager_attention_forward, "grn_structured": grn_structured_attention_forward,
+               AUTO_ATTENTION: auto_attention_forward}
+
+
+def attention_function(attn_implementation: str) -> Callable:
+    """The function an `attn_implementation` runs: scgrn's own (`OWN_KERNELS`) for its names, transformers'
+    registry (sdpa, flex_attention, a user's registered kernel) for the others."""
+    own = OWN_KERNELS.get(attn_implementation)
+    return own if own is not None else ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation,
+                                                                             eager_attention_forward)
+
+
+# registered too, so that transformers accepts the names (attn_implementation="grn_structured", set_attn_...)
 AttentionInterface.register("grn_structured", grn_structured_attention_forward)
 AttentionInterface.register(AUTO_ATTENTION, auto_attention_forward)

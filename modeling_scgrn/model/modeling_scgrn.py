@@ -24,6 +24,7 @@ from .configuration_scgrn import MASK_RULE_FIELDS, ScGrnConfig
 from .controls import control_edges
 from .kernels import (
     AUTO_ATTENTION,
+    OWN_KERNELS,
     _SwiGLU,
     attention_on,
     eager_attention_forward,
@@ -39,7 +40,6 @@ from .masks import (
     regulators_first_order,
 )
 from .sizing import check_model_fits
-
 
 logger = logging.get_logger(__name__)
 
@@ -133,7 +133,8 @@ class ScGrnEmbeddings(nn.Module):
 
 
 class ScGrnAttention(nn.Module):
-    """Multi-head self-attention whose kernel is picked from transformers' registry by `attn_implementation`."""
+    """Multi-head self-attention whose kernel is picked by `attn_implementation`: scgrn's own kernels
+    (`kernels.OWN_KERNELS`) from this copy of the code, any other name from transformers' registry."""
 
     def __init__(self, config: ScGrnConfig, layer_idx: int):
         super().__init__()
@@ -156,9 +157,11 @@ class ScGrnAttention(nn.Module):
         query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
         key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
+        name = self.config._attn_implementation
+        # scgrn's own kernels from this copy of the code (transformers' registry is one per process, and another
+        # scgrn repo loaded later re-registers their names); any other name from the registry
+        attention_interface: Callable = OWN_KERNELS.get(name) or ALL_ATTENTION_FUNCTIONS.get_interface(
+            name, eager_attention_forward)
         output, weights = attention_interface(
             self,
             query,
