@@ -437,3 +437,103 @@ def test_log_normalised_cells_and_special_tokens_are_refused_by_the_tools(world,
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "error: argument --max_cells: -690 is below 1" in err
     assert "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+# The systematic sweep: every numeric option of every script gets a wrong type and an out-of-range value, every
+# option with choices an unknown one, and every file or folder option a path that does not exist. Each case must
+# end in one line naming the option, exit status 2, no traceback, and nothing written.
+SWEPT = {**SCRIPTS, "knockout": ROOT / "benchmarks" / "knockout.py", "known_truth": ROOT / "benchmarks" / "known_truth.py"}
+BASE = {  # arguments that are valid together; each case changes one option
+    "tokenize": ["--input", "{h5ad}", "--prior", "{prior}", "--output_dir", "{out}"],
+    "pretrain": ["--data", "{data}", "--output_dir", "{out}", *TINY],
+    "finetune": ["--data", "{data}", "--label_column", "bulk_labels", "--output_dir", "{out}", *TINY],
+    "compare": ["--data", "{data}", "--label_column", "bulk_labels", "--output_dir", "{out}"],
+    "interpret": ["--data", "{data}", "--label_column", "bulk_labels", "--model", "{model}", "--output_dir", "{out}"],
+    "perturb": ["--input", "{h5ad}", "--model", "{model}", "--genes", "SPI1", "--output_dir", "{out}"],
+    "push": ["--model", "{model}", "--repo_id", "org/model"],
+    "simulate": ["--prior", "{prior}", "--output", "{out}/cells.h5ad"],
+    "knockout": ["--corpus", "{h5ad}", "--model", "grn={model}", "--output_dir", "{out}"],
+    "known_truth": ["--prior", "{prior}", "--output_dir", "{out}"],
+}
+# file and folder options, and what replaces a conflicting part of the base (a source group takes one member)
+PATHS = {
+    "tokenize": ["--input", "--prior", "--tokenizer"], "pretrain": ["--data", "--config", "--model"],
+    "finetune": ["--data", "--config", "--model", "--architecture_from"],
+    "compare": ["--data", "--config", "--pretrain_config"], "interpret": ["--data", "--model", "--dense_model"],
+    "perturb": ["--input", "--model", "--classifier", "--prior"], "push": ["--model"], "simulate": ["--prior"],
+    "knockout": ["--corpus"], "known_truth": ["--prior", "--corpus"],
+}
+
+
+def parser_of(name):
+    """The script's argparse parser, as its parse_arguments builds it."""
+    import argparse
+
+    class Built(Exception):
+        pass
+
+    def capture(self, *args, **kwargs):
+        raise Built(self)
+
+    original = argparse.ArgumentParser.parse_args
+    argparse.ArgumentParser.parse_args = capture
+    try:
+        spec = importlib.util.spec_from_file_location(f"swept_{name}", SWEPT[name])
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.parse_arguments([])
+    except Built as built:
+        return built.args[0], module
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    raise AssertionError(f"{name} built no parser")
+
+
+def sweep_cases():
+    cases = []
+    for name in BASE:
+        parser, module = parser_of(name)
+        shared = getattr(module, "shared", None)
+        for action in parser._actions:
+            option = next((o for o in action.option_strings if o.startswith("--")), None)
+            if option is None:
+                continue
+            if shared is not None and action.type in (shared.count, shared.seed):
+                low = "0" if action.type is shared.count else "-1"
+                cases += [(name, option, "many", "argument " + option), (name, option, low, "argument " + option)]
+            elif action.type in (int, float):  # checked by the config dataclass it fills (DataConfig)
+                cases += [(name, option, "many", "argument " + option), (name, option, "-5", option[2:])]
+            elif action.choices:
+                cases.append((name, option, "not-a-choice", "invalid choice"))
+        cases += [(name, option, "{root}/missing/thing", "missing/thing") for option in PATHS[name]]  # named
+    return cases
+
+
+def with_option(arguments: list, option: str, value: str) -> list:
+    """`arguments` with `option` set to `value` (replaced where the base gives it)."""
+    if option in arguments:
+        arguments = list(arguments)
+        arguments[arguments.index(option) + 1] = value
+        return arguments
+    if option == "--input" and "--data" in arguments:  # one source at a time; tokenizing needs a prior
+        at = arguments.index("--data")
+        return [*arguments[:at], *arguments[at + 2:], option, value, "--prior", "{prior}"]
+    return [*arguments, option, value]
+
+
+@pytest.mark.parametrize("name,option,value,words", sweep_cases(), ids=lambda v: str(v)[:30])
+def test_every_option_refuses_a_wrong_value_in_one_line_and_writes_nothing(world, tmp_path, capsys, name, option,
+                                                                           value, words):
+    values = {**world, "out": str(tmp_path / "out")}
+    arguments = [a.format(**values) for a in with_option(BASE[name], option, value)]
+    before = snapshot(world["root"])
+    spec = importlib.util.spec_from_file_location(f"swept_{name}", SWEPT[name])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(arguments)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert exit_info.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert words in lines[0], lines[0]
+    assert snapshot(world["root"]) == before and not (tmp_path / "out").exists()

@@ -44,6 +44,8 @@ class DataConfig:
                              "in (0, 1) that leave cells for training.")
         if self.min_genes < 0 or self.min_cells < 0:
             raise ValueError("min_genes and min_cells must not be negative.")
+        if self.seed < 0:
+            raise ValueError(f"seed={self.seed} must be at least 0 (the split's random state).")
         if self.backed and self.panel != "all":
             raise ValueError(f"panel={self.panel!r} needs the matrix in memory (variable genes); use panel='all' with "
                              "backed mode, or drop backed mode.")
