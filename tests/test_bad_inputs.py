@@ -81,6 +81,10 @@ def world(tmp_path_factory):
         if item.is_file():
             data = item.read_bytes()
             (broken / item.name).write_bytes(data[: len(data) // 2] if item.name == "model.safetensors" else data)
+    (root / "bad.yaml").write_text("training: [1, 2\n")  # a YAML syntax error
+    (root / "wrong_section.yaml").write_text("training: 5\n")
+    (root / "config.toml").write_text("[training]\nmax_steps = 2\n")
+    (root / "a_folder").mkdir()
     no_config = root / "no_config"
     no_config.mkdir()
     (no_config / "model.safetensors").write_bytes((root / "pretrain" / "model" / "model.safetensors").read_bytes())
@@ -121,6 +125,12 @@ CASES = [
      "expects float"),
     ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--config", "{root}/missing.yaml"], "missing.yaml"),
     ("pretrain", ["--data", "{data}", "--output_dir", "{busy}"], "not empty"),
+    ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--config", "{root}/bad.yaml"], "is not valid YAML"),
+    ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--config", "{root}/wrong_section.yaml"],
+     "section(s) ['training'] of"),
+    ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--config", "{root}/config.toml"],
+     "is neither YAML (.yaml, .yml) nor JSON"),
+    ("tokenize", ["--input", "{h5ad}", "--prior", "{root}/a_folder", "--output_dir", "{out}"], "is a folder"),
     ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--resume_from_checkpoint", "latest"],
      "no run to resume"),
     ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--model", "{root}/nowhere/model"],
@@ -140,6 +150,8 @@ CASES = [
     ("compare", ["--data", "{root}/missing", "--label_column", "bulk_labels", "--output_dir", "{out}"],
      "does not exist"),
     ("compare", ["--data", "{data}", "--label_column", "bulk_labels", "--output_dir", "{busy}"], "not empty"),
+    ("compare", ["--data", "{data}", "--label_column", "bulk_labels", "--output_dir", "{out}", "--seeds", "0", "0"],
+     "seeds [0, 0] must be given, each once"),
     ("interpret", ["--data", "{data}", "--label_column", "bulk_labels", "--model", "{root}/missing",
                    "--output_dir", "{out}"], "no model folder"),
     ("interpret", ["--data", "{data}", "--label_column", "bulk_labels", "--model", "{model}", "--split", "holdout",
@@ -537,3 +549,15 @@ def test_every_option_refuses_a_wrong_value_in_one_line_and_writes_nothing(world
     assert exit_info.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
     assert words in lines[0], lines[0]
     assert snapshot(world["root"]) == before and not (tmp_path / "out").exists()
+
+
+def test_a_typo_in_a_local_model_path_is_not_looked_up_on_the_hub(world, tmp_path, capsys, monkeypatch):
+    (tmp_path / "runs" / "pbmc").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a lookup would fail slowly, not with this line
+    start = time.perf_counter()
+    line = _error_line(capsys, lambda: script("finetune").main(
+        ["--data", world["data"], "--label_column", "bulk_labels", "--model", "runs/pbmk", "--output_dir", "out",
+         *TINY]))
+    assert "there is no model folder at runs/pbmk (its parent folder runs/ exists here" in line and "'pbmc'" in line
+    assert time.perf_counter() - start < 10 and not (tmp_path / "out").exists()

@@ -147,3 +147,20 @@ def test_script_refuses_bad_output_in_one_line(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: --output") and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("arguments,words", [
+    (["--n_cell_types", "500", "--n_cells", "50"], "n_cells=50 cannot hold 500 cell types"),
+    (["--noise", "bogus"], "noise='bogus'; use '10x'"),
+    (["--n_cells", "25", "--chunk_cells", "10", "--n_cell_types", "8"], "the last chunk would hold 5 cells"),
+])
+def test_script_refuses_arguments_that_cannot_give_a_corpus_before_simulating(tmp_path, arguments, words):
+    import time
+
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, str(ROOT / "data" / "simulate_cells.py"), "--prior",
+                             str(shared_data_or_skip(OMNIPATH_TABLE)), "--output", str(tmp_path / "cells.h5ad"),
+                             "--n_genes", "30", *arguments], capture_output=True, text=True, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {words}")
+    assert list(tmp_path.iterdir()) == [] and time.perf_counter() - start < 30

@@ -296,7 +296,7 @@ def simulate_cells(network, n_genes: int = 200, n_cells: int = 1000, n_cell_type
     `layers["expression"]` with `keep_expression`), `obs["cell_type"]`, and `uns["scgrn_simulation"]`: `edges` (the
     true network: `source, target, sign, weight`, every edge from the prior), `parameters`, `subnetwork` (what
     building it dropped) and `chunk`."""
-    parameters = SimulationParameters(n_genes=n_genes, n_cell_types=n_cell_types, seed=seed, **options)
+    parameters = checked_parameters(n_cells, n_genes=n_genes, n_cell_types=n_cell_types, seed=seed, **options)
     edges, report = select_subnetwork(network, parameters.n_genes, seed=parameters.seed,
                                       min_targets=parameters.min_targets, max_targets=parameters.max_targets,
                                       targets_per_regulator=parameters.targets_per_regulator)
@@ -307,6 +307,17 @@ def simulate_cells(network, n_genes: int = 200, n_cells: int = 1000, n_cell_type
                                  "prior": {k: v for k, v in network.provenance.items() if k in
                                            ("resource", "source_file", "sha256", "n_edges")}}
     return adata
+
+
+def checked_parameters(n_cells: int, **arguments) -> SimulationParameters:
+    """The simulation's parameters from `simulate_cells`' arguments, refused before any cell is simulated when they
+    cannot give a corpus: bad parameters (`SimulationParameters`), or fewer cells than cell types."""
+    parameters = SimulationParameters(**{k: v for k, v in arguments.items()
+                                         if k not in ("chunk", "keep_expression", "timeout")})
+    if n_cells < parameters.n_cell_types:
+        raise ValueError(f"n_cells={n_cells} cannot hold {parameters.n_cell_types} cell types (each needs cells); "
+                         "simulate more cells or fewer types.")
+    return parameters
 
 
 def _plain(parameters: dict) -> dict:
@@ -456,7 +467,11 @@ def simulate_corpus(network, output, n_cells: int, *, chunk_cells: int = 2_000, 
     output = Path(output)
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it, or choose another --output.")
+    parameters = checked_parameters(n_cells, **arguments)  # here, not minutes later inside a chunk
     sizes = [min(chunk_cells, n_cells - start) for start in range(0, n_cells, chunk_cells)]
+    if min(sizes) < parameters.n_cell_types:
+        raise ValueError(f"the last chunk would hold {min(sizes)} cells, fewer than the {parameters.n_cell_types} "
+                         "cell types; choose a chunk_cells that divides n_cells, or more cells.")
     start = time.perf_counter()
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.chunks") as folder:

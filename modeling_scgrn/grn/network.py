@@ -144,6 +144,9 @@ class GeneRegulatoryNetwork:
         filtered to `resource`, `DEFAULT_RESOURCE` when None) or a plain `source, target[, weight]` CSV/TSV/Parquet
         network."""
         path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"network file {path} is a folder; give the network file itself (a saved prior folder "
+                             "is read with GeneRegulatoryNetwork.load).")
         if not path.is_file():
             raise FileNotFoundError(f"network file {path} does not exist; run data/fetch_prior.py for the OmniPath "
                                     "table, or give a source,target CSV/TSV/Parquet file.")

@@ -61,8 +61,17 @@ def run_script(args, work: Callable[[], object], *, output_dir: str | None = Non
 
 
 def load_yaml_or_json(path: str | os.PathLike) -> dict:
-    text = Path(path).read_text()
-    values = yaml.safe_load(text) if str(path).endswith((".yaml", ".yml")) else json.loads(text)
+    """A config file's mapping: YAML (`.yaml`, `.yml`) or JSON (`.json`); a syntax error, another extension or
+    anything but a mapping is refused in one line."""
+    path = Path(path)
+    kind = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}.get(path.suffix.lower())
+    if kind is None:
+        raise ValueError(f"config file {path} is neither YAML (.yaml, .yml) nor JSON (.json); give one of those.")
+    text = path.read_text()
+    try:
+        values = yaml.safe_load(text) if kind == "YAML" else json.loads(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as error:
+        raise ValueError(f"config file {path} is not valid {kind}: {' '.join(str(error).split())}") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of option names to values.")
     return values
@@ -76,6 +85,10 @@ def script_options(config_path: str | None, overrides: list[str], sections: dict
     unknown = sorted(set(values) - set(sections))
     if unknown:
         raise ValueError(f"unknown section(s) {unknown} in {config_path}; sections are {sorted(sections)}.")
+    wrong = [name for name in sections if values.get(name) is not None and not isinstance(values[name], dict)]
+    if wrong:
+        raise ValueError(f"section(s) {wrong} of {config_path} must each be a mapping of option names to values "
+                         f"(e.g. training: {{max_steps: 100}}), not {type(values[wrong[0]]).__name__}.")
     options = {name: dict(values.get(name) or {}) for name in sections}
     for item in overrides:
         if "=" not in item or "." not in item.split("=", 1)[0]:

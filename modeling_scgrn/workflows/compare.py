@@ -84,6 +84,10 @@ def run_comparison(data_dir, output_dir, *, label_column: str, training: Trainin
     unknown = [mode for mode in modes if mode not in GRN_MODES]
     if unknown:
         raise ValueError(f"mode(s) {unknown} are not grn_mode values; choose from {list(GRN_MODES)}.")
+    for name, given in (("seeds", list(seeds)), ("modes", list(modes))):
+        if not given or len(set(given)) != len(given):
+            raise ValueError(f"{name} {given} must be given, each once: a repeated one would train into the same "
+                             "run folder twice.")
 
     model_options, training = dict(model_options or {}), training or TrainingConfig()
     arms = [None] if pretraining is None else [None, pretraining]
