@@ -77,6 +77,11 @@ def test_resume_after_crash_gives_the_uninterrupted_weights(prepared, tmp_path):
         assert torch.equal(straight[name], resumed[name]), name
     kept = sorted(p.name for p in (tmp_path / "crashed" / "checkpoints").iterdir())
     assert kept == ["step_00000008", "step_00000012"]  # keep_last_checkpoints=2
+    # resuming into another architecture is refused before any weight is read (it was a size-mismatch traceback)
+    again = TrainingConfig.from_dict({**options, "max_steps": 16, "resume_from_checkpoint": "latest"},
+                                     output_dir=tmp_path / "crashed")
+    with pytest.raises(ValueError, match=r"was trained with another architecture \(.*\[769, 32\] -> \[769, 16\]"):
+        run_pretraining(prepared, again, model_options={**TINY_MODEL, "hidden_size": 16, "intermediate_size": 32})
 
 
 def test_deterministic_kernels_run_the_same_steps_and_are_switched_off_after(prepared, tmp_path, monkeypatch):

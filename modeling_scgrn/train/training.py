@@ -130,9 +130,11 @@ class _RunState:
         self.best_metric = -math.inf
         self.evaluations_without_gain = 0
         self.stream: dict | None = None  # a streamed source's position (`SomaCellStream.state_dict`)
+        self.identity: dict | None = None  # what the run trains: its weights' shapes and its cells (`run_identity`)
 
     def state_dict(self) -> dict:
-        state = {"step": self.step, "best_metric": self.best_metric, "without_gain": self.evaluations_without_gain}
+        state = {"step": self.step, "best_metric": self.best_metric, "without_gain": self.evaluations_without_gain,
+                 "identity": self.identity}
         return state if self.stream is None else {**state, "stream": self.stream}
 
     def load_state_dict(self, state: dict) -> None:
@@ -140,6 +142,7 @@ class _RunState:
         self.best_metric = float(state["best_metric"])
         self.evaluations_without_gain = int(state["without_gain"])
         self.stream = state.get("stream")
+        self.identity = state.get("identity")
 
     def save(self, folder: Path) -> None:
         (folder / RUN_STATE_FILE).write_text(json.dumps(self.state_dict()))  # -inf is written as -Infinity
@@ -154,6 +157,31 @@ class _RunState:
             raise ValueError(f"{folder} is not an scgrn checkpoint ({RUN_STATE_FILE} is missing); resume from a "
                              "checkpoints/step_* folder that scgrn wrote.")
         self.load_state_dict(json.loads(path.read_text()))
+
+
+def run_identity(model, train_dataset) -> dict:
+    """What a checkpoint can only be resumed into: the model's weight shapes and the training cells (their count,
+    and the dataset's fingerprint where it has one)."""
+    return {"weights": {name: list(p.shape) for name, p in model.state_dict().items()},
+            "cells": len(train_dataset) if hasattr(train_dataset, "__len__") else None,
+            "fingerprint": getattr(train_dataset, "_fingerprint", None)}
+
+
+def check_same_run(saved: dict | None, current: dict, checkpoint: Path) -> None:
+    """Refuse, before any weight is loaded, to resume a checkpoint into another architecture or onto other cells
+    (a checkpoint written before identities were recorded is taken as it is)."""
+    if not saved:
+        return
+    changed = [f"{name} {shape} -> {current['weights'].get(name)}" for name, shape in saved["weights"].items()
+               if current["weights"].get(name) != shape]
+    changed += [f"weight {name} is new" for name in current["weights"] if name not in saved["weights"]]
+    if changed:
+        raise ValueError(f"{checkpoint} was trained with another architecture ({'; '.join(changed[:3])}); resume "
+                         "with the model options it was started with, or start a new output folder.")
+    for key, what in (("cells", "training cells"), ("fingerprint", "training data")):
+        if saved.get(key) is not None and current.get(key) is not None and saved[key] != current[key]:
+            raise ValueError(f"{checkpoint} was trained on other {what} ({key} {saved[key]} -> {current[key]}); "
+                             "resume with the data it was started with, or start a new output folder.")
 
 
 def claim_run_folder(output_dir: Path, task: str, resuming: bool) -> None:
@@ -309,6 +337,7 @@ def _prepare(accelerator, model, train_dataset, collator, config: TrainingConfig
         batches_per_epoch = len(loader)
     else:
         loader, batches_per_epoch = stream.loader(collator, config.dataloader_num_workers), stream.units_per_epoch
+    identity = run_identity(model, train_dataset)  # before Accelerate wraps the model (and renames its weights)
     optimizer = _optimizer(model, config)
     updates_per_epoch = max(1, math.ceil(batches_per_epoch / accelerator.num_processes
                                          / config.gradient_accumulation_steps))
@@ -323,7 +352,9 @@ def _prepare(accelerator, model, train_dataset, collator, config: TrainingConfig
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     else:
         model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    return _Run(accelerator, model, optimizer, loader, scheduler, config, total_steps, updates_per_epoch, stream=stream)
+    run = _Run(accelerator, model, optimizer, loader, scheduler, config, total_steps, updates_per_epoch, stream=stream)
+    run.state.identity = identity
+    return run
 
 
 def _start(run: _Run, project_name: str, extra_tracker_config: dict | None) -> Path | None:
@@ -340,8 +371,11 @@ def _start(run: _Run, project_name: str, extra_tracker_config: dict | None) -> P
     if accelerator.is_main_process:
         claim_run_folder(Path(config.output_dir), project_name, resuming=resume_path is not None)
     accelerator.wait_for_everyone()
+    identity = run.state.identity
     if resume_path is not None:
         run.state.load(resume_path)
+        check_same_run(run.state.identity, identity, resume_path)
+        run.state.identity = identity
         if run.stream is not None:
             if run.state.stream is None:
                 raise ValueError(f"{resume_path} records no stream position: it was not written by a streamed run; "
