@@ -404,3 +404,16 @@ def test_a_tokenization_killed_midway_leaves_no_chunks_and_the_next_run_cleans_u
     assert run("live").returncode == 0
     assert not list(temporary.glob("scgrn-tokenize-*")) and (out / "dataset").is_dir()
     assert sorted(p.name for p in out.parent.iterdir()) == ["data"]  # no half-written .data.tmp* sibling left
+
+
+def test_log_data_with_counts_in_a_layer_is_refused_naming_the_layer(pbmc):
+    import scanpy as sc
+
+    cells = pbmc[:100].copy()
+    cells.layers["counts"] = cells.X.copy()
+    sc.pp.normalize_total(cells)
+    sc.pp.log1p(cells)
+    tokenizer = ScGrnTokenizer.from_genes(list(cells.var_names))
+    with pytest.raises(ValueError, match=r"adata.X = adata.layers\['counts'\].*These cells hold adata.layers\['counts'\]"):
+        tokenize_anndata(cells, tokenizer, show_progress=False)
+    assert tokenize_anndata(cells, tokenizer, layer="counts", show_progress=False)[0].num_rows == 100

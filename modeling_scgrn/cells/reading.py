@@ -52,8 +52,9 @@ def check_expression_values(matrix, normalize: bool, sample: int = 100_000) -> N
             "like raw counts; drop --no_normalize so that scgrn normalises them.")
 
 
-RAW_COUNTS_ADVICE = ("Pass raw counts (adata.layers['counts'] or adata.raw), or tokenize with normalize=False "
-                     "(data/tokenize_cells.py --no_normalize) if the values are already log1p-normalised.")
+RAW_COUNTS_ADVICE = ("Put raw counts in adata.X (adata.X = adata.layers['counts'], or adata = adata.raw.to_adata()) "
+                     "and write the .h5ad again, or tokenize with normalize=False (data/tokenize_cells.py "
+                     "--no_normalize) if the values are already log1p-normalised.")
 
 
 def check_raw_counts(matrix, sample: int = 100_000, advice: str = RAW_COUNTS_ADVICE) -> None:

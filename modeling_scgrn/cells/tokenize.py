@@ -186,7 +186,14 @@ def tokenize_anndata(
         raise ValueError("the AnnData holds no cells.")
     gene_names = list(adata.var[gene_column].astype(str)) if gene_column else list(adata.var_names)
     matrix = adata.X if layer is None else adata.layers[layer]
-    check_expression_values(matrix[: min(adata.n_obs, 1000)], normalize)
+    try:
+        check_expression_values(matrix[: min(adata.n_obs, 1000)], normalize)
+    except ValueError as error:
+        found = [name for name in ("counts", "raw_counts") if name in adata.layers and name != layer]
+        if not found and adata.raw is None:
+            raise
+        where = f"adata.layers[{found[0]!r}]" if found else "adata.raw"
+        raise ValueError(f"{error} These cells hold {where}, which may be the counts.") from None
     bounds = [(start, min(start + chunk_size, adata.n_obs)) for start in range(0, adata.n_obs, chunk_size)]
     progress = tqdm(total=len(bounds), desc="tokenizing", disable=not show_progress, unit="chunk")
     reports, tables = [], []
