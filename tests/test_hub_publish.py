@@ -168,3 +168,18 @@ def test_bad_pushes_upload_nothing(fake_hub, model_folder, monkeypatch, tmp_path
     with pytest.raises(ValueError, match="no Hugging Face token"):
         push_to_hub(model, tokenizer, network, "org/scgrn", endpoint=fake_hub)
     assert FakeHub.received == []
+
+
+def test_a_classifiers_card_lists_its_labels_and_says_what_it_does_not_record(tokenizer, tmp_path):
+    network = GeneRegulatoryNetwork.from_dataframe(pd.DataFrame(EDGES, columns=["source", "target"]))
+    labels = {0: "B cell", 1: "T cell", 2: "NK"}
+    config = tiny_config(tokenizer, id2label=labels, label2id={v: k for k, v in labels.items()})
+    model = ScGrnForCellClassification(config)
+    attach_grn(model, network, tokenizer)
+    card = (save_model_folder(model, tokenizer, network, tmp_path / "m", plot=False) / "README.md").read_text()
+    assert "Cell types this classifier predicts (3): `B cell`, `T cell`, `NK`" in card
+    assert "AutoModelForSequenceClassification.from_pretrained" in card
+    assert "these weights may be untrained" in card  # no training run and no evaluation recorded
+    assert "read the baselines above" not in card and "this card records no baselines" in card
+    assert "each attended pair is a prior edge" not in card and "edges at chance" in card.replace("\n  ", " ")
+    assert card.count("Pretraining trains the cell embedding through a cell decoder") == 1

@@ -41,6 +41,9 @@ def model_card(
         prior_section = (
             f"- Resource: {p.get('resource', 'custom')} ({p.get('version', 'version not recorded')}), organism "
             f"{p.get('organism', '?')}, identifiers {p.get('id_type', '?')}.\n"
+            + (f"- Source file: {p['source_file']}" if p.get("source_file") else "- Source file: not recorded")
+            + (f", SHA-256 {p['sha256']}" if p.get("sha256") else "")
+            + (f"; {p['n_edges']} edges after reading" if p.get("n_edges") is not None else "") + ".\n"
             f"- Filters: {p.get('filters', 'none recorded')}; dropped: {json.dumps(p.get('dropped', {}))}.\n"
             f"- On this model's gene panel ({report['panel_genes']} genes): {report['edges_in_panel']} edges, "
             f"{report['regulators_in_panel']} regulators, {report['targets_in_panel']} targets, density "
@@ -61,13 +64,39 @@ def model_card(
         evaluation_text += "\n\nAgainst simple baselines on the same cells:\n\n" + baselines_markdown
     if prior_coverage:
         prior_section += "\n- In the training cells: " + coverage_line(prior_coverage).removeprefix("prior coverage: ")
+    if training_data == "Not recorded." and not evaluation:
+        training_data = ("Not recorded, and no evaluation either: these weights may be untrained (a model saved "
+                         "without a training run).")
     template = files("modeling_scgrn").joinpath("model_cards/scgrn.md").read_text()
     return template.format(
         metadata=yaml.safe_dump(metadata, sort_keys=False).strip(),
         title=f"scgrn: {repo_id}",
         training_data=training_data,
+        labels_section=_labels_section(model),
         prior_section=prior_section,
         mask_table=mask_rows,
         evaluation=evaluation_text,
+        baseline_advice="read the baselines above" if baselines_markdown else
+        "compare with a logistic regression on your own cells (this card records no baselines)",
         repo_id=repo_id,
+        load_head=_load_head(model, repo_id),
     )
+
+
+def _labels_section(model) -> str:
+    """A classifier's cell types, as the card lists them."""
+    if getattr(model, "task", None) != "cell_classification":
+        return ""
+    labels = [model.config.id2label[i] for i in sorted(model.config.id2label)]
+    names = ", ".join(f"`{label}`" for label in labels)
+    return f"\nCell types this classifier predicts ({len(labels)}): {names}\n"
+
+
+def _load_head(model, repo_id: str) -> str:
+    if getattr(model, "task", None) == "cell_classification":
+        return ("Cell types: `AutoModelForSequenceClassification.from_pretrained(\"" + repo_id + "\")(**inputs)"
+                ".logits.argmax(-1)`, names in `model.config.id2label`.\n")
+    if getattr(model, "task", None) == "masked_expression":
+        return ("Masked values and in-silico perturbations: `AutoModelForMaskedLM.from_pretrained(\"" + repo_id
+                + "\")` (see `scgrn.tl.perturb`).\n")
+    return ""
