@@ -374,12 +374,16 @@ prepare_cells("pbmc68k_reduced", network, sys.argv[2], chunk_size=50)
 """
 
 
-def test_a_tokenization_killed_midway_leaves_no_chunks_and_the_next_run_cleans_up(tmp_path):
+def test_a_tokenization_killed_midway_leaves_no_chunks_and_the_next_run_cleans_up(tmp_path, monkeypatch,
+                                                                                  collectri_prior):
     import os
     import subprocess
     import sys
+    import tempfile
 
     from conftest import OMNIPATH_TABLE
+
+    from modeling_scgrn.cells.prepared import prepare_cells
 
     temporary = tmp_path / "tmp"
     temporary.mkdir()
@@ -387,33 +391,19 @@ def test_a_tokenization_killed_midway_leaves_no_chunks_and_the_next_run_cleans_u
     script.write_text(KILLED_TOKENIZATION)
     out = tmp_path / "work" / "data"
     out.parent.mkdir()
-
-    def run(mode):
-        return subprocess.run([sys.executable, str(script), str(shared_data_or_skip(OMNIPATH_TABLE)), str(out), mode],
-                              capture_output=True, text=True, env={**os.environ, "TMPDIR": str(temporary)}, timeout=300)
-
-    assert run("die").returncode == -9
-    chunks = [p for p in temporary.rglob("*.arrow")]
+    killed = subprocess.run([sys.executable, str(script), str(shared_data_or_skip(OMNIPATH_TABLE)), str(out), "die"],
+                            capture_output=True, text=True, env={**os.environ, "TMPDIR": str(temporary)}, timeout=300,
+                            check=False)
+    assert killed.returncode == -9
+    chunks = list(temporary.rglob("*.arrow"))
     assert len(chunks) <= 2  # only the chunks in flight: each one read back is unlinked at once
     assert not out.exists() and (out.parent / ".data.lock").exists()
-    refused = run("live")
-    assert refused.returncode != 0 and "that is no longer running" in refused.stderr
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))  # the next runs, in this process, use the same place
+    with pytest.raises(ValueError, match="that is no longer running"):
+        prepare_cells("pbmc68k_reduced", collectri_prior, out, chunk_size=50)
     (out.parent / ".data.lock").unlink()  # what the message says to do, once the user has looked
     (out.parent / ".data.tmpkilled").mkdir()  # what a kill -9 while writing the folder would have left
     (out.parent / ".data.tmpkilled" / "part.arrow").write_bytes(b"half")
-    assert run("live").returncode == 0
+    prepare_cells("pbmc68k_reduced", collectri_prior, out, chunk_size=50)
     assert not list(temporary.glob("scgrn-tokenize-*")) and (out / "dataset").is_dir()
     assert sorted(p.name for p in out.parent.iterdir()) == ["data"]  # no half-written .data.tmp* sibling left
-
-
-def test_log_data_with_counts_in_a_layer_is_refused_naming_the_layer(pbmc):
-    import scanpy as sc
-
-    cells = pbmc[:100].copy()
-    cells.layers["counts"] = cells.X.copy()
-    sc.pp.normalize_total(cells)
-    sc.pp.log1p(cells)
-    tokenizer = ScGrnTokenizer.from_genes(list(cells.var_names))
-    with pytest.raises(ValueError, match=r"adata.X = adata.layers\['counts'\].*These cells hold adata.layers\['counts'\]"):
-        tokenize_anndata(cells, tokenizer, show_progress=False)
-    assert tokenize_anndata(cells, tokenizer, layer="counts", show_progress=False)[0].num_rows == 100

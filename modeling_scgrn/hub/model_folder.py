@@ -122,7 +122,8 @@ def check_model_source(source: str | os.PathLike) -> str:
         if folder.parent.is_dir():  # "runs/modle": a typo'd local path, which would become a slow Hub lookup
             raise ValueError(f"there is no model folder at {source} (its parent folder {folder.parent}/ exists here, "
                              f"so this is a local path, not a Hub repo id); the folders there are "
-                             f"{sorted(p.name for p in folder.parent.iterdir() if p.is_dir())[:8]}.")
+                             f"{sorted(p.name for p in folder.parent.iterdir() if p.is_dir())[:8]} (for the Hub "
+                             f"repo of that name, run from a folder without {folder.parent}/).")
         return str(source)
     if not (folder / "config.json").is_file():
         raise ValueError(f"{folder} has no config.json, so it is not a saved scgrn model; give the model/ folder a "

@@ -118,8 +118,8 @@ def check_output_folder(path: str | os.PathLike, *, overwrite: bool = False, res
 
 def lock_path(path: Path) -> Path:
     """Where the lock of output folder `path` lies: a hidden sibling, so that it outlives the folder being moved
-    aside or replaced."""
-    path = Path(path).absolute()
+    aside or replaced (beside the folder a symbolic link points to, so that every name of it shares the lock)."""
+    path = folder_path(path)
     return path.parent / f".{path.name}.lock"
 
 
