@@ -49,7 +49,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def finetune(args) -> dict:
-    from modeling_scgrn.hub.model_folder import architecture_of
+    from modeling_scgrn.hub.model_folder import with_architecture_of
     from modeling_scgrn.workflows.cli import training_script_configs
     from modeling_scgrn.workflows.data import run_data
     from modeling_scgrn.workflows.finetune import run_finetuning
@@ -59,7 +59,7 @@ def finetune(args) -> dict:
     if args.architecture_from:
         if args.model:
             raise ValueError("--architecture_from trains from scratch; drop it or drop --model.")
-        model_options = {**architecture_of(args.architecture_from), **model_options}
+        model_options = with_architecture_of(args.architecture_from, model_options)
     data = run_data(args.data, args.output_dir, cells=args.input, prior=args.prior, tokenizer=args.model,
                     label_column=args.label_column, group_column=args.group_column, resource=args.resource,
                     max_length=args.max_length, resuming=bool(args.resume_from_checkpoint))

@@ -561,3 +561,16 @@ def test_a_typo_in_a_local_model_path_is_not_looked_up_on_the_hub(world, tmp_pat
          *TINY]))
     assert "there is no model folder at runs/pbmk (its parent folder runs/ exists here" in line and "'pbmc'" in line
     assert time.perf_counter() - start < 10 and not (tmp_path / "out").exists()
+
+
+def test_a_config_that_contradicts_the_architecture_asked_for_is_refused(world, tmp_path, capsys):
+    """finetune/configs/pbmc68k.yaml names its architecture (hidden 64): with a pretrained model of another width,
+    or with --architecture_from one, finetuning says so instead of loading a mismatch or training another model."""
+    config = str(ROOT / "finetune" / "configs" / "pbmc68k.yaml")
+    common = ["--data", world["data"], "--label_column", "bulk_labels", "--config", config,
+              "--output_dir", str(tmp_path / "out"), "--set", "training.max_steps=2"]
+    line = _error_line(capsys, lambda: script("finetune").main([*common, "--model", world["model"]]))
+    assert "the model options set hidden_size=64" in line and "has hidden_size=16" in line
+    line = _error_line(capsys, lambda: script("finetune").main([*common, "--architecture_from", world["model"]]))
+    assert "has hidden_size=16" in line and "but the model options set hidden_size=64" in line
+    assert not (tmp_path / "out").exists()

@@ -25,8 +25,8 @@ def test_finetuned_grn_model_reaches_the_stated_macro_f1(tmp_path):
         network = GeneRegulatoryNetwork.read(shared_data_or_skip(OMNIPATH_TABLE), "collectri")
     prepare_cells("pbmc68k_reduced", network, tmp_path / "data", label_column="bulk_labels", max_length=None)
     config = load_yaml_or_json(ROOT / "finetune" / "configs" / "pbmc68k.yaml")
-    model = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=172, grn_mode="grn",
-                 **config["model"])
+    model = config["model"]  # the shipped config names its architecture: what finetune/run.py trains from scratch
+    assert {"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"} <= set(model)
     training = TrainingConfig.from_dict(
         {**config["training"], "show_progress": False, "report_to": "none"}, output_dir=tmp_path / "finetune")
     evaluation = run_finetuning(tmp_path / "data", training,

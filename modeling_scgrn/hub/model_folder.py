@@ -199,3 +199,15 @@ def architecture_of(folder: str) -> dict:
     same shape from scratch: a like-for-like control for finetuning that model."""
     config = ScGrnConfig.from_pretrained(check_model_source(folder))
     return {name: getattr(config, name) for name in ARCHITECTURE_FIELDS}
+
+
+def with_architecture_of(folder: str, model_options: dict) -> dict:
+    """`model_options` plus the architecture of `folder` (`architecture_of`); refused where they disagree, so that a
+    config's model section never silently replaces the architecture asked for (or the reverse)."""
+    architecture = architecture_of(folder)
+    clash = {k: v for k, v in model_options.items() if k in architecture and architecture[k] != v}
+    if clash:
+        raise ValueError(f"{folder} has {', '.join(f'{k}={architecture[k]!r}' for k in clash)} but the model options "
+                         f"set {', '.join(f'{k}={v!r}' for k, v in clash.items())}; drop those from the config's "
+                         "model section to train that architecture, or drop --architecture_from.")
+    return {**architecture, **model_options}

@@ -21,6 +21,7 @@ from ..evaluation.plots import plot_confusion_matrix, plot_umap
 from ..grn.attach import attach_grn, check_model_options, new_config
 from ..grn.network import GeneRegulatoryNetwork
 from ..hub.model_folder import check_compatible, load_pretrained, save_model_folder
+from ..model.configuration_scgrn import SHAPE_FIELDS
 from ..model.modeling_scgrn import ScGrnForCellClassification
 from ..storage.folders import jsonable
 from ..train.training import TrainingConfig, train
@@ -51,7 +52,13 @@ def _classifier(classes, tokenizer, network, pretrained: str | None, model_optio
     id2label = dict(enumerate(classes))
     labels = dict(num_labels=len(classes), id2label=id2label, label2id={c: i for i, c in id2label.items()})
     if pretrained:
-        check_compatible(pretrained, tokenizer)
+        config = check_compatible(pretrained, tokenizer)
+        other = {k: (getattr(config, k), v) for k, v in model_options.items() if k in SHAPE_FIELDS
+                 and getattr(config, k) != v}
+        if other:
+            raise ValueError(f"the model options set {', '.join(f'{k}={v!r}' for k, (_, v) in other.items())} but "
+                             f"{pretrained} has {', '.join(f'{k}={c!r}' for k, (c, _) in other.items())}; a "
+                             "pretrained model keeps its architecture: drop those from the config's model section.")
         return load_pretrained(ScGrnForCellClassification, pretrained, **labels, **model_options)
     model = ScGrnForCellClassification(new_config(tokenizer, **labels, **model_options))
     c = model.config
