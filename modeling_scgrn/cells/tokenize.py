@@ -199,7 +199,7 @@ def tokenize_anndata(
     reports, tables = [], []
     # chunks go to Arrow files that are memory-mapped back, so memory follows chunk_size, not the file; each file is
     # unlinked once mapped (the map stays valid until the dataset is gone), so a killed run leaves at most the
-    # chunks in flight, and the next run removes the folders of runs that died
+    # chunks written but not yet read back, and the next run removes the folders of runs that died
     remove_stale_chunk_folders()
     folder = tempfile.mkdtemp(prefix=f"{CHUNK_FOLDER_PREFIX}{os.getpid()}-")
     _WORKER_STATE.update(adata=adata, matrix=matrix, tokenizer=tokenizer, gene_names=gene_names,
