@@ -158,8 +158,8 @@ class ScGrnAttention(nn.Module):
         key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
         name = self.config._attn_implementation
-        # scgrn's own kernels from this copy of the code (transformers' registry is one per process, and another
-        # scgrn repo loaded later re-registers their names); any other name from the registry
+        # kernels.attention_function, written out: our kernels from this copy (the registry is per process), others
+        # from it; transformers' set_attn_implementation looks for this literal registry call in the source
         attention_interface: Callable = OWN_KERNELS.get(name) or ALL_ATTENTION_FUNCTIONS.get_interface(
             name, eager_attention_forward)
         output, weights = attention_interface(
