@@ -13,15 +13,22 @@ from conftest import OMNIPATH_TABLE, shared_data_or_skip
 
 pytest.importorskip("sergio_rs")
 
-from modeling_scgrn.bench.simulate import (
+from modeling_scgrn.bench.dynamics import knockout_steady_state  # noqa: E402
+from modeling_scgrn.bench.knockouts import downstream  # noqa: E402
+from modeling_scgrn.bench.simulate import (  # noqa: E402
+    SimulationParameters,
+    control_dynamics,
     knockout_effects,
     master_regulators,
     regulation_signal,
     select_subnetwork,
+    sergio_steady_state,
     silenced_genes,
     simulate_cells,
     simulate_corpus,
     simulate_knockout,
+    simulate_knockouts,
+    simulation_parameters,
     true_edges,
 )
 from modeling_scgrn.grn.network import GeneRegulatoryNetwork  # noqa: E402
@@ -90,19 +97,91 @@ def test_knockout_silences_its_cascade_and_leaves_other_masters_alone(cells):
     masters = master_regulators(edges)
     assert len(masters) >= 2  # the fixture's network has several programs
     knocked = max(masters, key=lambda m: (edges["source"] == m).sum())
-    ko = simulate_knockout(cells, [knocked], keep_expression=True)
-    assert list(ko.var_names) == list(cells.var_names) and ko.n_obs == cells.n_obs
+    pair = simulate_knockouts(cells, [knocked], keep_expression=True)
+    control, ko = pair["control"], pair[knocked]
+    assert ko is not control and list(ko.var_names) == list(cells.var_names) and ko.n_obs == cells.n_obs
     silenced = silenced_genes(edges, [knocked])
     assert knocked in silenced
     assert np.all(ko[:, silenced].layers["expression"] == 0)
     assert np.all(ko[:, silenced].X.toarray() == 0)
-    effects = knockout_effects(cells, ko, layer="expression")
+    effects = knockout_effects(control, ko, layer="expression")
     assert effects.loc["all", knocked] < -3
-    for other in set(masters) - {knocked}:  # same production rates: only intrinsic noise differs
-        assert abs(effects.loc["all", other]) < 0.3
+    reach = set(downstream(edges, knocked)) | {knocked}
+    for other in set(masters) - {knocked}:  # same rates and the same random numbers: not moved at all
+        assert effects.loc["all", other] == 0
+    untouched = [g for g in cells.var_names if g not in reach]
+    assert np.array_equal(ko[:, untouched].layers["expression"], control[:, untouched].layers["expression"])
     assert ko.uns["scgrn_simulation"]["knockout"] == [knocked]
+    assert np.array_equal(simulate_knockout(cells, knocked).X.toarray(), ko.X.toarray())
     with pytest.raises(ValueError, match="not genes"):
         simulate_knockout(cells, ["NOT_A_GENE"])
+
+
+def test_numpy_dynamics_start_from_sergio_rs_steady_state_and_match_its_cells(cells):
+    edges, parameters = true_edges(cells), simulation_parameters(cells)
+    dynamics = control_dynamics(cells)
+    assert np.allclose(knockout_steady_state(dynamics), sergio_steady_state(edges, parameters), rtol=1e-9)
+    control = simulate_knockouts(cells, [], keep_expression=True)["control"]
+    assert list(control.var_names) == list(cells.var_names)
+    assert control.obs["cell_type"].value_counts().to_dict() == cells.obs["cell_type"].value_counts().to_dict()
+
+    def type_means(adata):
+        frame = pd.DataFrame(adata.layers["expression"], columns=adata.var_names)
+        return frame.groupby(adata.obs["cell_type"].to_numpy()).mean().to_numpy().ravel()
+
+    assert np.corrcoef(type_means(cells), type_means(control))[0, 1] > 0.9  # same equations, other draws
+    zeros = [1 - (adata.X != 0).mean() for adata in (cells, control)]
+    assert abs(zeros[0] - zeros[1]) < 0.05
+
+
+def _hand_made(rows, n_cell_types=2, seed=0):
+    """A simulation record for a hand-written network `[(source, target, k), ...]` (an activator k > 0)."""
+    import anndata as ad
+    from dataclasses import asdict
+
+    edges = pd.DataFrame(rows, columns=["source", "target", "weight"])
+    edges.insert(2, "sign", np.sign(edges["weight"]).astype(int))
+    genes = list(pd.unique(edges[["source", "target"]].values.ravel()))
+    parameters = asdict(SimulationParameters(n_genes=len(genes), n_cell_types=n_cell_types, seed=seed))
+    adata = ad.AnnData(np.zeros((n_cell_types, len(genes)), dtype=np.float32), var=pd.DataFrame(index=genes))
+    adata.uns["scgrn_simulation"] = {"edges": edges, "parameters": {k: list(v) if isinstance(v, tuple) else v
+                                                                    for k, v in parameters.items()},
+                                     "chunk": 0, "knockout": []}
+    return adata
+
+
+# a master M activating a repressor R of T, a chain M -> A -> B, and a leaf L that regulates nothing
+SMALL_NETWORK = [("M", "R", 3.0), ("R", "T", -4.0), ("M", "A", 3.0), ("A", "B", 3.0), ("M", "L", 2.0)]
+
+
+def test_a_knocked_out_repressor_de_represses_its_target():
+    network = _hand_made(SMALL_NETWORK)
+    result = simulate_knockouts(network, ["R", "A"], 400, keep_expression=True)
+    control, no_repressor, no_activator = result["control"], result["R"], result["A"]
+    clean = knockout_effects(control, no_repressor, layer="expression")
+    assert (no_repressor[:, "R"].layers["expression"] == 0).all()
+    # de-repressed in every cell type (least where R was low already), not silenced; on counts too
+    assert (clean.loc[:, "T"] > 0.1).all() and clean.loc["all", "T"] > 0.5, clean["T"]
+    assert knockout_effects(control, no_repressor).loc["all", "T"] > 0.2  # six genes share each library
+    for gene in ("M", "A", "B", "L"):  # not downstream of R: the very same values
+        assert np.array_equal(no_repressor[:, gene].layers["expression"], control[:, gene].layers["expression"])
+    assert silenced_genes(true_edges(network), ["R"]) == ["R"]
+    assert silenced_genes(true_edges(network), ["A"]) == ["A", "B"]
+    assert (no_activator[:, ["A", "B"]].layers["expression"] == 0).all()  # B loses its only (activating) input
+    assert np.array_equal(no_activator[:, "T"].layers["expression"], control[:, "T"].layers["expression"])
+
+
+def test_a_knockout_of_a_gene_without_targets_changes_nothing_else():
+    network = _hand_made(SMALL_NETWORK)
+    result = simulate_knockouts(network, ["L"], 400, keep_expression=True)
+    control, knocked = result["control"], result["L"]
+    others = [g for g in network.var_names if g != "L"]
+    assert np.array_equal(knocked[:, others].layers["expression"], control[:, others].layers["expression"])
+    counts = knockout_effects(control, knocked).loc["all", others]
+    # only the library share that L held moves to the other genes; no noise draw moves with L's zeros
+    assert counts.abs().max() < 0.25, counts
+    same = (knocked[:, others].X.toarray() == control[:, others].X.toarray()).mean()
+    assert same > 0.8, same
 
 
 def test_simulator_is_guarded_by_a_timeout(prior):

@@ -79,19 +79,28 @@ def score_knockout(predicted: pd.Series, truth: pd.Series, edges: pd.DataFrame, 
             "recall_at_k": float(moved_down[top].mean()) if k else float("nan")}
 
 
+def model_cells(control, n_cells: int, *, seed: int = 0):
+    """`n_cells` of `control` drawn at random (seeded), so that every cell type is perturbed in proportion: the
+    simulated cells are stored type by type, and the first ones would all be of one or two types."""
+    chosen = np.sort(np.random.default_rng(seed).permutation(control.n_obs)[:n_cells])
+    return control[chosen].copy()
+
+
 def validate_knockouts(corpus, models: dict, genes, *, n_truth_cells: int = 2000, n_model_cells: int = 300,
                        chunk: int = 997, batch_size: int = 16, progress: bool = False) -> pd.DataFrame:
     """Score each model's in-silico deletion of each of `genes` against the simulator's knockout, beside the linear
     baseline. `corpus` carries the simulation (uns["scgrn_simulation"]); `models`: name -> (masked-expression
-    model, tokenizer). Truth and predictions use fresh cells (`chunk`) that no model was trained on. Returns one
-    row per (predictor, gene)."""
+    model, tokenizer). Truth (each knockout against its paired control, `simulate_knockouts`) and predictions use
+    fresh cells (`chunk`) that no model was trained on; the perturbed cells are drawn across the cell types.
+    Returns one row per (predictor, gene)."""
     from ..tl.perturb import perturb
-    from .simulate import knockout_effects, resimulate, simulate_knockout, true_edges
+    from .simulate import knockout_effects, simulate_knockouts, true_edges
 
     edges = true_edges(corpus)
-    control = resimulate(corpus, n_truth_cells, chunk=chunk)
-    truth = {g: knockout_effects(control, simulate_knockout(control, [g])).loc["all"] for g in genes}
-    shown = control[:n_model_cells].copy()
+    simulated = simulate_knockouts(corpus, list(genes), n_truth_cells, chunk=chunk)
+    control = simulated["control"]
+    truth = {g: knockout_effects(control, simulated[g]).loc["all"] for g in genes}
+    shown = model_cells(control, n_model_cells, seed=chunk)
     rows = []
     baseline = linear_baseline(control, genes)
     for gene in genes:

@@ -6,6 +6,10 @@ regulators, master regulators have per-cell-type production rates, and technical
 size, dropout, UMI sampling) is added afterwards. It is an optional extra (`pip install "scgrn[simulate]"`),
 imported only inside these functions; the model files shipped with the weights never import this module.
 
+Knockouts (`simulate_knockouts`) integrate the same equations in `dynamics` with the control's parameters, since
+sergio-rs cannot hold a gene at zero without changing every other edge's half-response; technical noise, for
+corpora and knockouts alike, is `technical_noise` (SERGIO's four steps with draws fixed per gene and cell).
+
 The network is a connected, acyclic piece of a real prior (CollecTRI by default): real gene symbols and the prior's
 signs, every true edge taken from the prior. Hubs are avoided on purpose: when every gene hangs on the same few
 high-degree TFs, true edges are no more correlated than random pairs (measured by `regulation_signal`).
@@ -20,6 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+from .dynamics import integrate, network_dynamics
+from .technical_noise import technical_noise
 
 
 SIMULATION_KEY = "scgrn_simulation"
@@ -142,18 +149,16 @@ def master_regulators(edges: pd.DataFrame) -> list[str]:
     return [gene for gene in pd.unique(edges["source"]) if gene not in regulated]
 
 
-def _sergio_network(edges: pd.DataFrame, parameters: SimulationParameters, silenced=frozenset()):
+def _sergio_network(edges: pd.DataFrame, parameters: SimulationParameters):
     """SERGIO's network and master-regulator profile. Every master regulator is first tied to `ANCHOR` by an edge of
-    k = 1e-9, in a fixed order, so that the profile's random production rates belong to the same masters whatever
-    is knocked out: a silenced master keeps its place under another name and drives only the anchor."""
+    k = 1e-9, in a fixed order, so that the profile's random production rates belong to the masters in the order of
+    `master_regulators`, whatever order the edges come in."""
     sergio = _sergio()
     grn = sergio.GRN()
     anchor = sergio.Gene(ANCHOR, parameters.decay)
     for master in master_regulators(edges):
-        name = f"__silenced__{master}" if master in silenced else master
-        grn.add_interaction(sergio.Gene(name, parameters.decay), anchor, 1e-9, None, parameters.hill_n)
-    kept = edges[~edges["source"].isin(silenced) & ~edges["target"].isin(silenced)]
-    for source, target, weight in kept[["source", "target", "weight"]].itertuples(index=False):
+        grn.add_interaction(sergio.Gene(master, parameters.decay), anchor, 1e-9, None, parameters.hill_n)
+    for source, target, weight in edges[["source", "target", "weight"]].itertuples(index=False):
         grn.add_interaction(sergio.Gene(source, parameters.decay), sergio.Gene(target, parameters.decay),
                             float(weight), None, parameters.hill_n)
     grn.set_mrs()
@@ -202,12 +207,13 @@ def _kill_workers(pool) -> None:
 
 def silenced_genes(edges: pd.DataFrame, knocked_out) -> list[str]:
     """Genes whose production stops when `knocked_out` genes do: the knocked-out genes, then, in cascade, every
-    regulated gene left without any regulator (in SERGIO a regulated gene's production is the sum of its
-    regulators' Hill terms, with no basal rate)."""
+    regulated gene whose regulators are all silenced and all activate it (in SERGIO a regulated gene's production
+    is the sum of its regulators' Hill terms, with no basal rate; a silenced repressor's term is its full strength,
+    so a gene it represses is de-repressed, not silenced)."""
     silenced, frontier = set(knocked_out), set(knocked_out)
     while frontier:
-        remaining = edges[~edges["source"].isin(silenced)]
-        orphans = set(edges.loc[edges["source"].isin(frontier), "target"]) - set(remaining["target"]) - silenced
+        alive = edges[~edges["source"].isin(silenced) | (edges["sign"] < 0)]
+        orphans = set(edges.loc[edges["source"].isin(frontier), "target"]) - set(alive["target"]) - silenced
         silenced |= orphans
         frontier = orphans
     return sorted(silenced)
@@ -223,52 +229,48 @@ def _guarded(function, *args):
         raise RuntimeError(f"sergio-rs failed: {error}") from None
 
 
-def _simulate_chunk(edges: pd.DataFrame, parameters: SimulationParameters, cells_per_type: int, seed: int,
-                    knockout: tuple[str, ...] = ()):
-    genes = list(pd.unique(edges[["source", "target"]].values.ravel()))
-    # sergio-rs's own ko_perturbation (0.2.3) leaves a target that lost its only regulator expressed and cannot
-    # simulate a knocked-out master regulator, so the network is rebuilt without the silenced genes instead
-    grn, profile = _sergio_network(edges, parameters, frozenset(silenced_genes(edges, knockout)))
-    clean = _run_sergio(grn, profile, parameters, cells_per_type, seed).reindex(genes, fill_value=0.0)
-    expression = clean.to_numpy()
-    counts = _technical_noise(expression, parameters, seed)
+def network_genes(edges: pd.DataFrame) -> list[str]:
+    """The genes of a simulated network in the order of its cells' columns."""
+    return list(pd.unique(edges[["source", "target"]].values.ravel()))
+
+
+def _simulate_chunk(edges: pd.DataFrame, parameters: SimulationParameters, cells_per_type: int, seed: int):
+    genes = network_genes(edges)
+    grn, profile = _sergio_network(edges, parameters)
+    expression = _run_sergio(grn, profile, parameters, cells_per_type, seed).reindex(genes).to_numpy()
+    counts = _technical_noise(expression, parameters, seed)[0]
     return genes, np.asarray(counts, dtype=np.float32).T, expression.astype(np.float32).T
 
 
-def _technical_noise(expression: np.ndarray, parameters: SimulationParameters, seed: int) -> np.ndarray:
-    """(genes x cells) counts from the clean expression: outlier genes, library size, dropout, UMI sampling. Genes
-    silent in every cell (knocked out) stay zero and are left out of the noise model, which cannot take them."""
-    sergio = _sergio()
+def _technical_noise(expression: np.ndarray, parameters: SimulationParameters, seed: int,
+                     dropout_midpoint: float | None = None) -> tuple[np.ndarray, float | None]:
+    """(genes x cells) counts from the clean expression (`technical_noise`), or the expression itself with
+    `noise="none"`; and the dropout midpoint used."""
     if parameters.noise == "none":
-        return expression
-    genes, cells = np.flatnonzero(expression.any(axis=1)), np.flatnonzero(expression.any(axis=0))
-    counts = np.zeros_like(expression)
-    if genes.size == 0 or cells.size == 0:  # everything silenced
-        return counts
-    block = np.ascontiguousarray(expression[np.ix_(genes, cells)])
-    if parameters.noise != "10x":
-        noisy = sergio.add_technical_noise(block, getattr(sergio.NoiseSetting, parameters.noise), seed)
-    else:
-        library_mu = float(np.log(parameters.umis_per_gene * expression.shape[0]))
-        noisy = sergio.add_technical_noise_custom(block, parameters.outlier_mu, library_mu, parameters.library_sigma,
-                                                  parameters.dropout_shape, parameters.dropout_percentile, seed)
-    counts[np.ix_(genes, cells)] = noisy
-    return counts
+        return expression, None
+    return technical_noise(expression, parameters, seed, dropout_midpoint=dropout_midpoint)
 
 
 def _chunk_seed(seed: int, chunk: int) -> int:
     return int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0])
 
 
-def _cells(edges, parameters: SimulationParameters, n_cells: int, chunk: int, knockout=(), keep_expression=False,
+def _cells(edges, parameters: SimulationParameters, n_cells: int, chunk: int, keep_expression=False,
            timeout: float | None = None):
     """One chunk of cells as AnnData: `n_cells` split evenly over the cell types."""
-    import anndata as ad
-
     cells_per_type = -(-n_cells // parameters.n_cell_types)
     genes, counts, expression = _in_subprocess(
-        _simulate_chunk, (edges, parameters, cells_per_type, _chunk_seed(parameters.seed, chunk), tuple(knockout)),
-        timeout)
+        _simulate_chunk, (edges, parameters, cells_per_type, _chunk_seed(parameters.seed, chunk)), timeout)
+    return _as_anndata(genes, counts, expression, parameters, n_cells, chunk, keep_expression)
+
+
+def _as_anndata(genes, counts: np.ndarray, expression: np.ndarray, parameters: SimulationParameters, n_cells: int,
+                chunk: int, keep_expression: bool):
+    """AnnData of `n_cells` of a chunk's `(cells, genes)` counts and expression (cells type by type, as many per
+    type): the same cells are kept for the same chunk."""
+    import anndata as ad
+
+    cells_per_type = counts.shape[0] // parameters.n_cell_types
     cell_type = np.repeat([f"type_{t}" for t in range(parameters.n_cell_types)], cells_per_type)
     keep = np.sort(np.random.default_rng(_chunk_seed(parameters.seed, chunk)).permutation(len(cell_type))[:n_cells])
     if parameters.noise != "none":
@@ -341,37 +343,98 @@ def true_edges(adata) -> pd.DataFrame:
     return pd.DataFrame(_record(adata)["edges"])
 
 
-def resimulate(simulation, n_cells: int | None = None, *, chunk: int | None = None, knockout=(),
-               keep_expression: bool = False, timeout: float | None = 600.0):
+def resimulate(simulation, n_cells: int | None = None, *, chunk: int | None = None, keep_expression: bool = False,
+               timeout: float | None = 600.0):
     """More cells of the network and cell types of `simulation` (from `simulate_cells`), e.g. a fresh `chunk`
-    never used for training, optionally with `knockout` genes silenced (see `simulate_knockout`)."""
-    knockout = [knockout] if isinstance(knockout, str) else list(knockout)
+    never used for training. For knocked-out cells and their paired control, see `simulate_knockouts`."""
     edges, parameters = true_edges(simulation), simulation_parameters(simulation)
-    unknown = sorted(set(knockout) - set(simulation.var_names))
-    if unknown:
-        raise ValueError(f"{unknown} are not genes of this simulation.")
-    chunks = simulation.uns[SIMULATION_KEY]["chunk"]
-    chunk = (chunks if np.isscalar(chunks) else int(np.ravel(chunks)[0])) if chunk is None else chunk
-    adata = _cells(edges, parameters, n_cells or simulation.n_obs, int(chunk), knockout=knockout,
-                   keep_expression=keep_expression, timeout=timeout)
-    adata.uns[SIMULATION_KEY] = {**simulation.uns[SIMULATION_KEY], "knockout": knockout, "chunk": int(chunk)}
+    chunk = _default_chunk(simulation) if chunk is None else int(chunk)
+    adata = _cells(edges, parameters, n_cells or simulation.n_obs, chunk, keep_expression=keep_expression,
+                   timeout=timeout)
+    adata.uns[SIMULATION_KEY] = {**simulation.uns[SIMULATION_KEY], "knockout": [], "chunk": chunk}
     return adata
 
 
-def simulate_knockout(simulation, genes, n_cells: int | None = None, *, chunk: int | None = None,
-                      keep_expression: bool = False, timeout: float | None = 600.0):
-    """The cell types of `simulation` (from `simulate_cells`) with `genes` knocked out: each stops being produced,
-    and so does, in cascade, every gene left without a regulator (a regulated gene has no basal production in
-    SERGIO). Same network, master-regulator rates, noise and (by default) chunk seed as the control cells, so that
-    `knockout_effects(control, knocked)` is the true effect. Caveat of the model: a knocked-out repressor's term
-    vanishes from its targets' production rather than reaching its de-repressed maximum (sergio-rs has no
-    constant production term for a regulated gene). Returns AnnData like `simulate_cells`, with
-    `uns["scgrn_simulation"]["knockout"]` listing `genes`."""
-    genes = [genes] if isinstance(genes, str) else list(genes)
+def _default_chunk(simulation) -> int:
+    chunks = simulation.uns[SIMULATION_KEY]["chunk"]
+    return int(chunks) if np.isscalar(chunks) else int(np.ravel(chunks)[0])
+
+
+def sergio_steady_state(edges: pd.DataFrame, parameters: SimulationParameters,
+                        timeout: float | None = 600.0) -> np.ndarray:
+    """sergio-rs's `(genes, cell_types)` steady state of the network (its starting point: the first recorded time
+    point of a run without burn-in or noise), genes in the order of `network_genes`. sergio-rs runs in a child
+    process (`timeout`), as for every simulation: its polars thread pool, once started here, would deadlock later
+    forks."""
+    return _in_subprocess(_sergio_steady_state, (edges, parameters), timeout)
+
+
+def _sergio_steady_state(edges: pd.DataFrame, parameters: SimulationParameters) -> np.ndarray:
+    sergio = _sergio()
+    grn, profile = _sergio_network(edges, parameters)
+    steady = sergio.Sim(grn, 1, 0, 1, parameters.dt, 0.0, 0).simulate(profile).to_pandas().set_index("Genes")
+    return steady.reindex(network_genes(edges)).to_numpy(float)
+
+
+def control_dynamics(simulation, timeout: float | None = 600.0):
+    """The `NetworkDynamics` of `simulation`'s network, parametrised by sergio-rs itself: its steady state of the
+    control network (`sergio_steady_state`) gives the master regulators' rates and every half-response."""
+    edges, parameters = true_edges(simulation), simulation_parameters(simulation)
+    steady = sergio_steady_state(edges, parameters, timeout)
+    return network_dynamics(edges, steady, network_genes(edges), parameters.decay, parameters.hill_n)
+
+
+def _knockout_name(knockout) -> tuple[str, tuple[str, ...]]:
+    genes = (knockout,) if isinstance(knockout, str) else tuple(knockout)
     if not genes:
         raise ValueError("name at least one gene to knock out.")
-    return resimulate(simulation, n_cells, chunk=chunk, knockout=genes, keep_expression=keep_expression,
-                      timeout=timeout)
+    return "+".join(genes), genes
+
+
+def simulate_knockouts(simulation, knockouts, n_cells: int | None = None, *, chunk: int | None = None,
+                       keep_expression: bool = False, timeout: float | None = 600.0) -> dict:
+    """Control cells and cells with each of `knockouts` (a gene, or a list of genes knocked out together) of the
+    network and cell types of `simulation` (from `simulate_cells`), all on the same random numbers.
+
+    A knocked-out gene is held at expression 0 and acts as 0 in its targets' regulation, with the control's
+    parameters (`dynamics`): an activated target loses that input, a repressed one is de-repressed, and the change
+    follows the network's dynamics downstream. Technical noise draws the same numbers for the same gene and cell in
+    every condition, with the control's dropout curve. So `knockout_effects(result["control"], result[name])` is
+    the knockout's effect, on counts or (`layer="expression"`) on the clean expression; a knockout of a gene that
+    regulates nothing changes only that gene's own column. The control follows SERGIO's equations like `resimulate`'s
+    cells but integrated here (`dynamics`), so its draws differ from sergio-rs's.
+
+    Returns `{"control": AnnData, name: AnnData, ...}`, names joining a knockout's genes with "+"; each AnnData is
+    like `simulate_cells`' with `uns["scgrn_simulation"]["knockout"]` listing its genes."""
+    parameters = simulation_parameters(simulation)
+    named = dict(_knockout_name(k) for k in ([knockouts] if isinstance(knockouts, str) else knockouts))
+    unknown = sorted({g for genes in named.values() for g in genes} - set(simulation.var_names))
+    if unknown:
+        raise ValueError(f"{unknown} are not genes of this simulation.")
+    chunk = _default_chunk(simulation) if chunk is None else int(chunk)
+    n_cells = n_cells or simulation.n_obs
+    seed = _chunk_seed(parameters.seed, chunk)
+    dynamics = control_dynamics(simulation, timeout)
+    expression = integrate(dynamics, [()] + [dynamics.index(g) for g in named.values()],
+                           -(-n_cells // parameters.n_cell_types), safety_iter=parameters.safety_iter,
+                           scale_iter=parameters.scale_iter, dt=parameters.dt, noise_s=parameters.noise_s, seed=seed)
+    result, midpoint = {}, None
+    for (name, genes), clean in zip([("control", ())] + list(named.items()), expression):
+        counts, midpoint = _technical_noise(clean.T.astype(float), parameters, seed, midpoint)
+        adata = _as_anndata(dynamics.genes, np.asarray(counts, dtype=np.float32).T, clean, parameters, n_cells,
+                            chunk, keep_expression)
+        adata.uns[SIMULATION_KEY] = {**simulation.uns[SIMULATION_KEY], "knockout": list(genes), "chunk": chunk}
+        result[name] = adata
+    return result
+
+
+def simulate_knockout(simulation, genes, n_cells: int | None = None, *, chunk: int | None = None,
+                      keep_expression: bool = False):
+    """The cell types of `simulation` (from `simulate_cells`) with `genes` knocked out together: the knocked-out
+    cells of `simulate_knockouts(simulation, [genes], ...)`, whose `"control"` is their paired control (same random
+    numbers). Returns AnnData like `simulate_cells`, with `uns["scgrn_simulation"]["knockout"]` listing `genes`."""
+    name, genes = _knockout_name(genes)
+    return simulate_knockouts(simulation, [genes], n_cells, chunk=chunk, keep_expression=keep_expression)[name]
 
 
 def knockout_effects(control, knocked, *, layer: str | None = None, pseudocount: float = 0.1) -> pd.DataFrame:
