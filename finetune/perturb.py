@@ -32,6 +32,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     shared.add_prior(parser, prior_help="a network (e.g. the OmniPath table): test whether each perturbed "
                      "regulator's top predicted targets are enriched in its regulon (permutation test)")
     parser.add_argument("--max_cells", type=shared.count, help="perturb at most this many cells (a seeded sample)")
+    parser.add_argument("--rounds", type=shared.count, default=1,
+                        help="passes of a cascade: predicted changes fed back as inputs, so indirect targets move "
+                             "(default 1: one prediction)")
     parser.add_argument("--top", type=shared.count, default=25, help="genes shown in the heat map")
     parser.add_argument("--batch_size", type=shared.count, default=16)
     parser.add_argument("--seed", type=shared.seed, default=0)
@@ -44,7 +47,7 @@ def run(args) -> dict:
     from modeling_scgrn.workflows.perturb import run_perturbation
 
     summary = run_perturbation(args.input, args.model, args.genes, args.output_dir, mode=args.mode,
-                               classifier_folder=args.classifier, max_cells=args.max_cells, top=args.top,
+                               rounds=args.rounds, classifier_folder=args.classifier, max_cells=args.max_cells, top=args.top,
                                batch_size=args.batch_size, seed=args.seed, prior=args.prior,
                                resource=args.resource)
     print(json.dumps(summary, indent=2))

@@ -1,6 +1,7 @@
 """In-silico perturbation: shapes and keys, cells without the gene untouched, genes the perturbation cannot reach
 through the prior predicted exactly as before, determinism, and the script's outputs and errors."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -125,9 +126,42 @@ def test_script_writes_effects_heatmap_and_shifts(cells, tokenizer, edge_tensor,
     assert list(effects.index) == ["G4", "G0"] and effects.shape[1] == len(GENES)
     assert (tmp_path / "out" / "effects_heatmap.png").stat().st_size > 0
     assert pd.read_csv(tmp_path / "out" / "embedding_shift.csv", index_col=0).shape == (24, 2)
+    cascade = subprocess.run([*script, "--rounds", "2", "--output_dir", str(tmp_path / "cascade")],
+                             capture_output=True, text=True)
+    assert cascade.returncode == 0, cascade.stderr[-2000:]
+    distance = pd.read_csv(tmp_path / "cascade" / "prior_distance.csv", index_col=0)
+    assert distance.loc["G4", "G0"] == 1 and distance.loc["G4", "G1"] == 2
+    assert pd.read_csv(tmp_path / "cascade" / "first_round_effects.csv", index_col=0).shape == effects.shape
+    split = json.loads((tmp_path / "cascade" / "summary.json").read_text())["top_effects_by_distance"]["G4"]
+    assert split["direct"] == ["G0"] and set(split["indirect"]) <= {"G1", "G2", "G3"}
     again = subprocess.run([*script, "--output_dir", str(tmp_path / "out")], capture_output=True, text=True)
     assert again.returncode == 2 and again.stderr.strip().startswith("error:") and "--overwrite" in again.stderr
     unknown = subprocess.run([*script[:-2], "NOPE", "--output_dir", str(tmp_path / "other")], capture_output=True,
                              text=True)
     assert unknown.returncode == 2 and "not in the model's vocabulary" in unknown.stderr
     assert "Traceback" not in unknown.stderr and not (tmp_path / "other").exists()
+
+
+def test_a_cascade_moves_the_third_gene_of_a_chain_only_with_two_or_more_rounds(cells, tokenizer, edge_tensor):
+    # prior: G4 -> G0 -> {G1, G2}, G1 -> G3. One layer and no [CLS] channel: one pass reaches only G0 from G4;
+    # fed back, G0's predicted change reaches G1 and G2, and a third pass G3.
+    model = masked_model(tokenizer, edge_tensor, num_hidden_layers=1)
+    holders = cells[cells.X[:, 4].toarray().ravel() > 0].copy()
+    changed = {}
+    for rounds in (1, 2, 3):
+        effects = perturb(holders, model, tokenizer, ["G4"], rounds=rounds, tolerance=0.0, progress=False)
+        changed[rounds] = {g for g in GENES if g != "G4" and effects.loc["G4", g] != 0}
+        result = holders.uns["scgrn_perturbation"]
+        assert result["rounds"] == rounds and result["params"]["rounds"] == rounds
+    assert changed[1] == {"G0"}
+    assert changed[2] == {"G0", "G1", "G2"}
+    assert changed[3] == {"G0", "G1", "G2", "G3"}
+    pd.testing.assert_frame_equal(result["first_round"], perturb(holders.copy(), model, tokenizer, ["G4"],
+                                                                 progress=False))  # the first pass, kept
+    distance = result["prior_distance"].loc["G4"]
+    assert distance["G0"] == 1 and distance["G1"] == distance["G2"] == 2 and distance["G3"] == 3
+    assert np.isnan(distance["G5"]) and np.isnan(distance["G6"])
+    settled = perturb(holders, model, tokenizer, ["G4"], rounds=50, tolerance=1e-2, progress=False)
+    assert holders.uns["scgrn_perturbation"]["rounds"] < 50 and settled.notna().any().any()  # stops when settled
+    with pytest.raises(ValueError, match="rounds="):
+        perturb(holders, model, tokenizer, ["G4"], rounds=0, progress=False)

@@ -10,6 +10,13 @@ group's values are masked in turn (the rest stay visible) and the head predicts 
 once from the others, in the perturbed and in the unperturbed cell, with the same groups. A continuous model
 predicts log1p-normalised values: the effect is their difference in log2 units (log2 fold change of 1 + the
 normalised value); a binned model predicts bins: the effect is the change of the expected bin.
+
+A cascade (`rounds` > 1): one prediction moves only what the model reaches in one pass from the perturbed gene
+(with a GRN mask and no `[CLS]` channel, at most `num_hidden_layers` prior edges away), and the intermediate
+regulators keep their observed values. So the predicted changes are fed back: each gene's input becomes its
+value in the perturbed cell plus its predicted change, and the cell is predicted again, until `rounds` passes or
+until no prediction moves by `tolerance`. The first pass's effects (direct) are kept beside the final ones, with
+each gene's distance from the perturbed gene in the model's prior.
 """
 
 from __future__ import annotations
@@ -98,6 +105,64 @@ def predicted_expression(model, cells: list[dict], *, n_groups: int = 7, seed: i
     return out
 
 
+def _fed_back(cell: dict, control: dict, predicted: dict, config) -> dict:
+    """The perturbed `cell` with each gene's input moved by its predicted change (`predicted - control`): log1p
+    values for a continuous model (kept at 0 or above), bins for a binned one (rounded into `[1, n_bins]`)."""
+    out = {k: v.copy() for k, v in cell.items()}
+    ids = cell["input_ids"]
+    change = np.array([0.0] + [predicted.get(int(g), 0.0) - control.get(int(g), 0.0) if int(g) in control else 0.0
+                               for g in ids[1:]])
+    if config.value_encoding == "binned":
+        out["expression_bins"] = np.where(np.arange(len(ids)) == 0, cell["expression_bins"],
+                                          np.clip(np.rint(cell["expression_bins"] + change), 1, config.n_bins)
+                                          ).astype(cell["expression_bins"].dtype)
+    else:
+        moved = np.maximum(cell["expression_values"] + change, 0.0)
+        out["expression_values"] = np.where(np.arange(len(ids)) == 0, cell["expression_values"], moved
+                                            ).astype(cell["expression_values"].dtype)
+    return out
+
+
+def cascade_predictions(model, cells: list[dict], control: list[dict], groups: list[dict], *, rounds: int = 1,
+                        tolerance: float = 1e-3, n_groups: int = 7, device=None):
+    """Predictions of the perturbed `cells` (with their unperturbed `control` predictions and masking `groups`),
+    fed back up to `rounds` times (see the module docstring). Returns `(final, first, rounds_run)`: per cell
+    `{gene id: predicted value}` after the last and after the first pass, and the number of passes made."""
+    predicted = predicted_expression(model, cells, n_groups=n_groups, groups=groups, device=device)
+    first, passes = predicted, 1
+    while passes < rounds:
+        moved_cells = [_fed_back(c, before, after, model.config) for c, before, after in zip(cells, control, predicted)]
+        again = predicted_expression(model, moved_cells, n_groups=n_groups, groups=groups, device=device)
+        moved = max((abs(a[g] - p[g]) for a, p in zip(again, predicted) for g in a), default=0.0)
+        predicted, passes = again, passes + 1
+        if moved < tolerance:
+            break
+    return predicted, first, passes
+
+
+def prior_distance(model, tokenizer, genes, columns) -> pd.DataFrame | None:
+    """`(genes, columns)` number of the model's prior edges (regulator -> target, as its mask holds them) from each
+    perturbed gene to each gene: 1 a direct target, 2 or more an indirect one, NaN out of reach; None for a model
+    without a prior (`grn_mode="dense"`)."""
+    if model.config.grn_mode == "dense":
+        return None
+    regulators, targets = model.base_model.grn_edges.cpu().numpy()
+    targets_of: dict[int, list[int]] = {}
+    for regulator, target in zip(regulators.tolist(), targets.tolist()):
+        targets_of.setdefault(regulator, []).append(target)
+    column_ids = tokenizer.convert_tokens_to_ids(list(columns))
+    rows = []
+    for gene_id in tokenizer.convert_tokens_to_ids(list(genes)):
+        distance, frontier, step = {}, [gene_id], 0
+        while frontier:
+            step += 1
+            frontier = [t for g in frontier for t in targets_of.get(g, []) if t not in distance and t != gene_id]
+            distance.update((t, step) for t in frontier if t not in distance)
+            frontier = list(dict.fromkeys(frontier))
+        rows.append([distance.get(c, np.nan) for c in column_ids])
+    return pd.DataFrame(rows, index=list(genes), columns=list(columns), dtype=float)
+
+
 def _embeddings(encoder, cells: list[dict], device) -> torch.Tensor:
     batch = _pad_cells(cells, encoder.config.pad_token_id)
     return run_batch(encoder, batch, device=device).pooler_output.float().cpu()
@@ -134,26 +199,32 @@ class _Tally:
 
     def __init__(self, n_genes: int, vocab: int, n_cells: int):
         self.sums, self.counts = np.zeros((n_genes, vocab)), np.zeros((n_genes, vocab))
+        self.first_sums = np.zeros((n_genes, vocab))
+        self.rounds_run = 0
         self.shift = np.full((n_cells, n_genes), np.nan, dtype=np.float32)
         self.label = np.full((n_cells, n_genes), -1, dtype=np.int64)
 
-    def add(self, j: int, gene_id: int, control: dict, perturbed: dict) -> None:
+    def add(self, j: int, gene_id: int, control: dict, perturbed: dict, first: dict) -> None:
         shared = [g for g in perturbed if g in control and g != gene_id]
         self.sums[j, shared] += np.array([perturbed[g] - control[g] for g in shared])
+        self.first_sums[j, shared] += np.array([first[g] - control[g] for g in shared])
         self.counts[j, shared] += 1
 
 
 def perturb(adata, model, tokenizer, genes, mode: str = "delete", *, classifier=None, n_groups: int = 7,
-            key_added: str = "scgrn_perturbation", copy: bool = False, gene_column: str | None = None,
-            layer: str | None = None, normalize: bool = True, max_length: int | None = DataConfig.max_length,
-            batch_size: int = 16, seed: int = 0, device=None, progress: bool = True):
+            rounds: int = 1, tolerance: float = 1e-3, key_added: str = "scgrn_perturbation", copy: bool = False,
+            gene_column: str | None = None, layer: str | None = None, normalize: bool = True,
+            max_length: int | None = DataConfig.max_length, batch_size: int = 16, seed: int = 0, device=None,
+            progress: bool = True):
     """Predict what deleting (or overexpressing) each of `genes` does to every other gene, cell by cell.
 
     `model` is a masked-expression scgrn model (a pretrained folder), `tokenizer` its tokenizer; `adata` holds raw
     counts (or normalised values with `normalize=False`). `delete` removes the gene's token from the cells that
     express it (others are untouched); `overexpress` sets it to the cell's top value and bin (adding it where
     absent). With `classifier` (a finetuned `ScGrnForCellClassification` on the same vocabulary), the predicted
-    cell type before and after is compared too.
+    cell type before and after is compared too. `rounds` > 1 follows a cascade: the predicted changes are fed back
+    as inputs and the cells predicted again, up to `rounds` passes or until no prediction moves by `tolerance`
+    (log1p units, or bins), so that indirect targets can move (see the module docstring).
 
     Returns a DataFrame (with `copy=True`: the AnnData copy written into): index the perturbed genes, columns the
     vocabulary genes of `adata`, values the mean predicted change over the perturbed cells that hold the gene (log2
@@ -162,7 +233,10 @@ def perturb(adata, model, tokenizer, genes, mode: str = "delete", *, classifier=
 
     Sets the following fields:
         `adata.uns[key_added]`: `params` (the call's), `effects` (the DataFrame), `mode`, `units`,
-            `cells_perturbed` (per gene),
+            `cells_perturbed` (per gene), `rounds` (passes made, at most `rounds`), `first_round` (the effects
+            of the first pass: what one prediction moves), `prior_distance` (perturbed genes x genes: edges of the
+            model's prior from the perturbed gene, 1 direct, 2+ indirect, NaN out of reach; absent for a
+            dense model),
             `embedding_shift` (cells x genes cosine distance of the cell embedding; NaN where not perturbed) and,
             with a classifier, `label_moves` (genes x cell types: perturbed cells newly predicted as that type)
             and `label_changed` (per gene, share of perturbed cells whose predicted type changed).
@@ -170,6 +244,8 @@ def perturb(adata, model, tokenizer, genes, mode: str = "delete", *, classifier=
     from tqdm.auto import tqdm
 
     gene_ids = _check(model, tokenizer, genes, mode, classifier)
+    if int(rounds) != rounds or rounds < 1:
+        raise ValueError(f"rounds={rounds!r} must be a whole number of passes, at least 1.")
     adata, fields = target(adata, copy), CellFields(gene_column, layer, normalize, max_length)
     device = device or next(model.parameters()).device
     cells = _cells(adata, tokenizer, fields)
@@ -188,32 +264,41 @@ def perturb(adata, model, tokenizer, genes, mode: str = "delete", *, classifier=
             if not changed:
                 continue
             rows, perturbed = [i for i, _ in changed], [p for _, p in changed]
-            predicted = predicted_expression(model, perturbed, n_groups=n_groups, groups=[groups[i] for i in rows],
-                                             device=device)
-            for i, values in zip(rows, predicted):
-                tally.add(j, gene_id, control[i], values)
+            predicted, first, passes = cascade_predictions(
+                model, perturbed, [control[i] for i in rows], [groups[i] for i in rows], rounds=int(rounds),
+                tolerance=tolerance, n_groups=n_groups, device=device)
+            tally.rounds_run = max(tally.rounds_run, passes)
+            for i, values, once in zip(rows, predicted, first):
+                tally.add(j, gene_id, control[i], values, once)
             shift = 1 - torch.nn.functional.cosine_similarity(_embeddings(model.base_model, perturbed, device),
                                                               control_embedding[rows])
             tally.shift[[start + i for i in rows], j] = shift.numpy()
             if classifier is not None:
                 tally.label[[start + i for i in rows], j] = _classify(classifier, perturbed, device)
     effects = _write_perturbation(adata, tokenizer, model, list(genes), mode, tally, base_label, classifier, key_added)
-    adata.uns[key_added]["params"] = fields.params(model, mode=mode, n_groups=n_groups, seed=seed)
+    adata.uns[key_added]["params"] = fields.params(model, mode=mode, n_groups=n_groups, seed=seed, rounds=int(rounds),
+                                                   tolerance=tolerance)
     return adata if copy else effects
 
 
 def _write_perturbation(adata, tokenizer, model, genes, mode, tally: _Tally, base_label, classifier, key_added):
     continuous = model.config.value_encoding != "binned"
+    scale = 1 / math.log(2) if continuous else 1.0
     with np.errstate(invalid="ignore", divide="ignore"):
-        means = tally.sums / tally.counts * (1 / math.log(2) if continuous else 1.0)
+        means, first = tally.sums / tally.counts * scale, tally.first_sums / tally.counts * scale
     vocabulary = tokenizer.get_vocab()
     present = [g for g in dict.fromkeys(adata.var_names) if g in vocabulary]
-    effects = pd.DataFrame(means[:, tokenizer.convert_tokens_to_ids(present)], index=genes, columns=present)
+    columns = tokenizer.convert_tokens_to_ids(present)
+    effects = pd.DataFrame(means[:, columns], index=genes, columns=present)
     perturbed = ~np.isnan(tally.shift)
-    result = {"effects": effects, "mode": mode,
+    result = {"effects": effects, "mode": mode, "rounds": int(tally.rounds_run),
+              "first_round": pd.DataFrame(first[:, columns], index=genes, columns=present),
               "units": "log2 fold change of (1 + normalised value)" if continuous else "expected bin",
               "cells_perturbed": dict(zip(genes, perturbed.sum(0).tolist())),
               "embedding_shift": pd.DataFrame(tally.shift, index=adata.obs_names, columns=genes)}
+    distance = prior_distance(model, tokenizer, genes, present)
+    if distance is not None:  # h5ad cannot store None
+        result["prior_distance"] = distance
     if classifier is not None:
         classes = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
         moved = perturbed & (tally.label != base_label[:, None])

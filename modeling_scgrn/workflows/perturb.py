@@ -9,12 +9,15 @@ import numpy as np
 from ..tl.perturb import perturb, plot_effects, regulon_enrichment
 
 
-def run_perturbation(cells, model_folder, genes, output_dir, *, mode: str = "delete", classifier_folder=None,
+def run_perturbation(cells, model_folder, genes, output_dir, *, mode: str = "delete", rounds: int = 1,
+                     classifier_folder=None,
                      max_cells: int | None = None, top: int = 25, batch_size: int = 16, seed: int = 0,
                      prior=None, resource: str | None = None) -> dict:
     """`perturb` from files: a pretrained (masked-expression) model folder, cells (.h5ad of raw counts or
     `pbmc68k_reduced`), optionally a finetuned classifier folder; writes `effects.csv`, `effects_heatmap.png`,
-    `embedding_shift.csv` (per cell), `label_moves.csv` (with a classifier) and `summary.json` into `output_dir`.
+    `embedding_shift.csv` (per cell), `label_moves.csv` (with a classifier) and `summary.json` into `output_dir`;
+    with `rounds` > 1 (a cascade, see `perturb`) also `first_round_effects.csv` and, for a GRN model,
+    `prior_distance.csv`, and the summary's top effects split into direct and indirect targets of the prior.
     With `prior` (a network file), the summary adds `regulon_enrichment` of each perturbed regulator's top 20
     predicted targets."""
     import json
@@ -36,7 +39,8 @@ def run_perturbation(cells, model_folder, genes, output_dir, *, mode: str = "del
     adata = read_cells(cells)
     if max_cells is not None and adata.n_obs > max_cells:
         adata = adata[np.sort(np.random.default_rng(seed).permutation(adata.n_obs)[:max_cells])].copy()
-    effects = perturb(adata, model, tokenizer, genes, mode, classifier=classifier, batch_size=batch_size, seed=seed)
+    effects = perturb(adata, model, tokenizer, genes, mode, classifier=classifier, rounds=rounds,
+                      batch_size=batch_size, seed=seed)
     result = adata.uns["scgrn_perturbation"]
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
@@ -48,6 +52,8 @@ def run_perturbation(cells, model_folder, genes, output_dir, *, mode: str = "del
                "mean_embedding_shift": result["embedding_shift"].mean().to_dict(),
                "top_effects": {g: effects.loc[g].dropna().abs().sort_values(ascending=False).index[:10].tolist()
                                for g in effects.index}}
+    if rounds > 1:
+        summary.update(rounds=result["rounds"], **_cascade_outputs(result, output))
     if classifier is not None:
         result["label_moves"].to_csv(output / "label_moves.csv")
         summary["label_changed"] = result["label_changed"]
@@ -58,3 +64,19 @@ def run_perturbation(cells, model_folder, genes, output_dir, *, mode: str = "del
                                                            seed=seed)
     (output / "summary.json").write_text(json.dumps(summary, indent=2, default=jsonable))
     return summary
+
+
+def _cascade_outputs(result: dict, output) -> dict:
+    """Write a cascade's first-pass effects and prior distances; the strongest final effects split into direct
+    (one prior edge away) and indirect (two or more) targets."""
+    result["first_round"].to_csv(output / "first_round_effects.csv")
+    if "prior_distance" not in result:
+        return {}
+    result["prior_distance"].to_csv(output / "prior_distance.csv")
+    split = {}
+    for gene, row in result["effects"].iterrows():
+        distance = result["prior_distance"].loc[gene]
+        strongest = row.dropna().abs().sort_values(ascending=False)
+        split[gene] = {"direct": [g for g in strongest.index if distance.get(g) == 1][:10],
+                       "indirect": [g for g in strongest.index if distance.get(g, 0) >= 2][:10]}
+    return {"top_effects_by_distance": split}
