@@ -47,8 +47,8 @@ def run(args) -> dict:
     from modeling_scgrn.workflows.perturb import run_perturbation
 
     summary = run_perturbation(args.input, args.model, args.genes, args.output_dir, mode=args.mode,
-                               rounds=args.rounds, classifier_folder=args.classifier, max_cells=args.max_cells, top=args.top,
-                               batch_size=args.batch_size, seed=args.seed, prior=args.prior,
+                               rounds=args.rounds, classifier_folder=args.classifier, max_cells=args.max_cells,
+                               top=args.top, batch_size=args.batch_size, seed=args.seed, prior=args.prior,
                                resource=args.resource)
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.output_dir}/effects.csv, effects_heatmap.png, embedding_shift.csv and summary.json")

@@ -148,8 +148,8 @@ def prior_distance(model, tokenizer, genes, columns) -> pd.DataFrame | None:
         return None
     regulators, targets = model.base_model.grn_edges.cpu().numpy()
     targets_of: dict[int, list[int]] = {}
-    for regulator, target in zip(regulators.tolist(), targets.tolist()):
-        targets_of.setdefault(regulator, []).append(target)
+    for regulator, regulated in zip(regulators.tolist(), targets.tolist()):
+        targets_of.setdefault(regulator, []).append(regulated)
     column_ids = tokenizer.convert_tokens_to_ids(list(columns))
     rows = []
     for gene_id in tokenizer.convert_tokens_to_ids(list(genes)):
