@@ -1,9 +1,10 @@
 """Knockout: in-silico deletions of pretrained scgrn models checked against the simulator's knockouts.
 
 For master regulators and mid-level TFs of the simulated network (or --genes), the simulator knocks each out in fresh
-cells (the truth: log2 fold changes), each model deletes it in silico (`tools.perturb`), and a linear regression of
-each gene on the knocked-out gene (fitted on unperturbed cells) is the baseline. Prints and writes knockout.md,
-knockout.csv and knockout.png.
+cells (the truth: log2 fold changes against paired control cells, on counts and on the noise-free expression), each
+model deletes it in silico (`tools.perturb`, `--rounds` passes), and predictors that read no data stand beside them:
+a linear regression of each gene on the knocked-out gene (fitted on unperturbed cells), and the true network's and
+each model's own prior's targets moved by a constant. Prints and writes knockout.md, knockout.csv and knockout.png.
 
     python benchmarks/knockout.py --corpus sim.h5ad --model grn=runs/known_truth/runs/grn_seed0/pretrain/model \
         --model dense=runs/known_truth/runs/dense_seed0/pretrain/model --output_dir runs/knockout
@@ -28,6 +29,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--genes", nargs="+", help="genes to knock out (default: 5 masters and 5 mid-level TFs)")
     parser.add_argument("--truth_cells", type=shared.count, default=2000, help="cells simulated per knockout")
     parser.add_argument("--model_cells", type=shared.count, default=300, help="cells perturbed in silico")
+    parser.add_argument("--rounds", type=shared.count, default=1,
+                        help="passes of each model's perturbation (a cascade: predicted changes fed back)")
     parser.add_argument("--output_dir", required=True, help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
@@ -44,7 +47,8 @@ def run(args) -> str:
             raise ValueError(f"--model {entry}: write NAME=FOLDER, e.g. grn=runs/x/pretrain/model.")
         models[name] = folder
     markdown = run_knockout_validation(args.corpus, models, args.output_dir, genes=args.genes,
-                                       n_truth_cells=args.truth_cells, n_model_cells=args.model_cells)
+                                       n_truth_cells=args.truth_cells, n_model_cells=args.model_cells,
+                                       rounds=args.rounds)
     print(markdown)
     return markdown
 

@@ -7,7 +7,7 @@ from ..bench.knockouts import knockout_candidates, knockout_markdown, plot_knock
 
 
 def run_knockout_validation(corpus_path, model_folders: dict, output_dir, *, genes=None, n_truth_cells: int = 2000,
-                            n_model_cells: int = 300) -> str:
+                            n_model_cells: int = 300, rounds: int = 1) -> str:
     """`validate_knockouts` from files; writes `knockout.md`, `knockout.csv` and `knockout.png` into `output_dir`
     and returns the markdown."""
     from pathlib import Path
@@ -24,7 +24,8 @@ def run_knockout_validation(corpus_path, model_folders: dict, output_dir, *, gen
     genes = list(genes or knockout_candidates(true_edges(corpus)))
     models = {name: (load_pretrained(ScGrnForMaskedExpressionModeling, folder, trained_head=True),
                      ScGrnTokenizer.from_pretrained(folder)) for name, folder in model_folders.items()}
-    scores = validate_knockouts(corpus, models, genes, n_truth_cells=n_truth_cells, n_model_cells=n_model_cells)
+    scores = validate_knockouts(corpus, models, genes, n_truth_cells=n_truth_cells, n_model_cells=n_model_cells,
+                                rounds=rounds)
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     scores.to_csv(output / "knockout.csv", index=False)
