@@ -350,7 +350,8 @@ def test_a_bad_source_under_torchrun_ends_every_process_with_one_line(tmp_path):
     """The first process finds the experiment missing and says so once; the other, waiting for the data folder,
     ends without a traceback of its own (torchrun still prints its launcher's summary)."""
     soma_or_skip()
-    result = torchrun(["pretrain/run.py", "--soma", tmp_path / "missing", "--prior", OMNIPATH_TABLE, "--output_dir",
+    prior = shared_data_or_skip(OMNIPATH_TABLE)
+    result = torchrun(["pretrain/run.py", "--soma", tmp_path / "missing", "--prior", prior, "--output_dir",
                        tmp_path / "run"], port=29535, cwd=ROOT)
     assert result.returncode != 0
     assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
