@@ -1,6 +1,7 @@
 """Streaming cells from TileDB-SOMA: a local experiment built with tiledbsoma.io.from_anndata from two real datasets
 (the celltypist sample and pbmc68k_reduced), read as pretraining reads it."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -135,11 +136,17 @@ def test_processes_and_workers_get_disjoint_cells_that_cover_the_epoch(files, mo
 
     cells = soma.query_cells(soma.SomaSource(files["uri"]))
     tokenizer = ScGrnTokenizer.from_genes(cells.gene_names[:3000], n_bins=51)
-    stream = soma.SomaCellStream(cells, tokenizer, batch_size=16, epochs=1, io_batches=4, max_length=16)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # the default block size fits the shards it is built for
+    stream = soma.SomaCellStream(cells, tokenizer, batch_size=16, epochs=1, io_batches=4, max_length=16,
+                                 num_workers=3)
     shards = [shard_order(stream, rank, 2, 3, monkeypatch) for rank in (0, 1)]
     seen = [joinid for shard in shards for batch in shard for joinid in batch]
     assert len(seen) == len(set(seen)) == len(cells)  # disjoint, and together every cell
-    assert abs(len(shards[0]) - len(shards[1])) <= 1
+    # whole blocks go to shards in turn: each of a process's 3 worker shards holds at most one block more
+    assert abs(len(shards[0]) - len(shards[1])) <= 3 * stream.units_per_block
+    # a small experiment over six shards: blocks of one batch, so that a shard's window can hold 16 of them
+    assert stream.shuffle_chunk_size == 16
 
 
 def test_a_stream_resumed_at_a_position_repeats_and_skips_nothing(files, monkeypatch):
@@ -396,3 +403,40 @@ def test_an_endless_stream_over_a_tiny_experiment_reads_cells_twice_without_cras
     stream = soma.stream_soma(uri, tokenizer, max_length=32, num_workers=2)  # a real DataLoader, two workers
     batches = list(itertools.islice(stream.loader(joinids_of), 10))
     assert len(batches) == 10 and all(set(b) <= set(cells.joinids.tolist()) for b in batches)
+
+
+def test_reads_in_any_order_or_gene_order_give_the_same_counts(files):
+    soma = soma_or_skip()
+    import dataclasses
+
+    cells = soma.query_cells(soma.SomaSource(files["uri"]))
+    chosen = np.array([700, 3, 1200, 4, 5, 3])  # unsorted, with a repeat
+    matrix, obs = soma.read_block(cells, chosen)
+    assert obs["soma_joinid"].tolist() == chosen.tolist()
+    one_by_one = [soma.read_block(cells, [c])[0].toarray() for c in chosen]
+    assert np.array_equal(matrix.toarray(), np.vstack(one_by_one))
+    genes = np.random.default_rng(0).permutation(len(cells.var_joinids))[:500]  # a subset, out of order
+    subset = dataclasses.replace(cells, var_joinids=cells.var_joinids[genes],
+                                 gene_names=[cells.gene_names[g] for g in genes])
+    assert np.array_equal(soma.read_block(subset, chosen)[0].toarray(), matrix.toarray()[:, genes])
+
+
+def test_shuffle_quality_against_a_random_order_and_an_old_checkpoint_refused(files):
+    soma = soma_or_skip()
+    from modeling_scgrn import ScGrnTokenizer
+
+    cells = soma.query_cells(soma.SomaSource(files["uri"]))
+    tokenizer = ScGrnTokenizer.from_genes(cells.gene_names[:3000], n_bins=51)
+    # the two datasets were appended one after the other: joinids below 559 are the celltypist sample's
+    labels = (np.arange(int(cells.joinids.max()) + 1) >= 559).astype(int)
+    default = soma.SomaCellStream(cells, tokenizer, batch_size=16)
+    mixed = soma.shuffle_quality(default, labels, n_batches=60)
+    assert mixed["random_order"] > 1.9 and mixed["ratio"] >= 0.8, mixed  # both datasets in nearly every batch
+    unmixed = soma.SomaCellStream(cells, tokenizer, batch_size=16, shuffle_chunk_size=640, io_batches=1)
+    assert soma.shuffle_quality(unmixed, labels, n_batches=60)["ratio"] < mixed["ratio"]
+    batches = default.batch_joinids(10)
+    assert [len(b) for b in batches] == [16] * 10
+    assert [joinids_of(unit) for unit in itertools.islice(default.units(), 10)] == [b.tolist() for b in batches]
+    old = {**default.state_dict(), "order": 1}
+    with pytest.raises(ValueError, match="earlier version of scgrn's order"):
+        default.load_state_dict(old)

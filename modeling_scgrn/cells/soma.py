@@ -1,12 +1,16 @@
 """Cells streamed from a TileDB-SOMA experiment (the CELLxGENE Census format) into pretraining, without exporting
 them to `.h5ad` or Arrow first.
 
-The cells a query matches are cut into blocks of consecutive `soma_joinid`s; each epoch visits the blocks in a new
-seeded order, and every `batch_size` cells of that order form one unit (a batch). Unit `k` of the endless
-sequence of epochs goes to shard `k mod S`, one shard per process and DataLoader worker (`S = processes x
-workers`), so shards never share a cell within an epoch and together they see every cell. A shard reads
-`io_batches` of its units at a time (one TileDB read), shuffles the cells among them and tokenizes them with the
-same encoder as `.h5ad` files (`data.encode_chunk`), so the same cell gives the same tokens from either source.
+The cells a query matches are cut into blocks of consecutive `soma_joinid`s (by default as many as one tile of the
+X layer holds along the cells, so that a block is one contiguous read of whole tiles: a block of 64 cells costs a
+TileDB read about as much as a tile of 2,048); each epoch visits the blocks in a new seeded order, and every
+`batch_size` cells of that order form one unit (a batch). Whole blocks go to shards in turn (block `q` of the
+endless sequence of epochs to shard `q mod S`, one shard per process and DataLoader worker, `S = processes x
+workers`), so shards never share a cell within an epoch, together they see every cell, and no two shards read the
+same tiles. A shard reads `io_batches` of its units at a time (a window; by default 16 blocks, at most half of its
+share of an epoch), in storage order, on threads that run one window ahead of training; tokenizes them with the same encoder as `.h5ad` files
+(`data.encode_chunk`), so the same cell gives the same tokens from either source; and shuffles the cells of the
+window before cutting it into batches, so that a batch mixes the window's blocks.
 
 The sequence is a pure function of the seed, the cells and the sharding, so a position (units consumed by each
 process) is all a checkpoint needs: a resumed run reads from there, repeating and skipping nothing.
@@ -35,8 +39,14 @@ from .config import DataConfig
 logger = logging.getLogger(__name__)
 
 GENE_COLUMNS = ("feature_name", "gene_symbols", "gene_name", "var_id", "feature_id")
-STREAM_STATE_KEYS = ("cells", "cells_sha256", "batch_size", "seed", "shuffle_chunk_size", "io_batches",
+STREAM_STATE_KEYS = ("order", "cells", "cells_sha256", "batch_size", "seed", "shuffle_chunk_size", "io_batches",
                      "world_size", "num_workers")
+# 2: whole blocks to shards, tile-sized blocks by default (1: batches to shards in turn, blocks of 64)
+ORDER_VERSION = 2
+BLOCKS_PER_READ = 16  # blocks a window holds by default: what a batch mixes
+READ_CELLS = 2048  # cells per TileDB read: one tile by default, and the raw counts of one read stay small
+READ_THREADS = 3  # reads at once: 3 threads reached 11,000 cells/s on 2 cores, one 5,900 (benchmarks/README.md)
+DEFAULT_TILE_ROWS = 2048  # tiledbsoma's default tile extent, for a layer whose schema does not say
 
 
 def _tiledbsoma():
@@ -143,13 +153,47 @@ def query_cells(source: SomaSource) -> SomaCells:
                      var["soma_joinid"].to_numpy().astype(np.int64), var[column].astype(str).tolist())
 
 
+def tile_rows(source: SomaSource) -> int:
+    """Cells per tile of the X layer along the cell dimension (its schema's tile extent of `soma_dim_0`)."""
+    with open_experiment(source) as experiment:
+        options = experiment.ms[source.measurement].X[source.layer].schema_config_options()
+    try:
+        return max(1, int(json.loads(options.dims)["soma_dim_0"]["tile"]))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return DEFAULT_TILE_ROWS
+
+
+def _row_positions(joinids: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """Rows of `found` (joinids TileDB returned) among the sorted, unique `joinids`: an offset for a contiguous
+    range, a lookup table for a compact span, a binary search otherwise."""
+    low, span = int(joinids[0]), int(joinids[-1] - joinids[0]) + 1
+    if span == joinids.size:
+        return found - low
+    if span <= 16 * joinids.size:
+        lookup = np.zeros(span, dtype=np.int64)
+        lookup[joinids - low] = np.arange(joinids.size)
+        return lookup[found - low]
+    return np.searchsorted(joinids, found)
+
+
+def _gene_positions(var_joinids: np.ndarray):
+    """A lookup from a gene's soma_joinid to its column (None when the columns are the joinids 0..n-1 in order)."""
+    if np.array_equal(var_joinids, np.arange(var_joinids.size)):
+        return None
+    lookup = np.full(int(var_joinids.max()) + 1, -1, dtype=np.int64)
+    lookup[var_joinids] = np.arange(var_joinids.size)
+    return lookup
+
+
 def read_block(cells: SomaCells, joinids: np.ndarray, obs_columns=(), experiment=None):
     """Raw counts of the cells `joinids`, in that order: a `(cells, genes)` CSR matrix over `cells.gene_names` and
-    their `obs` columns (a DataFrame with `soma_joinid` first). One TileDB read. (tiledbsoma-ml's `IOBatchIterable`
-    runs a full `gc.collect()` per read, 0.16 s each beside torch, and its CSR builder compiles with numba in every
-    process, about 6 s; scipy assembles the matrix instead.)"""
+    their `obs` columns (a DataFrame with `soma_joinid` first; `obs` is read only for `obs_columns`). One TileDB
+    read, of the cells only when the measurement's genes are all wanted. (tiledbsoma-ml's `IOBatchIterable` runs a
+    full `gc.collect()` per read, 0.16 s each beside torch, and its CSR builder compiles with numba in every
+    process, about 6 s. Here scipy assembles the matrix, and numpy finds rows and columns without TileDB's
+    re-indexers.)"""
+    import pandas as pd
     import scipy.sparse as sp
-    import tiledbsoma
 
     if experiment is None:
         with open_experiment(cells.source) as opened:
@@ -157,22 +201,25 @@ def read_block(cells: SomaCells, joinids: np.ndarray, obs_columns=(), experiment
     # astype copies: after a spawn, unpickled arrays carry a dtype object that tiledbsoma's type check refuses
     joinids, var_joinids = np.asarray(joinids).astype("int64"), cells.var_joinids.astype("int64")
     unique, inverse = np.unique(joinids, return_inverse=True)
-    if unique.size < joinids.size:
-        # an endless stream's read can reach into the next epoch and hold a cell twice (few cells, or a shard
-        # smaller than one read); TileDB's indexer refuses duplicate keys, so each cell is read once and repeated
+    if unique.size < joinids.size or not np.array_equal(unique, joinids):
+        # each cell read once, in storage order, then put in the order asked (an endless stream's read can reach
+        # into the next epoch and hold a cell twice, and TileDB refuses duplicate keys)
         matrix, obs = read_block(cells, unique, obs_columns, experiment)
         return matrix[inverse], obs.iloc[inverse].reset_index(drop=True)
     X = experiment.ms[cells.source.measurement].X[cells.source.layer]
-    rows = tiledbsoma.IntIndexer(joinids, context=X.context)
-    genes = tiledbsoma.IntIndexer(var_joinids, context=X.context)
-    parts = [(rows.get_indexer(table["soma_dim_0"]), genes.get_indexer(table["soma_dim_1"]),
-              table["soma_data"].to_numpy()) for table in X.read(coords=(joinids, var_joinids)).tables()]
+    lookup = _gene_positions(var_joinids)
+    coords = (joinids,) if lookup is None else (joinids, var_joinids)
+    parts = [(_row_positions(joinids, t["soma_dim_0"].to_numpy()),
+              t["soma_dim_1"].to_numpy() if lookup is None else lookup[t["soma_dim_1"].to_numpy()],
+              t["soma_data"].to_numpy()) for t in X.read(coords=coords).tables()]
     i, j, values = (np.concatenate(p) for p in zip(*parts)) if parts else (np.zeros(0, np.int64),) * 2 + (
         np.zeros(0, np.float32),)
     matrix = sp.csr_matrix((values, (i, j)), shape=(len(joinids), len(var_joinids)))
     matrix.sort_indices()
-    columns = ["soma_joinid", *[c for c in obs_columns if c != "soma_joinid"]]
-    obs = (experiment.obs.read(coords=(joinids,), column_names=columns).concat().to_pandas()
+    columns = [c for c in obs_columns if c != "soma_joinid"]
+    if not columns:
+        return matrix, pd.DataFrame({"soma_joinid": joinids})
+    obs = (experiment.obs.read(coords=(joinids,), column_names=["soma_joinid", *columns]).concat().to_pandas()
            .set_index("soma_joinid").reindex(joinids).reset_index())
     return matrix, obs
 
@@ -222,6 +269,15 @@ def _worker() -> tuple[int, int]:
     return get_worker_id_and_num()
 
 
+def default_block_size(cells: SomaCells, batch_size: int, num_workers: int = 0) -> int:
+    """Cells per block: one tile of the X layer along the cells (a contiguous read of whole tiles), but small enough
+    that a window (at most half of a shard's share of the cells) holds `BLOCKS_PER_READ` blocks, so that a batch
+    mixes that many places of the experiment however small it is; in whole batches."""
+    _, world_size = _distributed()
+    share = len(cells) // (world_size * max(num_workers, 1))
+    return max(1, min(tile_rows(cells.source), share // (2 * BLOCKS_PER_READ)) // batch_size) * batch_size
+
+
 class SomaCellStream(torch.utils.data.IterableDataset):
     """Tokenized cells streamed from SOMA in seeded, block-shuffled order, sharded across processes and DataLoader
     workers (see the module's docstring). Iterating yields this process's cells, one dict each (`input_ids`,
@@ -230,12 +286,19 @@ class SomaCellStream(torch.utils.data.IterableDataset):
     is given. `state_dict()`/`load_state_dict()` carry the position (units this process has consumed)."""
 
     def __init__(self, cells: SomaCells, tokenizer, *, batch_size: int = 16, seed: int = 0,
-                 shuffle_chunk_size: int = 64, io_batches: int = 16, max_length: int | None = DataConfig.max_length,
-                 obs_columns=(), epochs: int | None = None, num_workers: int = 0):
+                 shuffle_chunk_size: int | None = None, io_batches: int | None = None,
+                 max_length: int | None = DataConfig.max_length, obs_columns=(), epochs: int | None = None,
+                 num_workers: int = 0):
         for name, value in (("batch_size", batch_size), ("shuffle_chunk_size", shuffle_chunk_size),
                             ("io_batches", io_batches)):
-            if value < 1:
+            if value is not None and value < 1:
                 raise ValueError(f"{name}={value} must be at least 1.")
+        if shuffle_chunk_size is None:
+            shuffle_chunk_size = default_block_size(cells, batch_size, num_workers)
+        if io_batches is None:  # BLOCKS_PER_READ blocks, at most half of a shard's units per epoch
+            units, shards = -(-len(cells) // batch_size), _distributed()[1] * max(num_workers, 1)
+            io_batches = max(1, min(BLOCKS_PER_READ * max(1, shuffle_chunk_size // batch_size),
+                                    units // (2 * shards)))
         self.cells, self.tokenizer, self.batch_size, self.seed = cells, tokenizer, batch_size, seed
         self.shuffle_chunk_size, self.io_batches, self.max_length = shuffle_chunk_size, io_batches, max_length
         self.obs_columns, self.epochs, self.num_workers = tuple(obs_columns), epochs, num_workers
@@ -246,10 +309,22 @@ class SomaCellStream(torch.utils.data.IterableDataset):
     def units_per_epoch(self) -> int:
         return -(-len(self.cells) // self.batch_size)
 
+    @property
+    def units_per_block(self) -> int:
+        """Units that go to one shard together (a block's worth, whole batches)."""
+        return max(1, self.shuffle_chunk_size // self.batch_size)
+
+    def global_unit(self, local: int, shard: int, shards: int) -> int:
+        """Unit of the endless sequence that is local unit `local` of `shard` (of `shards`): whole groups of
+        `units_per_block` units go to the shards in turn."""
+        group, offset = divmod(local, self.units_per_block)
+        return (group * shards + shard) * self.units_per_block + offset
+
     def state_dict(self, position: int | None = None) -> dict:
         """What a checkpoint records: the position, and what the sequence depends on (checked on resume)."""
         _, world_size = _distributed()
-        return {"position": int(self.position if position is None else position), "cells": len(self.cells),
+        return {"position": int(self.position if position is None else position), "order": ORDER_VERSION,
+                "cells": len(self.cells),
                 "cells_sha256": self.cells.fingerprint, "batch_size": self.batch_size, "seed": self.seed,
                 "shuffle_chunk_size": self.shuffle_chunk_size, "io_batches": self.io_batches,
                 "world_size": world_size, "num_workers": max(self.num_workers, 1)}
@@ -260,18 +335,25 @@ class SomaCellStream(torch.utils.data.IterableDataset):
         current = self.state_dict()
         changed = [f"{key} {state.get(key)} -> {current[key]}" for key in STREAM_STATE_KEYS
                    if state.get(key) != current[key]]
+        if state.get("order") != ORDER_VERSION:
+            raise ValueError(f"the checkpoint's SOMA stream is of an earlier version of scgrn's order (order "
+                             f"{state.get('order', 1)}, now {ORDER_VERSION}): the same position would be other cells; "
+                             "finish that run with the scgrn it began with, or start a new one.")
         if changed:
             raise ValueError("the checkpoint's SOMA stream was another sequence (" + "; ".join(changed) + "); resume "
                              "with the same cells, batch size, seed, processes and DataLoader workers.")
         self.position = int(state["position"])
 
     def _order(self, epoch: int) -> np.ndarray:
-        """The cells of `epoch`: blocks of `shuffle_chunk_size` consecutive joinids in a seeded order."""
+        """The cells of `epoch`: blocks of `shuffle_chunk_size` consecutive joinids in a seeded order, a last
+        partial block last (so that every other block starts a group of units: one contiguous read)."""
         if epoch not in self._orders:
             blocks = np.array_split(self.cells.joinids, range(self.shuffle_chunk_size, len(self.cells),
                                                               self.shuffle_chunk_size))
+            full = len(self.cells) // self.shuffle_chunk_size
             rng = np.random.default_rng([self.seed, epoch])
-            self._orders = {epoch: np.concatenate([blocks[i] for i in rng.permutation(len(blocks))])}
+            order = [*rng.permutation(full), *range(full, len(blocks))]
+            self._orders = {epoch: np.concatenate([blocks[i] for i in order])}
         return self._orders[epoch]
 
     def unit_cells(self, unit: int) -> np.ndarray:
@@ -289,29 +371,62 @@ class SomaCellStream(torch.utils.data.IterableDataset):
         first = max(0, -(-(self.position - worker) // workers))  # this shard's units among those consumed
         return rank * workers + worker, world_size * workers, first
 
-    def units(self):
-        """This process's (and worker's) batches of cells, from the current position on."""
-        shard, shards, local = self._shard()
+    def _window_units(self, window: int, shard: int, shards: int) -> list[int]:
         end = None if self.epochs is None else self.epochs * self.units_per_epoch
-        with open_experiment(self.cells.source) as experiment:
-            while True:
-                window = local // self.io_batches
-                first = window * self.io_batches
-                units = [u for u in (l * shards + shard for l in range(first, first + self.io_batches))
-                         if end is None or u < end]
-                if not units:
-                    return
-                yield from self._read_window(units, window, shard, shards, experiment)[local - first:]
-                local = first + self.io_batches
+        first = window * self.io_batches
+        return [u for u in (self.global_unit(local, shard, shards) for local in range(first, first + self.io_batches))
+                if end is None or u < end]
 
-    def _read_window(self, units: list[int], window: int, shard: int, shards: int, experiment) -> list[list]:
+    def units(self):
+        """This process's (and worker's) batches of cells, from the current position on. The next window is read
+        while this one is consumed, by `READ_THREADS` threads with an experiment handle each (TileDB, numpy's
+        large copies and the compiled encoder release the GIL)."""
+        shard, shards, local = self._shard()
+        window = local // self.io_batches
+        with _ReadPool(self.cells.source) as pool:
+            def read(w):
+                units = self._window_units(w, shard, shards)
+                return pool.ahead.submit(self._read_window, units, w, shard, shards, pool) if units else None
+
+            ahead = read(window)
+            while ahead is not None:
+                batches = ahead.result()
+                ahead = read(window + 1)
+                yield from batches[local - window * self.io_batches:]
+                window += 1
+                local = window * self.io_batches
+
+    def _read_window(self, units: list[int], window: int, shard: int, shards: int, pool) -> list[list]:
+        """The window's units as lists of cells: read in storage order (contiguous joinids: whole tiles),
+        `READ_CELLS` at a time on the pool's threads, then the window's cells shuffled with a seeded permutation
+        and cut into the units' sizes."""
+        joinids, order, bounds = self._window_plan(units, window, shard, shards)
+        chunks = [joinids[start:start + READ_CELLS] for start in range(0, joinids.size, READ_CELLS)]
+        tables = pool.map(lambda experiment, chunk: tokenize_block(
+            self.cells, chunk, self.tokenizer, self.max_length, self.obs_columns, experiment), chunks)
+        rows = [row for table in tables for row in _table_rows(table)]
+        rows = [rows[i] for i in order]
+        return [rows[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
+
+    def _window_plan(self, units: list[int], window: int, shard: int, shards: int):
+        """A window's cells in storage order, the seeded permutation that shuffles them, and the units' bounds."""
         parts = [self.unit_cells(u) for u in units]
-        joinids = np.concatenate(parts)
-        shuffled = joinids[np.random.default_rng([self.seed, shards, shard, window]).permutation(joinids.size)]
-        rows = _table_rows(tokenize_block(self.cells, shuffled, self.tokenizer, self.max_length, self.obs_columns,
-                                          experiment))
-        bounds = np.cumsum([0] + [len(p) for p in parts])
-        return [rows[bounds[i]:bounds[i + 1]] for i in range(len(parts))]
+        joinids = np.sort(np.concatenate(parts))
+        order = np.random.default_rng([self.seed, shards, shard, window]).permutation(joinids.size)
+        return joinids, order, np.cumsum([0] + [len(p) for p in parts])
+
+    def batch_joinids(self, n_batches: int, shard: int = 0, shards: int = 1) -> list[np.ndarray]:
+        """The joinids of the first `n_batches` batches of `shard` (of `shards`), worked out without reading."""
+        batches, window = [], 0
+        while len(batches) < n_batches:
+            units = self._window_units(window, shard, shards)
+            if not units:
+                break
+            joinids, order, bounds = self._window_plan(units, window, shard, shards)
+            shuffled = joinids[order]
+            batches += [shuffled[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
+            window += 1
+        return batches[:n_batches]
 
     def __iter__(self):
         for unit in self.units():
@@ -327,6 +442,59 @@ class SomaCellStream(torch.utils.data.IterableDataset):
         return torch.utils.data.DataLoader(_Units(self), batch_size=None, collate_fn=collate_fn, num_workers=workers,
                                            multiprocessing_context="spawn" if workers else None,
                                            generator=torch.Generator().manual_seed(self.seed))
+
+
+def shuffle_quality(stream: SomaCellStream, labels, *, n_batches: int = 500, seed: int = 0) -> dict:
+    """How well the stream mixes a grouping of the cells (e.g. the source dataset): the mean number of distinct
+    `labels` (indexed by soma_joinid) per batch in the stream's order (shard 0 of 1), against batches of the same
+    sizes drawn uniformly at random from the same cells. Returns both means and their ratio."""
+    labels = np.asarray(labels)
+    batches = stream.batch_joinids(n_batches)
+    rng = np.random.default_rng(seed)
+    random = [rng.choice(stream.cells.joinids, size=len(b), replace=False) for b in batches]
+
+    def mean_distinct(groups):
+        return float(np.mean([np.unique(labels[g]).size for g in groups]))
+
+    streamed, uniform = mean_distinct(batches), mean_distinct(random)
+    return {"batches": len(batches), "distinct_per_batch": streamed, "random_order": uniform,
+            "ratio": streamed / uniform}
+
+
+class _ReadPool:
+    """Threads that read and tokenize for one stream: `ahead` prepares the next window; `map` spreads a window's
+    reads over `READ_THREADS` threads, each with its own open experiment (SOMA handles are not shared between
+    threads). A context manager: leaving it closes every handle."""
+
+    def __init__(self, source: SomaSource):
+        self.source = source
+
+    def __enter__(self):
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._local, self._opened = threading.local(), []
+        self.ahead = ThreadPoolExecutor(1)
+        self._readers = ThreadPoolExecutor(READ_THREADS)
+        return self
+
+    def _experiment(self):
+        if not hasattr(self._local, "experiment"):
+            context = open_experiment(self.source)
+            self._local.experiment = context.__enter__()
+            self._opened.append(context)
+        return self._local.experiment
+
+    def map(self, function, items) -> list:
+        """`function(experiment, item)` for each item, in order, on the reading threads."""
+        return list(self._readers.map(lambda item: function(self._experiment(), item), items))
+
+    def __exit__(self, *exc):
+        self.ahead.shutdown(wait=True, cancel_futures=True)
+        self._readers.shutdown(wait=True)
+        for context in self._opened:
+            context.__exit__(None, None, None)
+        return False
 
 
 class _Units(torch.utils.data.IterableDataset):
