@@ -8,9 +8,10 @@ TileDB read about as much as a tile of 2,048); each epoch visits the blocks in a
 endless sequence of epochs to shard `q mod S`, one shard per process and DataLoader worker, `S = processes x
 workers`), so shards never share a cell within an epoch, together they see every cell, and no two shards read the
 same tiles. A shard reads `io_batches` of its units at a time (a window; by default 16 blocks, at most half of its
-share of an epoch), in storage order, on threads that run one window ahead of training; tokenizes them with the same encoder as `.h5ad` files
-(`data.encode_chunk`), so the same cell gives the same tokens from either source; and shuffles the cells of the
-window before cutting it into batches, so that a batch mixes the window's blocks.
+share of an epoch), in storage order, on threads that run one window ahead of training; tokenizes them with the
+same encoder as `.h5ad` files (`data.encode_chunk`), so the same cell gives the same tokens from either source;
+and shuffles the cells of the window before cutting it into batches, so that a batch mixes the window's blocks.
+(Blocks are smaller than a tile when a shard's window could not hold 16 of them.)
 
 The sequence is a pure function of the seed, the cells and the sharding, so a position (units consumed by each
 process) is all a checkpoint needs: a resumed run reads from there, repeating and skipping nothing.
