@@ -331,6 +331,8 @@ def test_prior_with_only_self_edges_is_refused(tokenizer):
         model.set_grn_edges(torch.tensor([[5, 6], [5, 6]]))
     with pytest.raises(ValueError, match="outside the vocabulary"):
         model.set_grn_edges(torch.tensor([[5], [999]]))
+    with pytest.raises(ValueError, match="not special tokens"):
+        model.set_grn_edges(torch.tensor([[5, tokenizer.pad_token_id], [6, 7]]))
 
 
 def _tiny_mlp(hidden_act="silu"):

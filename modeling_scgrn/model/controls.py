@@ -11,6 +11,13 @@ import numpy as np
 import torch
 
 
+def not_gene_pairs(edges: torch.Tensor, special_ids, vocab_size: int) -> torch.Tensor:
+    """Per edge of `(2, E)` vocabulary ids: True where either end is a special token or outside `[0, vocab_size)`.
+    The one rule that attaching a prior and checking a loaded one both apply."""
+    special = torch.tensor(list(special_ids), device=edges.device)
+    return (torch.isin(edges, special) | (edges < 0) | (edges >= vocab_size)).any(0)
+
+
 def random_control_edges(grn_edges: torch.Tensor, panel_ids: torch.Tensor, seed: int) -> torch.Tensor:
     """Uniform random directed edges among `panel_ids`, as many as `grn_edges` has distinct non-self edges.
 

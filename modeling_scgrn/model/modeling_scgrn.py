@@ -21,7 +21,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
 from .configuration_scgrn import MASK_RULE_FIELDS, ScGrnConfig
-from .controls import control_edges
+from .controls import control_edges, not_gene_pairs
 from .kernels import (
     AUTO_ATTENTION,
     OWN_KERNELS,
@@ -326,11 +326,9 @@ class ScGrnModel(ScGrnPreTrainedModel):
         grn_edges = torch.as_tensor(grn_edges, dtype=torch.int64)
         if grn_edges.ndim != 2 or grn_edges.shape[0] != 2:
             raise ValueError(f"grn_edges must have shape (2, num_edges), got {tuple(grn_edges.shape)}.")
-        if grn_edges.numel() and (grn_edges.min() < 0 or grn_edges.max() >= self.config.vocab_size):
-            raise ValueError(f"grn_edges hold ids outside the vocabulary [0, {self.config.vocab_size}).")
-        special = torch.tensor(self.special_token_ids)
-        if torch.isin(grn_edges, special).any():
-            raise ValueError("grn_edges must link genes only, not special tokens.")
+        if not_gene_pairs(grn_edges, self.special_token_ids, self.config.vocab_size).any():
+            raise ValueError(f"grn_edges must link genes only: ids in [{len(self.special_token_ids)}, "
+                             f"{self.config.vocab_size}), not special tokens or ids outside the vocabulary.")
         panel = torch.arange(len(self.special_token_ids), self.config.vocab_size)
         edges = control_edges(grn_edges, self.config.grn_mode, panel, self.config.grn_control_seed)
         if edges.shape[1] == 0 and self.config.grn_mode != "dense":
@@ -382,9 +380,8 @@ class ScGrnModel(ScGrnPreTrainedModel):
             raise ValueError(f"grn_mode={c.grn_mode!r} but the model holds no GRN edges; {how}.")
         if edges.is_meta:
             raise ValueError(f"the model's GRN edges are on the meta device (never loaded); {how}.")
-        special = torch.tensor(self.special_token_ids, device=edges.device)
         unset = bool((edges == c.pad_token_id).all())
-        bad = int((torch.isin(edges, special) | (edges < 0) | (edges >= c.vocab_size)).any(0).sum())
+        bad = int(not_gene_pairs(edges, self.special_token_ids, c.vocab_size).sum())
         if unset or bad:
             what = ("unset (every id is [PAD]: built from a config without weights, or loaded from a checkpoint "
                     "without grn_edges)" if unset else
