@@ -105,3 +105,14 @@ def test_the_inference_loop_changes_no_state_of_the_run():
     run_batch(model, batches[0])
     assert model.calls == [(False, False)] * 4  # eval mode, no gradients, inside the loop
     assert model.training and torch.is_grad_enabled()  # both restored after it
+
+
+def test_training_curves_group_losses_and_scores_and_leave_counts_out(tmp_path):
+    from modeling_scgrn.evaluation.plots import _metric_groups, plot_training_curves
+
+    evaluations = [{"step": s, "masked_loss": 0.6 - s / 1e4, "gene_mean_mse": 0.55, "masked_values": 12873,
+                    "beats_every_baseline": False, "probe_accuracy": 0.8, "pearson_r": 0.5, "baselines": {"x": 1}}
+                   for s in (100, 200)]
+    assert _metric_groups(evaluations) == (["gene_mean_mse", "masked_loss"], ["pearson_r", "probe_accuracy"])
+    plot_training_curves({"step": [50, 100, 150], "loss": [2.0, 1.0, 0.9], "eval": evaluations}, tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 0

@@ -7,22 +7,36 @@ from pathlib import Path
 import numpy as np
 
 
+def _metric_groups(evaluations: list[dict]) -> tuple[list[str], list[str]]:
+    """The evaluation keys worth a curve: losses (names with "loss" or "mse"), and scores (every other number that
+    stays within [-1, 1]: accuracies, F1, R^2, Pearson r). Counts and flags are left out: on a shared axis a count of
+    12,000 masked values flattens every other curve."""
+    numeric = sorted({k for e in evaluations for k, v in e.items()
+                      if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    losses = [k for k in numeric if "loss" in k or "mse" in k]
+    scores = [k for k in numeric if k not in losses and
+              all(-1 <= e[k] <= 1 for e in evaluations if isinstance(e.get(k), (int, float)))]
+    return losses, scores
+
+
 def plot_training_curves(history: dict, path: Path) -> None:
-    """PNG of the training loss and every numeric evaluation metric against the step."""
+    """PNG of the training loss, the evaluation losses (with the trivial predictors' beside the model's) and the
+    evaluation scores against the step, one panel each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    eval_keys = sorted({k for e in history["eval"] for k, v in e.items() if k != "step" and isinstance(v, (int, float))})
-    fig, axes = plt.subplots(1, 1 + bool(eval_keys), figsize=(5 + 5 * bool(eval_keys), 4), squeeze=False)
+    groups = [g for g in zip(("evaluation losses", "evaluation scores"), _metric_groups(history["eval"])) if g[1]]
+    fig, axes = plt.subplots(1, 1 + len(groups), figsize=(5 + 5 * len(groups), 4), squeeze=False)
     axes[0, 0].plot(history["step"], history["loss"], marker=".")
     axes[0, 0].set(xlabel="step", ylabel="training loss", title="training loss")
-    if eval_keys:
-        for key in eval_keys:
-            axes[0, 1].plot([e["step"] for e in history["eval"]], [e.get(key) for e in history["eval"]], marker="o", label=key)
-        axes[0, 1].set(xlabel="step", title="evaluation")
-        axes[0, 1].legend(fontsize=7)
+    for axis, (title, keys) in zip(axes[0, 1:], groups):
+        for key in keys:
+            points = [(e["step"], e[key]) for e in history["eval"] if key in e]
+            axis.plot(*zip(*points), marker="o", label=key)
+        axis.set(xlabel="step", title=title)
+        axis.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
