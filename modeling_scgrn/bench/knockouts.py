@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..grn.network import downstream
+
 CHANGED = 0.25  # |true log2 fold change| at which a gene counts as changed
 
 
@@ -31,19 +33,6 @@ def knockout_candidates(edges: pd.DataFrame, *, masters: int = 5, mid_level: int
     targets = set(edges["target"])
     regulated = [g for g in out_degree.index if g in targets]
     return sorted(top, key=lambda g: -out_degree[g])[:masters] + regulated[:mid_level]
-
-
-def downstream(edges: pd.DataFrame, gene: str) -> dict[str, int]:
-    """Genes reachable from `gene` along the network, with their distance in edges."""
-    targets = edges.groupby("source")["target"].apply(list).to_dict()
-    distance, frontier, step = {}, [gene], 0
-    while frontier:
-        step += 1
-        frontier = [t for g in frontier for t in targets.get(g, []) if t not in distance and t != gene]
-        for target in frontier:
-            distance.setdefault(target, step)
-        frontier = list(dict.fromkeys(frontier))
-    return distance
 
 
 def linear_baseline(cells, genes) -> pd.DataFrame:
@@ -78,15 +67,6 @@ def prior_predictions(edges: pd.DataFrame, genes, columns, *, signed: bool = Fal
             row[direct["target"].to_numpy()] = (-np.sign(direct["sign"].to_numpy()) if signed else -1.0)
         rows.append(row)
     return pd.DataFrame(rows, index=list(genes))
-
-
-def model_prior(model, tokenizer) -> pd.DataFrame | None:
-    """A model's own prior as `source, target` gene names (the edges its mask holds); None for a dense model."""
-    if model.config.grn_mode == "dense":
-        return None
-    regulators, targets = model.base_model.grn_edges.cpu().numpy()
-    return pd.DataFrame({"source": tokenizer.convert_ids_to_tokens(regulators.tolist()),
-                         "target": tokenizer.convert_ids_to_tokens(targets.tolist())})
 
 
 def _prior_only(name: str, edges: pd.DataFrame, genes, columns, signed: bool) -> dict[str, pd.DataFrame]:
@@ -144,7 +124,7 @@ def validate_knockouts(corpus, models: dict, genes, *, n_truth_cells: int = 2000
     `rounds` > 1 lets each model's perturbation follow a cascade (`tl.perturb`). Beside the models: the linear
     baseline and the prior-only predictors of the true network and of each model's own prior. Returns one row per
     (truth, predictor, gene), truth "counts" or "noise-free"."""
-    from ..tl.perturb import perturb
+    from ..tl.perturb import model_prior, perturb
     from .simulate import knockout_effects, simulate_knockouts, true_edges
 
     edges = true_edges(corpus)

@@ -380,6 +380,19 @@ class GeneRegulatoryNetwork:
         _atomic_write(directory / PROVENANCE_FILE, lambda p: Path(p).write_text(json.dumps(record, indent=2)))
 
 
+def downstream(edges: pd.DataFrame, gene) -> dict:
+    """Genes reachable from `gene` along `edges` (`source -> target`), with their distance in edges."""
+    targets = edges.groupby("source")["target"].apply(list).to_dict()
+    distance, frontier, step = {}, [gene], 0
+    while frontier:
+        step += 1
+        frontier = [t for g in frontier for t in targets.get(g, []) if t not in distance and t != gene]
+        for target in frontier:
+            distance.setdefault(target, step)
+        frontier = list(dict.fromkeys(frontier))
+    return distance
+
+
 def read_mapping_table(path: str | os.PathLike, *, reverse: bool = False) -> pd.DataFrame:
     """A two-column identifier table (e.g. celltypist's `GENCODEv44_Gene_id2name.csv`, Ensembl ID -> symbol, or
     `Ensembl105_Human2Mouse_Genes.csv`, human -> mouse symbol; headerless CSV) as `from, to` columns, rows

@@ -30,6 +30,7 @@ import torch
 from ..cells.collators import _pad, _pad_cells
 from ..cells.config import SEQUENCE_COLUMNS, DataConfig
 from ..evaluation.inference import run_batch
+from ..grn.network import downstream
 from .fields import CellFields, target
 
 PERTURBATION_MODES = ("delete", "overexpress")
@@ -140,26 +141,23 @@ def cascade_predictions(model, cells: list[dict], control: list[dict], groups: l
     return predicted, first, passes
 
 
+def model_prior(model, tokenizer) -> pd.DataFrame | None:
+    """A model's own prior as `source, target` gene names (the edges its mask holds); None for a dense model."""
+    if model.config.grn_mode == "dense":
+        return None
+    regulators, targets = model.base_model.grn_edges.cpu().numpy()
+    return pd.DataFrame({"source": tokenizer.convert_ids_to_tokens(regulators.tolist()),
+                         "target": tokenizer.convert_ids_to_tokens(targets.tolist())})
+
+
 def prior_distance(model, tokenizer, genes, columns) -> pd.DataFrame | None:
     """`(genes, columns)` number of the model's prior edges (regulator -> target, as its mask holds them) from each
     perturbed gene to each gene: 1 a direct target, 2 or more an indirect one, NaN out of reach; None for a model
     without a prior (`grn_mode="dense"`)."""
-    if model.config.grn_mode == "dense":
+    prior = model_prior(model, tokenizer)
+    if prior is None:
         return None
-    regulators, targets = model.base_model.grn_edges.cpu().numpy()
-    targets_of: dict[int, list[int]] = {}
-    for regulator, regulated in zip(regulators.tolist(), targets.tolist()):
-        targets_of.setdefault(regulator, []).append(regulated)
-    column_ids = tokenizer.convert_tokens_to_ids(list(columns))
-    rows = []
-    for gene_id in tokenizer.convert_tokens_to_ids(list(genes)):
-        distance, frontier, step = {}, [gene_id], 0
-        while frontier:
-            step += 1
-            frontier = [t for g in frontier for t in targets_of.get(g, []) if t not in distance and t != gene_id]
-            distance.update((t, step) for t in frontier if t not in distance)
-            frontier = list(dict.fromkeys(frontier))
-        rows.append([distance.get(c, np.nan) for c in column_ids])
+    rows = [[downstream(prior, gene).get(c, np.nan) for c in columns] for gene in genes]
     return pd.DataFrame(rows, index=list(genes), columns=list(columns), dtype=float)
 
 
