@@ -121,6 +121,17 @@ class SomaCells:
         return dataclasses.replace(self, joinids=np.sort(np.asarray(joinids, dtype=np.int64)))
 
     @functools.cached_property
+    def gene_lookup(self) -> np.ndarray | None:
+        """A gene's soma_joinid -> its column, or None when the columns are the joinids 0..n-1 in order (then a read
+        needs no gene coordinates). Built once for the query, not per read."""
+        var_joinids = self.var_joinids.astype(np.int64)
+        if np.array_equal(var_joinids, np.arange(var_joinids.size)):
+            return None
+        lookup = np.full(int(var_joinids.max()) + 1, -1, dtype=np.int64)
+        lookup[var_joinids] = np.arange(var_joinids.size)
+        return lookup
+
+    @functools.cached_property
     def fingerprint(self) -> str:
         """SHA-256 of the joinids, computed once (every checkpoint records it)."""
         return hashlib.sha256(np.ascontiguousarray(self.joinids, dtype=np.int64).tobytes()).hexdigest()
@@ -177,15 +188,6 @@ def _row_positions(joinids: np.ndarray, found: np.ndarray) -> np.ndarray:
     return np.searchsorted(joinids, found)
 
 
-def _gene_positions(var_joinids: np.ndarray):
-    """A lookup from a gene's soma_joinid to its column (None when the columns are the joinids 0..n-1 in order)."""
-    if np.array_equal(var_joinids, np.arange(var_joinids.size)):
-        return None
-    lookup = np.full(int(var_joinids.max()) + 1, -1, dtype=np.int64)
-    lookup[var_joinids] = np.arange(var_joinids.size)
-    return lookup
-
-
 def read_block(cells: SomaCells, joinids: np.ndarray, obs_columns=(), experiment=None):
     """Raw counts of the cells `joinids`, in that order: a `(cells, genes)` CSR matrix over `cells.gene_names` and
     their `obs` columns (a DataFrame with `soma_joinid` first; `obs` is read only for `obs_columns`). One TileDB
@@ -208,7 +210,7 @@ def read_block(cells: SomaCells, joinids: np.ndarray, obs_columns=(), experiment
         matrix, obs = read_block(cells, unique, obs_columns, experiment)
         return matrix[inverse], obs.iloc[inverse].reset_index(drop=True)
     X = experiment.ms[cells.source.measurement].X[cells.source.layer]
-    lookup = _gene_positions(var_joinids)
+    lookup = cells.gene_lookup
     coords = (joinids,) if lookup is None else (joinids, var_joinids)
     parts = [(_row_positions(joinids, t["soma_dim_0"].to_numpy()),
               t["soma_dim_1"].to_numpy() if lookup is None else lookup[t["soma_dim_1"].to_numpy()],
@@ -294,15 +296,14 @@ class SomaCellStream(torch.utils.data.IterableDataset):
                             ("io_batches", io_batches)):
             if value is not None and value < 1:
                 raise ValueError(f"{name}={value} must be at least 1.")
-        if shuffle_chunk_size is None:
-            shuffle_chunk_size = default_block_size(cells, batch_size, num_workers)
-        if io_batches is None:  # BLOCKS_PER_READ blocks, at most half of a shard's units per epoch
-            units, shards = -(-len(cells) // batch_size), _distributed()[1] * max(num_workers, 1)
-            io_batches = max(1, min(BLOCKS_PER_READ * max(1, shuffle_chunk_size // batch_size),
-                                    units // (2 * shards)))
         self.cells, self.tokenizer, self.batch_size, self.seed = cells, tokenizer, batch_size, seed
-        self.shuffle_chunk_size, self.io_batches, self.max_length = shuffle_chunk_size, io_batches, max_length
-        self.obs_columns, self.epochs, self.num_workers = tuple(obs_columns), epochs, num_workers
+        self.max_length, self.obs_columns, self.epochs = max_length, tuple(obs_columns), epochs
+        self.num_workers = num_workers
+        self.shuffle_chunk_size = shuffle_chunk_size or default_block_size(cells, batch_size, num_workers)
+        # BLOCKS_PER_READ blocks, at most half of a shard's units per epoch
+        shards = _distributed()[1] * max(num_workers, 1)
+        self.io_batches = io_batches or max(1, min(BLOCKS_PER_READ * self.units_per_block,
+                                                   self.units_per_epoch // (2 * shards)))
         self.position = 0
         self._orders: dict[int, np.ndarray] = {}
 
