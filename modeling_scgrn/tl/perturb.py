@@ -109,18 +109,14 @@ def predicted_expression(model, cells: list[dict], *, n_groups: int = 7, seed: i
 def _fed_back(cell: dict, control: dict, predicted: dict, config) -> dict:
     """The perturbed `cell` with each gene's input moved by its predicted change (`predicted - control`): log1p
     values for a continuous model (kept at 0 or above), bins for a binned one (rounded into `[1, n_bins]`)."""
-    out = {k: v.copy() for k, v in cell.items()}
-    ids = cell["input_ids"]
-    change = np.array([0.0] + [predicted.get(int(g), 0.0) - control.get(int(g), 0.0) if int(g) in control else 0.0
-                               for g in ids[1:]])
+    change = np.array([predicted.get(g, 0.0) - control[g] if g in control else 0.0
+                       for g in map(int, cell["input_ids"][1:])])
+    out = dict(cell)
     if config.value_encoding == "binned":
-        out["expression_bins"] = np.where(np.arange(len(ids)) == 0, cell["expression_bins"],
-                                          np.clip(np.rint(cell["expression_bins"] + change), 1, config.n_bins)
-                                          ).astype(cell["expression_bins"].dtype)
+        column, moved = "expression_bins", np.clip(np.rint(cell["expression_bins"][1:] + change), 1, config.n_bins)
     else:
-        moved = np.maximum(cell["expression_values"] + change, 0.0)
-        out["expression_values"] = np.where(np.arange(len(ids)) == 0, cell["expression_values"], moved
-                                            ).astype(cell["expression_values"].dtype)
+        column, moved = "expression_values", np.maximum(cell["expression_values"][1:] + change, 0.0)
+    out[column] = np.concatenate([cell[column][:1], moved]).astype(cell[column].dtype)  # [CLS] as it was
     return out
 
 
