@@ -26,11 +26,11 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .dynamics import integrate, network_dynamics
-from .technical_noise import technical_noise
+from .technical_noise import NOISE_TABLE, technical_noise
 
 
 SIMULATION_KEY = "scgrn_simulation"
-NOISE_SETTINGS = ("DS1", "DS2", "DS3", "DS4", "DS5", "DS6", "DS7", "DS8", "DS13", "DS14")
+NOISE_SETTINGS = tuple(NOISE_TABLE)  # SERGIO's fitted settings, DS1..DS14
 
 
 @dataclass
