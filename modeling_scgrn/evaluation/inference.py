@@ -20,8 +20,10 @@ def encoded_batches(encoded: dict, batch_size: int) -> Iterator[dict]:
 
 
 def _on_device(batch: dict, device) -> dict:
-    """The batch on `device`, without the positions that are padding in every one of its cells."""
-    length = int(batch["attention_mask"].sum(1).max())
+    """The batch on `device`, without the trailing positions that are padding in every one of its cells (a token
+    hidden inside a cell, attention mask 0 before its last token, is kept)."""
+    attended = torch.nonzero(batch["attention_mask"].bool().any(0)).flatten()
+    length = int(attended[-1]) + 1 if len(attended) else 0
     width = batch["input_ids"].shape[1]
     out = {}
     for key, value in batch.items():

@@ -45,7 +45,7 @@ FINETUNING = {"max_steps": 150, "eval_steps": 50, "per_device_batch_size": 32, "
 
 WRONG_PRIORS = {"25% removed": {"removed": 0.25}, "50% removed": {"removed": 0.5}, "75% removed": {"removed": 0.75},
                 "25% false added": {"added": 0.25}, "50% false added": {"added": 0.5},
-                "75% false added": {"added": 0.75},
+                "75% false added": {"added": 0.75}, "100% false added": {"added": 1.0},
                 "50% removed, 50% false added": {"removed": 0.5, "added": 0.5},  # half of the prior is wrong
                 "unrelated": None}
 
