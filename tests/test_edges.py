@@ -168,3 +168,22 @@ def test_edges_script_writes_the_table_and_regulons_and_refuses_bad_input(simula
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "must be a file name ending in .csv or .parquet" in bad.stderr
     assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())
+
+
+def test_curated_agreement_ranks_shared_edges_with_a_permutation_p_value():
+    from modeling_scgrn.bench.edges import curated_agreement, rank_auroc_test
+
+    rng = np.random.default_rng(0)
+    positive = np.zeros(200, dtype=bool)
+    positive[:20] = True
+    separated = rank_auroc_test(np.where(positive, 2.0, 1.0) + rng.random(200) * 0.1, positive, permutations=500)
+    assert separated["auroc"] == 1.0 and separated["p_value"] == pytest.approx(1 / 501)
+    unrelated = rank_auroc_test(rng.random(200), positive, permutations=500)
+    assert 0.3 < unrelated["auroc"] < 0.7 and unrelated["p_value"] > 0.05
+    scores = pd.DataFrame({"source": ["A", "A", "A", "B"], "target": ["B", "C", "D", "C"], "s": [0.9, 0.1, 0.5, 0.0]})
+    rows = curated_agreement(scores, first={("A", "B"), ("A", "C")}, second={("A", "B"), ("A", "D")}, columns=["s"],
+                             permutations=50)
+    both, second_only = rows
+    assert both["comparison"] == "in both vs first only" and (both["positives"], both["negatives"]) == (1, 1)
+    assert both["auroc"] == 1.0  # (A, B) in both scores above (A, C), first only
+    assert second_only["comparison"] == "second only vs in neither" and second_only["auroc"] == 1.0

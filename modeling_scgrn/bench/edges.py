@@ -178,3 +178,44 @@ def plot_edges(rows: list[dict], path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+# ---------------------------------------------------------------------------------------------------- real cells
+def rank_auroc_test(scores: np.ndarray, positive: np.ndarray, *, permutations: int = 2000, seed: int = 0) -> dict:
+    """AUROC of |scores| for `positive` against the rest, and a one-sided permutation p-value (the labels shuffled
+    `permutations` times: (as high or higher + 1) / (permutations + 1))."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.abs(np.nan_to_num(np.asarray(scores, dtype=float))))
+    n1, n0 = int(positive.sum()), int((~positive).sum())
+    if n1 == 0 or n0 == 0:
+        return {"positives": n1, "negatives": n0}
+
+    def auroc(rank_sum):
+        return (rank_sum - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+    observed = auroc(ranks[positive].sum())
+    rng = np.random.default_rng(seed)
+    draws = np.array([auroc(ranks[rng.permutation(len(ranks))[:n1]].sum()) for _ in range(permutations)])
+    return {"positives": n1, "negatives": n0, "auroc": float(observed),
+            "p_value": float(((draws >= observed).sum() + 1) / (permutations + 1))}
+
+
+def curated_agreement(scores: pd.DataFrame, first: set, second: set, columns, *, permutations: int = 2000,
+                      seed: int = 0) -> list[dict]:
+    """On real cells, where no truth is known, two separately curated priors as partial evidence: among the pairs
+    of `scores` (`source`, `target` and score `columns`), do edges of `first` that `second` also lists rank above
+    the `first`-only ones, and do `second`-only edges rank above pairs in neither? One row per comparison and
+    column (`rank_auroc_test`)."""
+    keys = list(zip(scores["source"], scores["target"]))
+    in_first = np.array([k in first for k in keys])
+    in_second = np.array([k in second for k in keys])
+    comparisons = {"in both vs first only": (in_first, in_second[in_first]),
+                   "second only vs in neither": (~in_first, in_second[~in_first])}
+    rows = []
+    for name, (where, positive) in comparisons.items():
+        for column in columns:
+            rows.append({"comparison": name, "score": column,
+                         **rank_auroc_test(scores[column].to_numpy()[where], positive, permutations=permutations,
+                                           seed=seed)})
+    return rows

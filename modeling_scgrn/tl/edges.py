@@ -16,7 +16,7 @@ Three scores (`method`), each averaged over the cells holding both genes:
   regulator); a continuous-value model only.
 - `"attention"`: the attention a target pays its regulator (query = target with the default `grn_direction`),
   averaged over the chosen layers, heads and cells, then balanced (`normalization`): `"sinkhorn"` alternates row and
-  column normalisation of the regulator x target matrix (as scPRINT post-processes attention), `"row"` makes each
+  column normalisation of the regulator x target matrix (Sinkhorn-Knopp balancing), `"row"` makes each
   target's regulator scores sum to 1, `"none"` keeps the means.
 
 How a target is predicted (perturbation and gradient): a cell's genes are split into `n_groups` random groups;
