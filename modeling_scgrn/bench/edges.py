@@ -94,8 +94,9 @@ def questions(pairs: pd.DataFrame, truth: set, prior: set | None) -> dict:
 
 def edges_benchmark(cells, models: dict, *, max_cells: int = 500, seed: int = 0, progress=print) -> tuple:
     """Score every model (`{name: (model, tokenizer)}`) and the baselines on the candidate pairs of `cells`
-    (a simulated corpus). Returns `(rows, seconds)`: one row per question, model and score, and per model the
-    seconds each method took."""
+    (a simulated corpus). Returns `(rows, seconds, pair_scores)`: one row per question, model and score; per model
+    the seconds each method took; and every pair's scores (baselines, then each model's columns prefixed
+    `<model>: `, with `true`)."""
     from .simulate import true_edges
 
     edges = true_edges(cells)
@@ -104,9 +105,11 @@ def edges_benchmark(cells, models: dict, *, max_cells: int = 500, seed: int = 0,
     progress(f"baselines on {len(pairs)} candidate pairs")
     baselines = baseline_pair_scores(cells, pairs, seed=seed)
     rows, seconds = [], {}
+    pair_scores = baselines.assign(true=[key in truth for key in zip(pairs["regulator"], pairs["target"])])
     for name, (model, tokenizer) in models.items():
         progress(f"model {name}: {max_cells} cells")
         scored, seconds[name] = model_pair_scores(cells, model, tokenizer, pairs, max_cells=max_cells, seed=seed)
+        pair_scores = pair_scores.assign(**{f"{name}: {c}": scored[c].to_numpy() for c in scored.columns[2:]})
         own = model_prior(model, tokenizer)
         prior = None if own is None else set(zip(own["source"], own["target"]))
         table = baselines.assign(**{"prior weight": 0.0 if prior is None else
@@ -118,7 +121,7 @@ def edges_benchmark(cells, models: dict, *, max_cells: int = 500, seed: int = 0,
                 rows.append({"question": question, "model": name, "score": column,
                              "kind": "model" if column in columns else "baseline",
                              **ranking_scores(values, truth_mask)})
-    return rows, seconds
+    return rows, seconds, pair_scores
 
 
 def edges_markdown(rows: list[dict], seconds: dict) -> str:

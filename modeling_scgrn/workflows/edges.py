@@ -64,7 +64,8 @@ def run_edges_benchmark(corpus_path, model_folders: dict, output_dir, *, max_cel
                         seed: int = 0) -> str:
     """`bench.edges.edges_benchmark` from files: a simulated corpus (.h5ad from data/simulate_cells.py) and
     pretrained model folders (`{name: folder}`); writes `edges.md`, `edges.csv` (one row per question, model and
-    score), `edges_seconds.json` and `edges.png` into `output_dir`; returns the markdown."""
+    score), `pair_scores.parquet` (every candidate pair's scores), `edges_seconds.json` and `edges.png` into
+    `output_dir`; returns the markdown."""
     import anndata
     import pandas as pd
 
@@ -76,9 +77,10 @@ def run_edges_benchmark(corpus_path, model_folders: dict, output_dir, *, max_cel
         raise ValueError(f"{corpus_path} is not a simulated corpus (no uns['scgrn_simulation']); make one with "
                          "data/simulate_cells.py.")
     models = {name: _load(folder) for name, folder in model_folders.items()}
-    rows, seconds = edges_benchmark(cells, models, max_cells=max_cells, seed=seed)
+    rows, seconds, pair_scores = edges_benchmark(cells, models, max_cells=max_cells, seed=seed)
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
+    pair_scores.to_parquet(output / "pair_scores.parquet", index=False)
     pd.DataFrame(rows).to_csv(output / "edges.csv", index=False)
     (output / "edges_seconds.json").write_text(json.dumps(seconds, indent=2, default=jsonable))
     plot_edges(rows, output / "edges.png")
