@@ -45,12 +45,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 def run(args) -> str:
     from modeling_scgrn.workflows.edges import run_edges_benchmark
 
-    models = {}
-    for entry in args.model:
-        name, _, folder = entry.partition("=")
-        if not folder or not name:
-            raise ValueError(f"--model {entry}: write NAME=FOLDER, e.g. grn=runs/x/pretrain/model.")
-        models[name] = folder
+    models = shared.named_folders(args.model)
     if bool(args.corpus) == bool(args.real_cells):
         raise ValueError("give --corpus (a simulated corpus) or --real_cells with --omnipath, one of them.")
     if args.real_cells:

@@ -40,12 +40,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 def run(args) -> str:
     from modeling_scgrn.workflows.knockouts import run_knockout_validation
 
-    models = {}
-    for entry in args.model:
-        name, _, folder = entry.partition("=")
-        if not folder:
-            raise ValueError(f"--model {entry}: write NAME=FOLDER, e.g. grn=runs/x/pretrain/model.")
-        models[name] = folder
+    models = shared.named_folders(args.model)
     markdown = run_knockout_validation(args.corpus, models, args.output_dir, genes=args.genes,
                                        n_truth_cells=args.truth_cells, n_model_cells=args.model_cells,
                                        rounds=args.rounds)

@@ -70,6 +70,18 @@ def seed(text: str) -> int:
     return _whole_number(text, 0)
 
 
+def named_folders(entries) -> dict:
+    """`{name: folder}` of repeated `--model NAME=FOLDER` options; an entry without both is refused (ValueError,
+    the scripts' one-line error)."""
+    folders = {}
+    for entry in entries:
+        name, _, folder = entry.partition("=")
+        if not folder or not name:
+            raise ValueError(f"--model {entry}: write NAME=FOLDER, e.g. grn=runs/x/pretrain/model.")
+        folders[name] = folder
+    return folders
+
+
 def new_parser(doc: str, **kwargs) -> argparse.ArgumentParser:
     """A script's parser: its module docstring as the description, kept as written."""
     return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
