@@ -64,7 +64,7 @@ def build(variant: str, tokenizer, edges, length: int, size: dict):
 
 def one(variant: str, length: int, options) -> dict:
     cells = max(1, options.tokens_per_batch // length)
-    tokenizer, batch, edges, _ = load_real_cells(Path(options.h5ad), Path(options.prior), length, cells)
+    tokenizer, batch, edges, _ = load_real_cells(Path(options.input), Path(options.prior), length, cells)
     size = dict(hidden=options.hidden, layers=options.layers, heads=options.heads, intermediate=options.intermediate)
     torch.manual_seed(0)
     model, encode = build(variant, tokenizer, edges, length, size)
@@ -115,7 +115,7 @@ def main() -> None:
           f"{args.heads} heads, intermediate {args.intermediate}; {args.tokens_per_batch} tokens per batch; "
           f"matmul peak {peak / 1e9:.1f} GFLOP/s (fp32)")
     common = [f"--{k}={getattr(args, k)}" for k in ("tokens_per_batch", "hidden", "layers", "heads", "intermediate",
-                                                    "repeats", "h5ad", "prior")]
+                                                    "repeats", "input", "prior")]
     print("| genes | variant | s / step | cells/s train | vs dense | cells/s embed | vs dense | peak RSS MiB "
           "(+ over data) | MFU |\n|---|---|---|---|---|---|---|---|---|")
     for length in args.lengths:
