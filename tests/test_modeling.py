@@ -465,7 +465,10 @@ def test_a_config_too_large_for_the_machine_is_refused_before_allocating(tokeniz
     assert 0.9 < encoder_parameter_count(config) / counted <= 1.0
     start = time.perf_counter()
     for huge in ({"hidden_size": 10**6, "num_attention_heads": 1, "intermediate_size": 10**6},
-                 {"num_hidden_layers": 10**8}):
+                 {"intermediate_size": 10**11}):
         with pytest.raises(ValueError, match="more than this machine's .* GiB of memory"):
             AutoModel.from_config(tiny_config(tokenizer, **huge))
+    # deep but small: would fit, and take minutes to build
+    with pytest.raises(ValueError, match="asks for 100,000 layers, more than scgrn builds"):
+        AutoModel.from_config(tiny_config(tokenizer, num_hidden_layers=10**5))
     assert time.perf_counter() - start < 5

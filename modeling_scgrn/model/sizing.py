@@ -13,6 +13,11 @@ import torch
 from .configuration_scgrn import ScGrnConfig
 
 
+# The deepest encoder scgrn builds. Published Transformers stop near 100-200 layers; a config.json asking for 10**5
+# tiny layers fits in memory but takes minutes and gigabytes of module objects to build (about 3 s per 1,000 here).
+MAX_HIDDEN_LAYERS = 1024
+
+
 def encoder_parameter_count(config: ScGrnConfig) -> int:
     """The encoder's parameter count from its config alone (within a few per cent: biases and norms are left out),
     so that a size is judged before anything is allocated."""
@@ -35,7 +40,12 @@ def machine_memory_bytes() -> int | None:
 
 def check_model_fits(config: ScGrnConfig) -> None:
     """Refuse, before allocating, a config whose float32 weights alone exceed this machine's memory (an untrusted
-    `config.json` with `hidden_size` 10**6 would otherwise try to allocate terabytes)."""
+    `config.json` with `hidden_size` 10**6 would otherwise try to allocate terabytes), or deeper than
+    `MAX_HIDDEN_LAYERS` (10**5 tiny layers fit in memory, but take minutes to build)."""
+    if config.num_hidden_layers > MAX_HIDDEN_LAYERS:
+        raise ValueError(
+            f"this config asks for {config.num_hidden_layers:,} layers, more than scgrn builds ({MAX_HIDDEN_LAYERS:,}: "
+            "published Transformers stop near 200); check num_hidden_layers in its config.json.")
     count, memory = encoder_parameter_count(config), machine_memory_bytes()
     if memory is not None and 4 * count > memory:
         raise ValueError(
