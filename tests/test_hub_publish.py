@@ -183,3 +183,19 @@ def test_a_classifiers_card_lists_its_labels_and_says_what_it_does_not_record(to
     assert "read the baselines above" not in card and "this card records no baselines" in card
     assert "each attended pair is a prior edge" not in card and "edges at chance" in card.replace("\n  ", " ")
     assert card.count("Pretraining trains the cell embedding through a cell decoder") == 1
+    assert "- Cite: the source of this network (a custom prior" in card  # a plain edge list names no paper
+    assert "- In the training cells: not measured (this folder was saved without them" in card
+
+
+def test_a_card_cites_its_prior_and_says_its_licence_is_not_the_model_s(tokenizer, tmp_path):
+    table = pd.DataFrame({"source": ["G0", "G1"], "target": ["G1", "G2"], "type": "transcriptional",
+                          "sources": ["CollecTRI", "DoRothEA;CollecTRI"], "consensus_stimulation": True,
+                          "consensus_inhibition": False})
+    network = GeneRegulatoryNetwork.from_omnipath_table(table, "collectri")
+    model = ScGrnForCellClassification(tiny_config(tokenizer))
+    attach_grn(model, network, tokenizer)
+    card = (save_model_folder(model, tokenizer, network, tmp_path / "m", plot=False) / "README.md").read_text()
+    assert "- Cite: Müller-Dott S. et al." in card and "doi:10.1093/nar/gkad841" in card
+    assert "doi:10.15252/msb.20209923" in card  # OmniPath, which serves the table
+    assert "this model's licence covers its weights and code, not the prior" in card
+    assert "check CollecTRI's before redistributing" in card

@@ -11,6 +11,33 @@ from ..grn.coverage import coverage_line
 from ..grn.network import GeneRegulatoryNetwork
 
 
+# What to cite for a prior read from OmniPath, by the resource label its provenance records. The table scgrn reads
+# is OmniPath's; each resource's own paper is the one to cite for its edges.
+PRIOR_CITATIONS = {
+    "CollecTRI": "Müller-Dott S. et al., Expanding the coverage of regulons from high-confidence prior knowledge for "
+                 "accurate estimation of transcription factor activities. Nucleic Acids Research 51, 10934-10949 "
+                 "(2023), doi:10.1093/nar/gkad841",
+    "DoRothEA": "Garcia-Alonso L. et al., Benchmark and integration of resources for the estimation of human "
+                "transcription factor activities. Genome Research 29, 1363-1375 (2019), doi:10.1101/gr.240663.118",
+}
+OMNIPATH_CITATION = ("Türei D. et al., Integrated intra- and intercellular signaling knowledge for multicellular "
+                     "omics analysis. Molecular Systems Biology 17, e9923 (2021), doi:10.15252/msb.20209923")
+
+
+def _prior_terms(provenance: dict) -> str:
+    """The card's lines on citing the prior and on its licence."""
+    resource = provenance.get("resource")
+    if resource in PRIOR_CITATIONS:
+        cite = f"- Cite: {PRIOR_CITATIONS[resource]}; and OmniPath, which serves it: {OMNIPATH_CITATION}.\n"
+        terms = ("- Licence: this model's licence covers its weights and code, not the prior. OmniPath's data are free "
+                 f"to use under each resource's own licence: check {resource}'s before redistributing its edges "
+                 "(`grn_edges.parquet` holds them).")
+    else:
+        cite = "- Cite: the source of this network (a custom prior: scgrn records no citation for it).\n"
+        terms = "- Licence: that of the network's source, which this model's licence does not cover."
+    return cite + terms
+
+
 def model_card(
     model,
     network: GeneRegulatoryNetwork | None,
@@ -48,7 +75,7 @@ def model_card(
             f"- On this model's gene panel ({report['panel_genes']} genes): {report['edges_in_panel']} edges, "
             f"{report['regulators_in_panel']} regulators, {report['targets_in_panel']} targets, density "
             f"{report['density']:.2e} of ordered gene pairs, {report['isolated_gene_share']:.1%} of panel genes "
-            "without any edge."
+            "without any edge.\n" + _prior_terms(p)
         )
     else:
         prior_section = "No prior attached (`grn_mode='dense'`)."
@@ -64,6 +91,9 @@ def model_card(
         evaluation_text += "\n\nAgainst simple baselines on the same cells:\n\n" + baselines_markdown
     if prior_coverage:
         prior_section += "\n- In the training cells: " + coverage_line(prior_coverage).removeprefix("prior coverage: ")
+    elif network is not None and report is not None:
+        prior_section += ("\n- In the training cells: not measured (this folder was saved without them; "
+                          "`save_model_folder(..., prior_coverage=grn.coverage.prior_coverage(...))` records it).")
     if training_data == "Not recorded." and not evaluation:
         training_data = ("Not recorded, and no evaluation either: these weights may be untrained (a model saved "
                          "without a training run).")
