@@ -23,27 +23,34 @@ shared = SimpleNamespace(**runpy.run_path(str(Path(find_spec("modeling_scgrn").o
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
-    # no defaults here: what is not given takes run_interpretation's own
+    # no defaults here: what is not given takes InterpretationOptions' own
     parser = shared.new_parser(__doc__, argument_default=argparse.SUPPRESS)
     parser.add_argument("--data", required=True, help=shared.DATA_FOLDER_HELP + " (with --label_column)")
     parser.add_argument("--label_column", required=True)
     parser.add_argument("--model", required=True, help="GRN-masked scgrn model folder")
     parser.add_argument("--dense_model", help="the dense control's model folder")
-    parser.add_argument("--split", help="dataset split to read (default: the held-out test split)")
-    parser.add_argument("--regulators", nargs="*", help="TFs for the heat map (default: the 4 most attended)")
-    parser.add_argument("--top", type=shared.count, help="pairs listed per cell type (default 10)")
-    parser.add_argument("--max_cells_per_label", type=shared.count, help="cells read per cell type (default 200)")
-    parser.add_argument("--batch_size", type=shared.count, help="cells per forward pass (default 16)")
+    parser.add_argument("--split", help=shared.default_help(shared.InterpretationOptions, "split",
+                                                            "dataset split to read"))
+    parser.add_argument("--regulators", nargs="+", help="TFs for the heat map (default: the 4 most attended)")
+    parser.add_argument("--top", type=shared.count, help=shared.default_help(shared.InterpretationOptions, "top",
+                                                                            "pairs listed per cell type"))
+    parser.add_argument("--max_cells_per_label", type=shared.count, help=shared.default_help(
+        shared.InterpretationOptions, "max_cells_per_label", "cells read per cell type"))
+    parser.add_argument("--batch_size", type=shared.count, help=shared.default_help(
+        shared.InterpretationOptions, "batch_size", "cells per forward pass"))
     shared.add_output_dir(parser, "where the tables and heat maps go")
     shared.add_housekeeping(parser)
     return parser.parse_args(argv)
 
 
 def interpret(args) -> dict:
+    from modeling_scgrn.options.arguments import InterpretationOptions
+    from modeling_scgrn.options.typed import given_options
     from modeling_scgrn.workflows.interpret import run_interpretation
 
-    options = {k: v for k, v in vars(args).items() if k not in ("data", "output_dir", "overwrite", "debug")}
-    return run_interpretation(args.data, args.output_dir, **options)
+    options = given_options(InterpretationOptions, args, "interpretation")
+    return run_interpretation(args.data, args.output_dir, label_column=args.label_column, model=args.model,
+                              dense_model=getattr(args, "dense_model", None), options=options)
 
 
 def main(argv=None) -> None:

@@ -49,22 +49,17 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def finetune(args) -> dict:
-    from modeling_scgrn.hub.model_folder import with_architecture_of
     from modeling_scgrn.workflows.cli import training_script_configs
-    from modeling_scgrn.workflows.data import run_data
+    from modeling_scgrn.workflows.data import CellSource
     from modeling_scgrn.workflows.finetune import run_finetuning
 
     model_options, training = training_script_configs(args.config, args.overrides, args.output_dir,
                                                       args.resume_from_checkpoint)
-    if args.architecture_from:
-        if args.model:
-            raise ValueError("--architecture_from trains from scratch; drop it or drop --model.")
-        model_options = with_architecture_of(args.architecture_from, model_options)
-    data = run_data(args.data, args.output_dir, cells=args.input, prior=args.prior, tokenizer=args.model,
-                    label_column=args.label_column, group_column=args.group_column, resource=args.resource,
-                    max_length=args.max_length, resuming=bool(args.resume_from_checkpoint))
-    evaluation = run_finetuning(data, training, label_column=args.label_column, pretrained=args.model,
-                                model_options=model_options)
+    # finetuning a model (--model): its cells are tokenized with its vocabulary
+    source = CellSource(data_dir=args.data, cells=args.input, prior=args.prior, resource=args.resource,
+                        max_length=args.max_length, label_column=args.label_column, group_column=args.group_column)
+    evaluation = run_finetuning(source, training, label_column=args.label_column, pretrained=args.model,
+                                model_options=model_options, architecture_from=args.architecture_from)
     headline = {k: v for k, v in evaluation.items()
                 if k not in ("per_class", "confusion_matrix", "baselines", "baseline_table")}
     print(json.dumps(headline, indent=2))

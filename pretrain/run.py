@@ -60,19 +60,17 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 def pretrain(args) -> dict:
     from modeling_scgrn.workflows.cli import training_script_configs
-    from modeling_scgrn.workflows.data import run_data
+    from modeling_scgrn.workflows.data import CellSource
     from modeling_scgrn.workflows.pretrain import run_pretraining
 
     model_options, training = training_script_configs(args.config, args.overrides, args.output_dir,
                                                       args.resume_from_checkpoint)
-    soma, streaming = soma_source(args), {}
-    if soma is not None:
-        streaming = dict(panel=args.panel, validation_cells=args.validation_cells)
-    # continuing a model: its cells are tokenized with its vocabulary
-    data = run_data(args.data, args.output_dir, cells=args.input, soma=soma, prior=args.prior, tokenizer=args.model,
-                    resource=args.resource, max_length=args.max_length, resuming=bool(args.resume_from_checkpoint),
-                    **streaming)
-    summary = run_pretraining(data, training, model_options=model_options, init_from=args.model)
+    soma = soma_source(args)
+    streaming = {} if soma is None else dict(panel=args.panel, validation_cells=args.validation_cells)
+    # continuing a model (--model): its cells are tokenized with its vocabulary
+    source = CellSource(data_dir=args.data, cells=args.input, soma=soma, prior=args.prior, resource=args.resource,
+                        max_length=args.max_length, **streaming)
+    summary = run_pretraining(source, training, model_options=model_options, init_from=args.model)
     shown = {k: v for k, v in summary.items() if k not in ("validation", "baseline_table")}
     print(json.dumps(shown, indent=2))
     print(summary["baseline_table"])

@@ -11,7 +11,10 @@ Standard library only: a script loads this file by its path (`runpy.run_path`, f
 which imports nothing) before it imports scgrn, which loads torch.
 """
 
+from __future__ import annotations
+
 import argparse
+import dataclasses
 import sys
 
 # A prior source: its name in scgrn -> the label OmniPath's `sources` column gives it. Adding a source read from the
@@ -20,6 +23,8 @@ OMNIPATH_RESOURCES = {"collectri": "CollecTRI", "dorothea": "DoRothEA"}
 DEFAULT_RESOURCE = "collectri"
 
 PANELS = ("all", "hvg", "ranked", "union")
+
+PERTURBATION_MODES = ("delete", "overexpress")  # tl.perturb's modes, finetune/perturb.py's --mode
 
 # The help of each DataConfig field: DataConfig's metadata and data/tokenize_cells.py's options read it from here.
 DATA_HELP = {
@@ -38,6 +43,64 @@ DATA_HELP = {
     "max_shard_size": "largest Arrow shard of the saved dataset",
     "normalize": "normalise raw counts (False: values are already log1p-normalised)",
 }
+
+
+
+def _whole_numbers(options, names, *, least: int = 1, optional: tuple = ()) -> None:
+    """Each of `names` on the dataclass `options` is a whole number of at least `least` (`optional` ones may be
+    None); ValueError otherwise."""
+    for name in names:
+        value = getattr(options, name)
+        if value is None and name in optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name}={value!r} must be a whole number of at least {least}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class PerturbationOptions:
+    """How `workflows.perturb.run_perturbation` perturbs and reports (finetune/perturb.py's options of the same
+    names): `mode` (`delete` or `overexpress`), `rounds` of a cascade (1: one prediction), at most `max_cells`
+    cells (a seeded sample; None: all), the `top` genes of the heat map, cells per forward pass and the seed."""
+
+    mode: str = "delete"
+    rounds: int = 1
+    max_cells: int | None = None
+    top: int = 25
+    batch_size: int = 16
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in PERTURBATION_MODES:
+            raise ValueError(f"mode={self.mode!r} is not one of {list(PERTURBATION_MODES)}.")
+        _whole_numbers(self, ("rounds", "max_cells", "top", "batch_size"), optional=("max_cells",))
+        _whole_numbers(self, ("seed",), least=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class InterpretationOptions:
+    """How `workflows.interpret.run_interpretation` reads attention (finetune/interpret.py's options of the same
+    names): the dataset `split`, the `regulators` of the heat map (None: the 4 most attended), the `top` pairs
+    listed per cell type, at most `max_cells_per_label` cells read per cell type, cells per forward pass."""
+
+    split: str = "test"
+    regulators: list[str] | None = None
+    top: int = 10
+    max_cells_per_label: int = 200
+    batch_size: int = 16
+
+    def __post_init__(self):
+        _whole_numbers(self, ("top", "max_cells_per_label", "batch_size"))
+        if self.regulators is not None and not self.regulators:
+            raise ValueError("regulators=[] names no gene; give at least one, or None for the 4 most attended.")
+
+
+def default_help(options: type, name: str, text: str) -> str:
+    """`text` with the default of field `name` of the dataclass `options`: a script's help says the default that
+    applies without keeping a copy of it."""
+    default = {f.name: f.default for f in dataclasses.fields(options)}[name]
+    return f"{text} (default {'none' if default is None else default})"
+
 
 # Option names scripts used before, refused with the name that replaced them (scgrn is not released: no shims).
 RENAMED = {"--h5ad": "--input", "--cells": "--input", "--output": "--output_dir", "--pretrained": "--model",

@@ -16,6 +16,13 @@ def checked_dataclass(cls, values: dict, what: str):
     return cls(**{name: _coerce(name, value, known[name].type, what) for name, value in values.items()})
 
 
+def given_options(cls, namespace, what: str):
+    """`cls` built from the fields of `cls` that a script's parsed `namespace` holds (a parser with
+    `argument_default=argparse.SUPPRESS` leaves out what was not given, so `cls`'s own defaults apply)."""
+    values = vars(namespace)
+    return checked_dataclass(cls, {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}, what)
+
+
 def _coerce(name: str, value, expected: str, what: str):
     if value is None and "None" in expected:
         return None
@@ -41,4 +48,7 @@ def _coerce(name: str, value, expected: str, what: str):
     elif base == "str":
         if isinstance(value, str):
             return value
+    elif base.startswith("list[str]"):
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return list(value)
     raise ValueError(f"{what} option {name!r} expects {expected}, got {value!r} ({type(value).__name__}).")

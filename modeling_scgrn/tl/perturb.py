@@ -31,9 +31,9 @@ from ..cells.collators import _pad, _pad_cells
 from ..cells.config import SEQUENCE_COLUMNS, DataConfig
 from ..evaluation.inference import run_batch
 from ..grn.network import downstream
+from ..options.arguments import PERTURBATION_MODES
 from .fields import CellFields, target
 
-PERTURBATION_MODES = ("delete", "overexpress")
 
 
 def _cells(adata, tokenizer, fields: CellFields) -> list[dict]:

@@ -4,6 +4,7 @@ processes are launched.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -19,6 +20,56 @@ def tokenize_files(cells, prior: str | Path, output_dir, *, resource: str | None
     network = GeneRegulatoryNetwork.read(prior, resource)
     print(network)
     return prepare_cells(cells, network, output_dir, **options)
+
+
+@dataclass(frozen=True)
+class CellSource:
+    """Where a training run's cells come from, as its script was told: a tokenized data folder (`data_dir`, used as
+    it is), or cell files (`cells`: .h5ad files or `pbmc68k_reduced`) or a SOMA experiment (`soma`:
+    `cells.soma.SomaSource`) that the run tokenizes with `prior` (filtered to `resource`) into its own `data/`
+    folder first. `tokenizer` (a model folder) tokenizes with that model's vocabulary; the other fields go to
+    `prepare_cells` (files) or `prepare_soma` (SOMA; `panel` and `validation_cells` are for it alone), None taking
+    their defaults."""
+
+    data_dir: str | Path | None = None
+    cells: tuple | list | str | None = None
+    soma: object | None = None
+    prior: str | Path | None = None
+    resource: str | None = None
+    tokenizer: str | Path | None = None
+    max_length: int | None = None
+    label_column: str | None = None
+    group_column: str | None = None
+    panel: str | None = None
+    validation_cells: int | None = None
+
+    def __post_init__(self):
+        given = [name for name in ("data_dir", "cells", "soma") if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of data_dir, cells and soma, not {' and '.join(given)}.")
+        if (self.cells is not None or self.soma is not None) and self.prior is None:
+            raise ValueError("cells to tokenize need a prior (run data/fetch_prior.py for the OmniPath table).")
+        if self.cells is None and self.soma is None and self.data_dir is None:
+            raise ValueError("no cells: give a tokenized data folder, cell files or a SOMA experiment.")
+        if self.soma is None and (self.panel is not None or self.validation_cells is not None):
+            raise ValueError("panel and validation_cells choose what a SOMA stream reads; drop them for cell files.")
+
+    def options(self) -> dict:
+        """The tokenizing options given (not None)."""
+        names = ("resource", "tokenizer", "max_length", "label_column", "group_column", "panel", "validation_cells")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+
+def prepared_data(data, output_dir, *, resuming: bool = False, model=None) -> Path:
+    """The tokenized data folder of a run: `data` itself when it is a folder, else the `CellSource`'s cells
+    tokenized into `output_dir/data` (`run_data`), with the vocabulary of `model` (the folder a run continues or
+    finetunes) unless the source names a tokenizer of its own."""
+    if isinstance(data, CellSource):
+        if data.tokenizer is None and model is not None:
+            data = replace(data, tokenizer=model)
+        return Path(run_data(data.data_dir, output_dir, cells=data.cells, soma=data.soma, prior=data.prior,
+                             resuming=resuming, **data.options()))
+    return Path(data)
 
 
 def run_data(data_dir, output_dir, *, cells=None, soma=None, prior=None, resuming: bool = False, **options):

@@ -20,11 +20,12 @@ from ..evaluation.metrics import classification_metrics, embedding_metrics
 from ..evaluation.plots import plot_confusion_matrix, plot_umap
 from ..grn.attach import attach_grn, check_model_options, new_config
 from ..grn.network import GeneRegulatoryNetwork
-from ..hub.model_folder import check_compatible, load_pretrained, save_model_folder
+from ..hub.model_folder import check_compatible, load_pretrained, save_model_folder, with_architecture_of
 from ..model.configuration_scgrn import SHAPE_FIELDS
 from ..model.modeling_scgrn import ScGrnForCellClassification
 from ..storage.folders import jsonable
 from ..train.training import TrainingConfig, train
+from .data import prepared_data
 from .pretrain import log_prior_coverage, training_data_text
 
 logger = logging.getLogger(__name__)
@@ -77,21 +78,29 @@ def labelled_subset(split, label_column: str, per_class: int, seed: int = 0):
     return split.select(np.sort(keep))
 
 
-def run_finetuning(data_dir, training: TrainingConfig, *, label_column: str, pretrained: str | None = None,
-                   model_options: Mapping | None = None, save_outputs: bool = True, baselines: dict | None = None,
-                   labels_per_class: int | None = None, network: GeneRegulatoryNetwork | None = None) -> dict:
-    """Cell-type finetuning on `data_dir` with `training` (its `output_dir` is the run's folder) from a pretrained
-    folder (or from scratch when `pretrained` is None, with `model_options`, `ScGrnConfig` fields: pass
-    `architecture_of(folder)` in `model_options` to compare like-for-like); early stopping on validation
-    macro-F1; held-out evaluation beside scikit-learn baselines on the same cells (`classification_baselines`),
-    with embedding metrics of the test cells and the prior's per-cell coverage. `save_outputs` writes
-    `metrics.json` (`{"scgrn": ..., "baselines": ...}`), the model folder (its card carries the same table) and
+def run_finetuning(data, training: TrainingConfig, *, label_column: str, pretrained: str | None = None,
+                   model_options: Mapping | None = None, architecture_from: str | None = None,
+                   save_outputs: bool = True, baselines: dict | None = None, labels_per_class: int | None = None,
+                   network: GeneRegulatoryNetwork | None = None) -> dict:
+    """Cell-type finetuning on `data`, a data folder or a `CellSource` (tokenized into `output_dir/data` first, with
+    the pretrained model's vocabulary), with `training` (its `output_dir` is the run's folder) from a pretrained
+    folder (or from scratch when `pretrained` is None, with `model_options`, `ScGrnConfig` fields; with
+    `architecture_from`, a model folder, its architecture under `model_options`: a like-for-like control); early
+    stopping on validation macro-F1; held-out evaluation beside scikit-learn baselines on the same cells
+    (`classification_baselines`), with embedding metrics of the test cells and the prior's per-cell coverage.
+    `save_outputs` writes `metrics.json` (`{"scgrn": ..., "baselines": ...}`), the model folder (its card carries the same table) and
     the PNGs (confusion matrix, UMAP of test embeddings). `baselines` takes them already computed on the same
     data folder (a comparison fits them once for all its runs). `labels_per_class` keeps that many training cells of
     each type (seeded; validation and test unchanged): finetuning with few labels. `network` replaces the data
     folder's prior for a model trained from scratch."""
     model_options, output_dir = dict(model_options or {}), training.output_dir
+    if architecture_from:
+        if pretrained:
+            raise ValueError("architecture_from (--architecture_from) trains from scratch; drop it or drop the "
+                             "pretrained model (--model).")
+        model_options = with_architecture_of(architecture_from, model_options)
     check_model_options(model_options)
+    data_dir = prepared_data(data, output_dir, resuming=bool(training.resume_from_checkpoint), model=pretrained)
     dataset, tokenizer, data_network, metadata = load_prepared(data_dir)
     network = data_network if network is None else network
     classes = labelled_classes(dataset, label_column)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..options.arguments import InterpretationOptions
 from ..tl.attention import attention_scores, plot_attention_heatmap, prior_agreement, top_pairs
 
 
@@ -27,18 +28,19 @@ def _most_attended_regulators(top: dict, n: int = 4) -> list[str]:
     return sorted(best, key=best.get, reverse=True)[:n]
 
 
-def _grn_model_section(model, folder, cells, tokenizer, network, label_column, output: Path, options: dict):
+def _grn_model_section(model, folder, cells, tokenizer, network, label_column, output: Path,
+                       options: InterpretationOptions):
     """Top attended TF -> target pairs of a GRN model per cell type, their score tables and the heat map."""
     both = model.config.grn_direction == "both"
-    scores = attention_scores(model, tokenizer, cells, label_column, batch_size=options["batch_size"],
-                              max_cells_per_label=options["max_cells_per_label"], progress=True)
-    top = top_pairs(scores, network, options["top"], regulators_only=True, both_ways=both)
+    scores = attention_scores(model, tokenizer, cells, label_column, batch_size=options.batch_size,
+                              max_cells_per_label=options.max_cells_per_label, progress=True)
+    top = top_pairs(scores, network, options.top, regulators_only=True, both_ways=both)
     lines = [f"## Top attended TF -> target pairs ({folder}, grn_mode={model.config.grn_mode})", ""]
     for label, frame in top.items():
         lines += [f"### {label}", "", *_markdown_table(frame, ["regulator", "target", "score", "cells", "in_prior"]), ""]
     for label, frame in scores.items():
         frame.to_parquet(output / f"scores_grn_{label.replace('/', '_').replace(' ', '_')}.parquet")
-    regulators = options["regulators"] or _most_attended_regulators(top)
+    regulators = options.regulators or _most_attended_regulators(top)
     png = plot_attention_heatmap(scores, regulators, output / "attention_heatmap.png")
     lines += [f"Heat map of {', '.join(regulators)}: {png.name}", ""]
     report = {"folder": Path(str(folder)).name, "grn_mode": model.config.grn_mode,
@@ -46,15 +48,16 @@ def _grn_model_section(model, folder, cells, tokenizer, network, label_column, o
     return report, lines
 
 
-def _dense_model_section(dense, folder, grn_direction, cells, tokenizer, network, label_column, options: dict):
+def _dense_model_section(dense, folder, grn_direction, cells, tokenizer, network, label_column,
+                         options: InterpretationOptions):
     """How a dense model's attention agrees with the prior (AUROC/AUPRC) and the links it attends that the prior
     lacks."""
     dense.config.grn_direction = grn_direction  # read with the GRN model's orientation
     both = grn_direction == "both"
-    scores = attention_scores(dense, tokenizer, cells, label_column, batch_size=options["batch_size"],
-                              max_cells_per_label=options["max_cells_per_label"], progress=True)
+    scores = attention_scores(dense, tokenizer, cells, label_column, batch_size=options.batch_size,
+                              max_cells_per_label=options.max_cells_per_label, progress=True)
     agreement = prior_agreement(scores, network, both_ways=both)
-    candidates = top_pairs(scores, network, options["top"], regulators_only=True, outside_prior=True, both_ways=both)
+    candidates = top_pairs(scores, network, options.top, regulators_only=True, outside_prior=True, both_ways=both)
     lines = [f"## Dense control's attention vs the prior ({folder})", "",
              "| cell type | pairs | prior edges | AUROC | AUPRC | random AUPRC |", "| --- |" + " --- |" * 5]
     for label, entry in agreement.items():
@@ -69,17 +72,19 @@ def _dense_model_section(dense, folder, grn_direction, cells, tokenizer, network
 
 
 def run_interpretation(data_dir, output_dir, *, label_column: str, model: str, dense_model: str | None = None,
-                       split: str = "test", regulators: list[str] | None = None, top: int = 10,
-                       max_cells_per_label: int = 200, batch_size: int = 16) -> dict:
-    """Attention read as regulation on `split` of a tokenized data folder: the GRN `model`'s top attended pairs per
-    cell type (and a heat map of `regulators`, by default the 4 most attended), and with `dense_model` its
-    agreement with the prior and candidate links. Writes `attention_report.json` and `.md`, score tables as
-    Parquet and `attention_heatmap.png` under `output_dir`; returns the report."""
+                       options: InterpretationOptions | None = None) -> dict:
+    """Attention read as regulation on `options.split` of a tokenized data folder ([`InterpretationOptions`]): the
+    GRN `model`'s top attended pairs per cell type (and a heat map of `options.regulators`, by default the 4 most
+    attended), and with `dense_model` its agreement with the prior and candidate links. Writes
+    `attention_report.json` and `.md`, score tables as Parquet and `attention_heatmap.png` under `output_dir`;
+    returns the report."""
     from transformers import AutoModel
 
     from ..cells.prepared import load_prepared
     from ..hub.model_folder import check_compatible, load_pretrained
 
+    options = InterpretationOptions() if options is None else options
+    split = options.split
     dataset, tokenizer, network, _ = load_prepared(Path(data_dir))
     if split not in dataset:
         raise ValueError(f"the dataset has no split {split!r}; splits are {list(dataset)}.")
@@ -92,7 +97,6 @@ def run_interpretation(data_dir, output_dir, *, label_column: str, model: str, d
         raise ValueError("--model must be GRN-masked (grn_mode grn, random, shuffled or rewired); pass dense ones as --dense_model.")
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    options = dict(regulators=regulators, top=top, max_cells_per_label=max_cells_per_label, batch_size=batch_size)
     report, lines = {}, [f"# Attention vs prior on `{label_column}` ({split} split)", ""]
     report["grn_model"], section = _grn_model_section(grn_model, model, cells, tokenizer, network, label_column,
                                                       output, options)

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..options.arguments import PerturbationOptions
 from ..tl.perturb import perturb, plot_effects, regulon_enrichment
 
 
-def run_perturbation(cells, model_folder, genes, output_dir, *, mode: str = "delete", rounds: int = 1,
-                     classifier_folder=None,
-                     max_cells: int | None = None, top: int = 25, batch_size: int = 16, seed: int = 0,
-                     prior=None, resource: str | None = None) -> dict:
+def run_perturbation(cells, model_folder, genes, output_dir, options: PerturbationOptions | None = None, *,
+                     classifier_folder=None, prior=None, resource: str | None = None) -> dict:
     """`perturb` from files: a pretrained (masked-expression) model folder, cells (.h5ad of raw counts or
-    `pbmc68k_reduced`), optionally a finetuned classifier folder; writes `effects.csv`, `effects_heatmap.png`,
+    `pbmc68k_reduced`), optionally a finetuned classifier folder, perturbed as `options` say
+    ([`PerturbationOptions`]); writes `effects.csv`, `effects_heatmap.png`,
     `embedding_shift.csv` (per cell), `label_moves.csv` (with a classifier) and `summary.json` into `output_dir`;
     with `rounds` > 1 (a cascade, see `perturb`) also `first_round_effects.csv` and, for a GRN model,
     `prior_distance.csv`, and the summary's top effects split into direct and indirect targets of the prior.
@@ -36,17 +36,19 @@ def run_perturbation(cells, model_folder, genes, output_dir, *, mode: str = "del
     if classifier_folder:
         check_compatible(classifier_folder, tokenizer)  # the same genes under the same ids, not just as many
         classifier = load_pretrained(ScGrnForCellClassification, classifier_folder, trained_head=True)
+    options = PerturbationOptions() if options is None else options
+    mode, rounds, max_cells, seed = options.mode, options.rounds, options.max_cells, options.seed
     adata = read_cells(cells)
     if max_cells is not None and adata.n_obs > max_cells:
         adata = adata[np.sort(np.random.default_rng(seed).permutation(adata.n_obs)[:max_cells])].copy()
     effects = perturb(adata, model, tokenizer, genes, mode, classifier=classifier, rounds=rounds,
-                      batch_size=batch_size, seed=seed)
+                      batch_size=options.batch_size, seed=seed)
     result = adata.uns["scgrn_perturbation"]
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     effects.to_csv(output / "effects.csv")
     result["embedding_shift"].to_csv(output / "embedding_shift.csv")
-    plot_effects(effects, output / "effects_heatmap.png", top=top, units=result["units"])
+    plot_effects(effects, output / "effects_heatmap.png", top=options.top, units=result["units"])
     summary = {"mode": mode, "units": result["units"], "cells": int(adata.n_obs),
                "cells_perturbed": result["cells_perturbed"],
                "mean_embedding_shift": result["embedding_shift"].mean().to_dict(),

@@ -23,14 +23,16 @@ from ..hub.model_folder import check_compatible, load_pretrained, save_model_fol
 from ..model.modeling_scgrn import ScGrnForMaskedExpressionModeling
 from ..storage.folders import jsonable
 from ..train.training import TrainingConfig, train
+from .data import prepared_data
 
 logger = logging.getLogger(__name__)
 
 
-def run_pretraining(data_dir, training: TrainingConfig, *, model_options: Mapping | None = None,
+def run_pretraining(data, training: TrainingConfig, *, model_options: Mapping | None = None,
                     init_from: str | None = None, network: GeneRegulatoryNetwork | None = None,
                     regulation: GeneRegulatoryNetwork | None = None) -> dict:
-    """Masked-expression pretraining on `data_dir` (from `prepare_cells`) with `training` (its `output_dir` is the
+    """Masked-expression pretraining on `data`, a data folder (from `prepare_cells`) or a `CellSource` (cells
+    tokenized into `output_dir/data` first; a resumed run keeps that folder), with `training` (its `output_dir` is the
     run's folder) and `model_options` (`ScGrnConfig` fields; the vocabulary and prior come from the data folder).
     Writes the model folder to `output_dir/model` (its card carries the baseline table) and
     `output_dir/summary.json`, and returns the summary:
@@ -40,6 +42,7 @@ def run_pretraining(data_dir, training: TrainingConfig, *, model_options: Mappin
     of simulated cells) the validation also scores the masked genes whose true regulators the cell shows."""
     model_options, output_dir = dict(model_options or {}), training.output_dir
     check_model_options(model_options)
+    data_dir = prepared_data(data, output_dir, resuming=bool(training.resume_from_checkpoint), model=init_from)
     dataset, tokenizer, data_network, metadata = load_prepared(data_dir, streamed=True)
     network = data_network if network is None else network
     train_cells, sample = _training_cells(data_dir, dataset, tokenizer, training)
