@@ -88,11 +88,11 @@ def run_finetuning(data, training: TrainingConfig, *, label_column: str, pretrai
     `architecture_from`, a model folder, its architecture under `model_options`: a like-for-like control); early
     stopping on validation macro-F1; held-out evaluation beside scikit-learn baselines on the same cells
     (`classification_baselines`), with embedding metrics of the test cells and the prior's per-cell coverage.
-    `save_outputs` writes `metrics.json` (`{"scgrn": ..., "baselines": ...}`), the model folder (its card carries
-    the same table) and the PNGs (confusion matrix, UMAP of test embeddings). `baselines` takes them already computed on the same
-    data folder (a comparison fits them once for all its runs). `labels_per_class` keeps that many training cells of
-    each type (seeded; validation and test unchanged): finetuning with few labels. `network` replaces the data
-    folder's prior for a model trained from scratch."""
+    `save_outputs` writes `metrics.json` (`{"scgrn": ..., "baselines": ...}`), the model folder (its card carries the
+    same table) and the PNGs (confusion matrix, UMAP of test embeddings). `baselines` takes them already computed on
+    the same data folder (a comparison fits them once for all its runs). `labels_per_class` keeps that many training
+    cells of each type (seeded; validation and test unchanged): finetuning with few labels. `network` replaces the
+    data folder's prior for a model trained from scratch."""
     model_options, output_dir = dict(model_options or {}), training.output_dir
     if architecture_from:
         if pretrained:
