@@ -86,6 +86,27 @@ def test_pretraining_loss_trains_the_pooled_cell_embedding(value_encoding, token
     assert gradients["none"] == 0.0 and gradients["mvc"] > 0.0
 
 
+def test_the_residual_cell_decoder_starts_from_the_trivial_predictor(tokenizer, edge_tensor, batch):
+    """`cell_decoder="mvc_residual"`: the decoder's prediction is added to each gene's mean plus the cell's offset
+    (the token head's is not), and its loss still trains the pooled state."""
+    model = make(ScGrnForMaskedExpressionModeling, tokenizer, edge_tensor, value_encoding="continuous",
+                 cell_decoder="mvc_residual").eval()
+    plain = make(ScGrnForMaskedExpressionModeling, tokenizer, edge_tensor, value_encoding="continuous",
+                 cell_decoder="mvc").eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "gene_means"})
+    model.set_gene_means(torch.linspace(0.5, 2.0, model.config.vocab_size))
+    values = batch["expression_values"].clone()
+    values[:, 2:4] = model.config.mask_value
+    inputs = {**batch, "expression_values": values}
+    with torch.no_grad():
+        out, reference = model(**inputs), plain(**inputs)
+    trivial = model.value_baseline(batch["input_ids"], values, batch["attention_mask"])
+    torch.testing.assert_close(out.cell_logits, reference.cell_logits + trivial)
+    torch.testing.assert_close(out.logits, reference.logits)  # the token head reads no baseline
+    with pytest.raises(ValueError, match="keeps no gene means"):
+        plain.set_gene_means(torch.zeros(plain.config.vocab_size))
+
+
 @pytest.mark.parametrize("model_class", HEADS)
 def test_save_load_round_trip_keeps_outputs_and_grn(model_class, tokenizer, edge_tensor, batch, tmp_path):
     model = make(model_class, tokenizer, edge_tensor)
@@ -309,8 +330,10 @@ def test_config_errors():
         ScGrnConfig(grn_mode="sparse")
     with pytest.raises(ValueError, match="nothing to"):
         ScGrnConfig(grn_self_loops=False, all_attend_cls=False)
-    with pytest.raises(ValueError, match=r"cell_decoder='gepc' is not one of \['none', 'mvc'\]"):
+    with pytest.raises(ValueError, match=r"cell_decoder='gepc' is not one of \['none', 'mvc', 'mvc_residual'\]"):
         ScGrnConfig(cell_decoder="gepc")
+    with pytest.raises(ValueError, match="cell_decoder='mvc_residual' needs value_encoding='continuous'"):
+        ScGrnConfig(cell_decoder="mvc_residual", value_encoding="binned")
     with pytest.raises(ValueError, match="value_baseline='gene_mean_cell_offset' needs value_encoding='continuous'"):
         ScGrnConfig(value_baseline="gene_mean_cell_offset", value_encoding="binned")
     with pytest.raises(ValueError, match="cell_decoder_weight=-1 must not be negative"):

@@ -10,8 +10,9 @@ GRN_DIRECTIONS = ("regulator_to_target", "target_to_regulator", "both")
 VALUE_ENCODINGS = ("binned", "continuous")
 POOLINGS = ("cls", "mean")
 # how pretraining reaches the pooled cell embedding: "mvc" (scGPT's masked value prediction from the cell embedding)
-# predicts every masked value from the pooled state and the gene's identity alone; "none" trains gene tokens only
-CELL_DECODERS = ("none", "mvc")
+# predicts every masked value from the pooled state and the gene's identity alone; "mvc_residual" predicts what the
+# trivial predictor (gene mean + cell offset) leaves, so the pooled state need not carry depth; "none": tokens only
+CELL_DECODERS = ("none", "mvc", "mvc_residual")
 # what each masked-value prediction starts from: nothing, or the trivial predictor the objective otherwise rewards
 # learning (the gene's training mean plus the cell's offset over its visible genes), so the heads learn the rest
 VALUE_BASELINES = ("none", "gene_mean_cell_offset")
@@ -74,7 +75,9 @@ class ScGrnConfig(PretrainedConfig):
             final gene states over non-padding genes (`"mean"`).
         cell_decoder (`str`, defaults to `"mvc"`): a second pretraining head that predicts each masked value from
             the pooled cell embedding and the gene's own embedding only (scGPT's MVC), so that pretraining trains
-            the cell embedding (the token head alone leaves its gradient at exactly 0); `"none"` drops it.
+            the cell embedding (the token head alone leaves its gradient at exactly 0); `"mvc_residual"` (continuous
+            values only) adds its prediction to the gene's training mean plus the cell's offset over its visible
+            genes, so the cell embedding is trained on what distinguishes cells beyond depth; `"none"` drops it.
         cell_decoder_weight (`float`, defaults to 1.0): weight of the cell decoder's loss beside the token head's.
         value_baseline (`str`, defaults to `"none"`): with `"gene_mean_cell_offset"` (continuous values only), every
             masked-value prediction is the gene's training mean (`gene_means`, set by pretraining) plus the cell's
@@ -228,6 +231,12 @@ class ScGrnConfig(PretrainedConfig):
         """Bin id that marks a masked expression value (binned encoding)."""
         return self.n_bins + 1
 
+    @property
+    def uses_gene_means(self) -> bool:
+        """Whether a masked-value prediction starts from the trivial predictor (gene mean + cell offset), which needs
+        the gene means pretraining sets (`value_baseline`, or the residual cell decoder)."""
+        return self.value_baseline != "none" or self.cell_decoder == "mvc_residual"
+
     def mask_description(self) -> dict:
         """The exact mask construction, as written into the model card and `grn_provenance.json`."""
         return {**{name: getattr(self, name) for name in MASK_FIELDS}, "same_mask_for_all_heads": True}
@@ -241,6 +250,9 @@ def _check_objective(value_encoding: str, cell_decoder: str, cell_decoder_weight
     if value_baseline != "none" and value_encoding != "continuous":
         raise ValueError(f"value_baseline={value_baseline!r} needs value_encoding='continuous' (bins are ranks "
                          "within each cell, already free of depth).")
+    if cell_decoder == "mvc_residual" and value_encoding != "continuous":
+        raise ValueError("cell_decoder='mvc_residual' needs value_encoding='continuous' (bins are ranks within each "
+                         "cell, already free of depth); use 'mvc'.")
     if cell_decoder_weight < 0:
         raise ValueError(f"cell_decoder_weight={cell_decoder_weight} must not be negative.")
 

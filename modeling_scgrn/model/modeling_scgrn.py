@@ -547,8 +547,8 @@ class ScGrnForMaskedExpressionModeling(ScGrnPreTrainedModel):
             nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps),
             nn.Linear(config.hidden_size, out_features),
         )
-        self.cell_decoder = ScGrnCellDecoder(config, out_features) if config.cell_decoder == "mvc" else None
-        if config.value_baseline != "none":
+        self.cell_decoder = ScGrnCellDecoder(config, out_features) if config.cell_decoder != "none" else None
+        if self.config.uses_gene_means:
             # each gene's training mean of its log1p value, saved with the weights (set_gene_means)
             self.register_buffer("gene_means", torch.zeros(config.vocab_size), persistent=True)
         self.post_init()
@@ -556,8 +556,8 @@ class ScGrnForMaskedExpressionModeling(ScGrnPreTrainedModel):
     def set_gene_means(self, means: torch.Tensor) -> None:
         """Each gene's mean log1p value over the training cells (`(vocab_size,)`), which `value_baseline` starts
         every prediction from."""
-        if self.config.value_baseline == "none":
-            raise ValueError("this model has value_baseline='none': it keeps no gene means.")
+        if not self.config.uses_gene_means:
+            raise ValueError("value_baseline='none' and no residual cell decoder: this model keeps no gene means.")
         self.gene_means.copy_(torch.as_tensor(means, dtype=self.gene_means.dtype).reshape(self.gene_means.shape))
 
     def value_baseline(self, input_ids: torch.Tensor, expression_values: torch.Tensor,
@@ -600,16 +600,17 @@ class ScGrnForMaskedExpressionModeling(ScGrnPreTrainedModel):
                              attention_mask=attention_mask, output_attentions=output_attentions,
                              output_hidden_states=output_hidden_states, return_dict=True)
         continuous = self.config.value_encoding == "continuous"
-        start = 0.0
-        if self.config.value_baseline != "none":
-            start = self.value_baseline(input_ids, expression_values, attention_mask)
+        uses_means = self.config.uses_gene_means
+        trivial = self.value_baseline(input_ids, expression_values, attention_mask) if uses_means else 0.0
+        start = trivial if self.config.value_baseline != "none" else 0.0
         logits = self.head(outputs.last_hidden_state)
         logits = logits.squeeze(-1) + start if continuous else logits
         cell_logits = None
         if self.cell_decoder is not None:
             genes = self.scgrn.embeddings.gene_embeddings(input_ids)
             cell_logits = self.cell_decoder(outputs.pooler_output, genes)
-            cell_logits = cell_logits.squeeze(-1) + start if continuous else cell_logits
+            cell_start = trivial if self.config.cell_decoder == "mvc_residual" else start
+            cell_logits = cell_logits.squeeze(-1) + cell_start if continuous else cell_logits
         loss = token_loss = cell_loss = None
         if labels is not None:
             loss = token_loss = self.value_loss(logits, labels)

@@ -122,7 +122,7 @@ def _encoder_prediction(model, rows: dict, device) -> torch.Tensor:
     rows = {k: v[:, :logits.shape[1]] for k, v in rows.items()}  # run_batch trims trailing padding
     if model.config.value_encoding == "binned":
         logits = (logits.softmax(-1) * torch.arange(logits.shape[-1], device=logits.device)).sum(-1)
-    elif model.config.value_baseline != "none":
+    elif model.config.value_baseline != "none":  # the token head's start (a residual cell decoder is not read)
         logits = logits - model.value_baseline(rows["input_ids"], rows["expression_values"], rows["attention_mask"])
     return torch.nn.functional.pad(logits, (0, width - logits.shape[1]))
 

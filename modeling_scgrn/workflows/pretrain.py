@@ -56,7 +56,7 @@ def run_pretraining(data, training: TrainingConfig, *, model_options: Mapping | 
     coverage = log_prior_coverage(model, sample)
     collator = DataCollatorForMaskedExpression.from_config(model.config, training.mask_probability)
     statistics = gene_statistics(sample, model.config.vocab_size, model.config.value_encoding, model.config.n_bins)
-    if model.config.value_baseline != "none" and not init_from:
+    if model.config.uses_gene_means and not init_from:
         model.set_gene_means(statistics["means"])
     evaluation_set = dataset["validation"]
     eval_collator = DataCollatorForMaskedExpression.from_config(model.config, training.mask_probability, seed=training.seed)
