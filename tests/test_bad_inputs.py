@@ -454,7 +454,8 @@ def test_log_normalised_cells_and_special_tokens_are_refused_by_the_tools(world,
 # The systematic sweep: every numeric option of every script gets a wrong type and an out-of-range value, every
 # option with choices an unknown one, and every file or folder option a path that does not exist. Each case must
 # end in one line naming the option, exit status 2, no traceback, and nothing written.
-SWEPT = {**SCRIPTS, "knockout": ROOT / "benchmarks" / "knockout.py", "known_truth": ROOT / "benchmarks" / "known_truth.py"}
+SWEPT = {**SCRIPTS, "knockout": ROOT / "benchmarks" / "knockout.py", "known_truth": ROOT / "benchmarks" / "known_truth.py",
+         "objectives": ROOT / "benchmarks" / "objectives.py"}
 BASE = {  # arguments that are valid together; each case changes one option
     "tokenize": ["--input", "{h5ad}", "--prior", "{prior}", "--output_dir", "{out}"],
     "pretrain": ["--data", "{data}", "--output_dir", "{out}", *TINY],
@@ -466,6 +467,7 @@ BASE = {  # arguments that are valid together; each case changes one option
     "simulate": ["--prior", "{prior}", "--output", "{out}/cells.h5ad"],
     "knockout": ["--corpus", "{h5ad}", "--model", "grn={model}", "--output_dir", "{out}"],
     "known_truth": ["--prior", "{prior}", "--output_dir", "{out}"],
+    "objectives": ["--input", "{h5ad}", "--prior", "{prior}", "--output_dir", "{out}"],
 }
 # file and folder options, and what replaces a conflicting part of the base (a source group takes one member)
 PATHS = {
@@ -474,6 +476,7 @@ PATHS = {
     "compare": ["--data", "--config", "--pretrain_config"], "interpret": ["--data", "--model", "--dense_model"],
     "perturb": ["--input", "--model", "--classifier", "--prior"], "push": ["--model"], "simulate": ["--prior"],
     "knockout": ["--corpus"], "known_truth": ["--prior", "--corpus"],
+    "objectives": ["--input", "--prior", "--config", "--variants"],
 }
 
 

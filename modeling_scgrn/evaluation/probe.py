@@ -78,3 +78,32 @@ def probe_table(probe: dict, label_column: str) -> str:
                "the probe does NOT beat PCA + logistic regression on the raw values")
     depth_text = ", ".join(f"{name} R^2 {value:.2f}" for name, value in probe["depth_r2"].items())
     return "\n".join(lines) + f"\n\nFrozen embedding: {verdict}; it predicts depth with {depth_text}.\n"
+
+
+def cross_validated_probe(embedding, labels: dict, depths: dict, *, folds: int = 5, seed: int = 0) -> dict:
+    """What a frozen `(cells, features)` embedding holds, every cell scored once, held out (stratified `folds`-fold):
+    for each label column in `labels` (`{name: (cells,) array}`), the accuracy and macro-F1 of a logistic
+    regression on the standardised embedding and the silhouette of the labels in it; for each depth measure in
+    `depths`, the R^2 of a linear regression from the embedding. The same call reads PCA of the counts or a random
+    encoder's embedding, so the rows compare like with like."""
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+    from sklearn.metrics import f1_score, r2_score, silhouette_score
+    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.asarray(embedding, dtype=np.float64)
+    result = {}
+    for name, y in labels.items():
+        y = np.asarray(y).astype(str)
+        split = StratifiedKFold(folds, shuffle=True, random_state=seed)
+        predicted = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)), x, y,
+                                      cv=split)
+        result[name] = {"accuracy": float(np.mean(predicted == y)),
+                        "macro_f1": float(f1_score(y, predicted, average="macro")),
+                        "silhouette": float(silhouette_score(StandardScaler().fit_transform(x), y))}
+    for name, values in depths.items():
+        predicted = cross_val_predict(make_pipeline(StandardScaler(), LinearRegression()), x, np.asarray(values),
+                                      cv=KFold(folds, shuffle=True, random_state=seed))
+        result[f"depth_r2_{name}"] = float(r2_score(values, predicted))
+    return result

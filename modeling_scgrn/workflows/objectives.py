@@ -1,0 +1,157 @@
+"""Pretraining objectives compared by what they teach the cell embedding: each variant of a pretraining config
+pretrained on the same tokenized cells, then its frozen embedding of every cell read by a cross-validated linear
+probe of each label column, the silhouette of those labels, and how well it predicts sequencing depth, beside
+the same reading of 50 principal components of the counts and of an untrained encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..cells.prepared import load_prepared
+from ..cells.reading import read_cells
+from ..evaluation.probe import cross_validated_probe
+from ..grn.attach import attach_grn, new_config
+from ..hub.model_folder import load_pretrained
+from ..model.modeling_scgrn import ScGrnForMaskedExpressionModeling
+from ..storage.folders import jsonable
+from ..tl.verbs import embed
+from ..train.training import TrainingConfig
+from .data import CellSource, prepared_data
+from .pretrain import run_pretraining
+
+PCA_ROW = "50 principal components of the log-normalised counts"
+RANDOM_ROW = "untrained encoder (the base config, not pretrained)"
+
+
+def count_depth(adata) -> dict[str, np.ndarray]:
+    """Per cell, from raw counts: genes detected and the mean log1p-normalised value of those genes (what the
+    tokens carry), the two depth measures the probe regresses on."""
+    import scanpy as sc
+
+    normalised = adata.copy()
+    sc.pp.normalize_total(normalised, target_sum=1e4)
+    sc.pp.log1p(normalised)
+    x = normalised.X.tocsr() if hasattr(normalised.X, "tocsr") else normalised.X
+    detected = np.asarray((adata.X > 0).sum(1)).ravel().astype(float)
+    return {"genes_detected": detected, "mean_log1p": np.asarray(x.sum(1)).ravel() / np.maximum(detected, 1)}
+
+
+def principal_components(adata, n_components: int = 50, seed: int = 0) -> np.ndarray:
+    """`n_components` principal components of the log-normalised counts (scanpy's standard path)."""
+    import scanpy as sc
+
+    normalised = adata.copy()
+    sc.pp.normalize_total(normalised, target_sum=1e4)
+    sc.pp.log1p(normalised)
+    sc.pp.pca(normalised, n_comps=min(n_components, min(normalised.shape) - 1), random_state=seed)
+    return normalised.obsm["X_pca"]
+
+
+def variant_configs(base: dict, variant: dict, output_dir: Path, seed: int) -> tuple[dict, TrainingConfig]:
+    """The base config's `model` and `training` sections with the variant's entries laid over them."""
+    unknown = sorted(set(variant) - {"model", "training"})
+    if unknown:
+        raise ValueError(f"a variant holds `model` and `training` sections only, not {unknown}.")
+    model = {**(base.get("model") or {}), **(variant.get("model") or {})}
+    training = {**(base.get("training") or {}), **(variant.get("training") or {})}
+    config = TrainingConfig.from_dict(training, output_dir=str(output_dir))
+    return model, replace(config, seed=int(seed), report_to="none")
+
+
+def _embedding(model, tokenizer, adata, max_length) -> np.ndarray:
+    return embed(adata, model, tokenizer, max_length=max_length, copy=True).obsm["X_scgrn"]
+
+
+def run_objectives(cells, prior, output_dir, variants: dict, *, base: dict | None = None,
+                   label_columns=("bulk_labels", "louvain"), seeds=(0,), resource: str | None = None,
+                   folds: int = 5) -> str:
+    """Pretrain each of `variants` (`{name: {"model": {...}, "training": {...}}}` laid over `base`, a pretraining
+    config's sections) for each seed on `cells` tokenized once with `prior`, and read every cell's frozen
+    embedding ([`cross_validated_probe`]); writes `objectives.json`, `objectives.csv` and `objectives.md` under
+    `output_dir` and returns the markdown."""
+    output, base = Path(output_dir), dict(base or {})
+    adata = read_cells(cells)
+    missing = [c for c in label_columns if c not in adata.obs]
+    if missing:
+        raise ValueError(f"the cells have no label column {missing}; columns are {list(adata.obs.columns)}.")
+    data_dir = prepared_data(CellSource(cells=cells, prior=prior, resource=resource, label_column=label_columns[0]),
+                             output)
+    _, tokenizer, network, metadata = load_prepared(data_dir)
+    max_length = metadata["data_config"]["max_length"]
+    labels = {c: adata.obs[c].to_numpy() for c in label_columns}
+    depths = count_depth(adata)
+
+    def row(name, seed, embedding, **extra):
+        return {"variant": name, "seed": seed, **extra,
+                **cross_validated_probe(embedding, labels, depths, folds=folds, seed=0)}
+
+    rows = [row(PCA_ROW, None, principal_components(adata))]
+    torch.manual_seed(0)
+    untrained = ScGrnForMaskedExpressionModeling(new_config(tokenizer, **(base.get("model") or {})))
+    attach_grn(untrained, network, tokenizer)
+    rows.append(row(RANDOM_ROW, 0, _embedding(untrained, tokenizer, adata, max_length)))
+    for name, variant in variants.items():
+        for seed in seeds:
+            folder = output / re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_") / f"seed{seed}"
+            model_options, training = variant_configs(base, variant, folder, seed)
+            summary = run_pretraining(data_dir, training, model_options=model_options)
+            model = load_pretrained(ScGrnForMaskedExpressionModeling, str(folder / "model"), trained_head=True)
+            rows.append(row(name, seed, _embedding(model, tokenizer, adata, max_length),
+                            masked_loss=summary["validation_loss"],
+                            best_trivial=min(summary["baselines"].values())))
+    markdown = objectives_markdown(rows, label_columns, len(adata), folds)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "objectives.json").write_text(json.dumps(rows, indent=2, default=jsonable))
+    _frame(rows).to_csv(output / "objectives.csv", index=False)
+    (output / "objectives.md").write_text(markdown)
+    return markdown
+
+
+def _frame(rows: list[dict]):
+    import pandas as pd
+
+    flat = []
+    for r in rows:
+        entry = {k: v for k, v in r.items() if not isinstance(v, dict)}
+        for column, scores in ((k, v) for k, v in r.items() if isinstance(v, dict)):
+            entry.update({f"{column}_{k}": v for k, v in scores.items()})
+        flat.append(entry)
+    return pd.DataFrame(flat)
+
+
+def objectives_markdown(rows: list[dict], label_columns, cells: int, folds: int) -> str:
+    """Mean over seeds per variant: the masked loss beside its best trivial predictor, each label column's probe
+    accuracy and silhouette, and the depth R^2; then the verdict against PCA."""
+    frame = _frame(rows)
+    metrics = [f"{c}_{m}" for c in label_columns for m in ("accuracy", "silhouette")]
+    metrics += ["depth_r2_mean_log1p", "depth_r2_genes_detected"]
+    head = ["masked loss", "best trivial"] + [f"{c} {m}" for c in label_columns for m in ("probe", "silhouette")]
+    lines = [f"Frozen embedding of all {cells} cells, {folds}-fold cross-validated logistic regression (accuracy) and "
+             "linear regression to depth (R^2), each cell scored held out; mean over pretraining seeds.", "",
+             "| variant | " + " | ".join(head + ["depth R^2 mean log1p", "depth R^2 genes detected"]) + " |",
+             "| --- |" + " --- |" * (len(head) + 2)]
+    for name, group in frame.groupby("variant", sort=False):
+        trained = name not in (PCA_ROW, RANDOM_ROW)
+        label = f"{name} ({len(group)} seed{'s' * (len(group) > 1)})" if trained else name
+        loss = [f"{group[c].mean():.4f}" if c in group and group[c].notna().any() else "-"
+                for c in ("masked_loss", "best_trivial")]
+        values = [f"{group[m].mean():.3f}" for m in metrics]
+        lines.append(f"| {label} | " + " | ".join(loss + values) + " |")
+    pca = frame[frame["variant"] == PCA_ROW].iloc[0]
+    trained = frame[~frame["variant"].isin([PCA_ROW, RANDOM_ROW])]
+    if len(trained):
+        lines.append("")
+        for column in label_columns:
+            best = trained.groupby("variant")[f"{column}_accuracy"].mean()
+            gap = best.max() - pca[f"{column}_accuracy"]
+            verdict = "beats" if gap > 0 else "does NOT beat"
+            lines.append(f"- `{column}`: the best variant ({best.idxmax()}, {best.max():.3f}) {verdict} PCA "
+                         f"({pca[f'{column}_accuracy']:.3f}) by {gap:+.3f}.")
+    return "\n".join(lines) + "\n"
