@@ -454,8 +454,7 @@ def test_log_normalised_cells_and_special_tokens_are_refused_by_the_tools(world,
 # The systematic sweep: every numeric option of every script gets a wrong type and an out-of-range value, every
 # option with choices an unknown one, and every file or folder option a path that does not exist. Each case must
 # end in one line naming the option, exit status 2, no traceback, and nothing written.
-SWEPT = {**SCRIPTS, "knockout": ROOT / "benchmarks" / "knockout.py", "known_truth": ROOT / "benchmarks" / "known_truth.py",
-         "objectives": ROOT / "benchmarks" / "objectives.py"}
+SWEPT = {**SCRIPTS, **{name: ROOT / "benchmarks" / f"{name}.py" for name in ("knockout", "known_truth", "objectives")}}
 BASE = {  # arguments that are valid together; each case changes one option
     "tokenize": ["--input", "{h5ad}", "--prior", "{prior}", "--output_dir", "{out}"],
     "pretrain": ["--data", "{data}", "--output_dir", "{out}", *TINY],

@@ -45,7 +45,6 @@ DATA_HELP = {
 }
 
 
-
 def _whole_numbers(options, names, *, least: int = 1, optional: tuple = ()) -> None:
     """Each of `names` on the dataclass `options` is a whole number of at least `least` (`optional` ones may be
     None); ValueError otherwise."""
