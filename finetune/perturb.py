@@ -52,8 +52,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def run(args) -> dict:
+    from modeling_scgrn.options.arguments import PerturbationOptions
     from modeling_scgrn.options.typed import given_options
-    from modeling_scgrn.workflows.perturb import PerturbationOptions, run_perturbation
+    from modeling_scgrn.workflows.perturb import run_perturbation
 
     options = given_options(PerturbationOptions, args, "perturbation")
     summary = run_perturbation(args.input, args.model, args.genes, args.output_dir, options,
