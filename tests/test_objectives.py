@@ -12,7 +12,7 @@ import yaml
 from conftest import OMNIPATH_TABLE, shared_data_or_skip
 
 from modeling_scgrn.evaluation.probe import cross_validated_probe
-from modeling_scgrn.workflows.objectives import PCA_ROW, RANDOM_ROW, variant_configs
+from modeling_scgrn.workflows.objectives import BASELINE_ROWS, PCA_ROW, RANDOM_ROW, variant_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
@@ -56,13 +56,16 @@ def test_script_writes_every_row_beside_pca_and_an_untrained_encoder(tmp_path):
     module.main(["--input", "pbmc68k_reduced", "--prior", str(prior), "--config", str(config), "--variants",
                  str(variants), "--variant", "decoder", "--variant", "no decoder", "--output_dir", str(out)])
     rows = pd.read_csv(out / "objectives.csv")
-    assert list(rows["variant"]) == [PCA_ROW, RANDOM_ROW, "decoder", "no decoder"]
-    pca = rows.iloc[0]
+    assert list(rows["variant"]) == [PCA_ROW, *BASELINE_ROWS.values(), RANDOM_ROW, "decoder", "no decoder"]
+    pca, counts, knn, majority = (rows.iloc[i] for i in range(4))
     assert pca["bulk_labels_accuracy"] > 0.7 and pca["louvain_accuracy"] > 0.7  # real cells, real labels
+    assert counts["bulk_labels_accuracy"] > 0.7 and knn["louvain_accuracy"] > 0.7
+    assert majority["bulk_labels_accuracy"] < 0.4 < pca["bulk_labels_accuracy"]  # 240 of 700 cells in the largest type
     assert rows[["bulk_labels_accuracy", "louvain_accuracy"]].stack().between(0, 1).all()
-    assert rows.loc[2:, "masked_loss"].gt(0).all() and rows.loc[2:, "best_trivial"].gt(0).all()
+    assert rows.loc[5:, "masked_loss"].gt(0).all() and rows.loc[5:, "best_trivial"].gt(0).all()
     markdown = (out / "objectives.md").read_text()
     assert "| decoder (1 seed) |" in markdown and f"| {PCA_ROW} | - | - |" in markdown
     assert "`louvain`: the best variant" in markdown and "PCA (" in markdown
-    assert len(json.loads((out / "objectives.json").read_text())) == 4
+    assert "logistic regression on the counts (" in markdown and "| majority class | - | - |" in markdown
+    assert len(json.loads((out / "objectives.json").read_text())) == 7
     assert (out / "decoder" / "seed0" / "model" / "model.safetensors").exists()

@@ -80,6 +80,16 @@ def probe_table(probe: dict, label_column: str) -> str:
     return "\n".join(lines) + f"\n\nFrozen embedding: {verdict}; it predicts depth with {depth_text}.\n"
 
 
+def _cross_validated_labels(x, y, estimator, folds: int, seed: int) -> dict:
+    """Accuracy and macro-F1 of `estimator` on `x`, every cell predicted once while held out (stratified folds)."""
+    from sklearn.metrics import f1_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    y = np.asarray(y).astype(str)
+    predicted = cross_val_predict(estimator, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    return {"accuracy": float(np.mean(predicted == y)), "macro_f1": float(f1_score(y, predicted, average="macro"))}
+
+
 def cross_validated_probe(embedding, labels: dict, depths: dict, *, folds: int = 5, seed: int = 0) -> dict:
     """What a frozen `(cells, features)` embedding holds, every cell scored once, held out (stratified `folds`-fold):
     for each label column in `labels` (`{name: (cells,) array}`), the accuracy and macro-F1 of a logistic
@@ -87,23 +97,35 @@ def cross_validated_probe(embedding, labels: dict, depths: dict, *, folds: int =
     `depths`, the R^2 of a linear regression from the embedding. The same call reads PCA of the counts or a random
     encoder's embedding, so the rows compare like with like."""
     from sklearn.linear_model import LinearRegression, LogisticRegression
-    from sklearn.metrics import f1_score, r2_score, silhouette_score
-    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
+    from sklearn.metrics import r2_score, silhouette_score
+    from sklearn.model_selection import KFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     x = np.asarray(embedding, dtype=np.float64)
     result = {}
     for name, y in labels.items():
-        y = np.asarray(y).astype(str)
-        split = StratifiedKFold(folds, shuffle=True, random_state=seed)
-        predicted = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)), x, y,
-                                      cv=split)
-        result[name] = {"accuracy": float(np.mean(predicted == y)),
-                        "macro_f1": float(f1_score(y, predicted, average="macro")),
-                        "silhouette": float(silhouette_score(StandardScaler().fit_transform(x), y))}
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
+        silhouette = silhouette_score(StandardScaler().fit_transform(x), np.asarray(y).astype(str))
+        result[name] = {**_cross_validated_labels(x, y, probe, folds, seed), "silhouette": float(silhouette)}
     for name, values in depths.items():
         predicted = cross_val_predict(make_pipeline(StandardScaler(), LinearRegression()), x, np.asarray(values),
                                       cv=KFold(folds, shuffle=True, random_state=seed))
         result[f"depth_r2_{name}"] = float(r2_score(values, predicted))
     return result
+
+
+def cross_validated_baselines(values, components, labels: dict, *, folds: int = 5, seed: int = 0,
+                              neighbors: int = 5) -> dict:
+    """`classification_baselines` in the probe's cross-validated form, on the same folds: logistic regression on
+    the log-normalised `values`, kNN on their principal `components` (PCA + logistic regression is the probe of
+    `components` itself) and the majority class; `{baseline: {label column: scores}}`."""
+    from sklearn.dummy import DummyClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+
+    fitted = {"logistic_regression": (values, LogisticRegression(max_iter=3000)),
+              "knn": (components, KNeighborsClassifier(neighbors)),
+              "majority_class": (components, DummyClassifier(strategy="most_frequent"))}
+    return {name: {column: _cross_validated_labels(x, y, estimator, folds, seed) for column, y in labels.items()}
+            for name, (x, estimator) in fitted.items()}

@@ -16,7 +16,7 @@ import torch
 
 from ..cells.prepared import load_prepared
 from ..cells.reading import read_cells
-from ..evaluation.probe import cross_validated_probe
+from ..evaluation.probe import cross_validated_baselines, cross_validated_probe
 from ..grn.attach import attach_grn, new_config
 from ..hub.model_folder import load_pretrained
 from ..model.modeling_scgrn import ScGrnForMaskedExpressionModeling
@@ -30,26 +30,33 @@ PCA_ROW = "50 principal components of the log-normalised counts"
 RANDOM_ROW = "untrained encoder (the base config, not pretrained)"
 
 
-def count_depth(adata) -> dict[str, np.ndarray]:
-    """Per cell, from raw counts: genes detected and the mean log1p-normalised value of those genes (what the
-    tokens carry), the two depth measures the probe regresses on."""
+BASELINE_ROWS = {"logistic_regression": "logistic regression on the log-normalised counts",
+                 "knn": "kNN (k=5) on the 50 principal components", "majority_class": "majority class"}
+
+
+def log_normalised(adata):
+    """The cells as counts per 10,000, log1p (scanpy's standard path), read once by every row that is not a model."""
     import scanpy as sc
 
     normalised = adata.copy()
     sc.pp.normalize_total(normalised, target_sum=1e4)
     sc.pp.log1p(normalised)
+    return normalised
+
+
+def count_depth(adata, normalised) -> dict[str, np.ndarray]:
+    """Per cell, from raw counts (`adata`) and their `log_normalised` values: genes detected and the mean
+    log1p-normalised value of those genes (what the tokens carry), the two depth measures the probe regresses on."""
     x = normalised.X.tocsr() if hasattr(normalised.X, "tocsr") else normalised.X
     detected = np.asarray((adata.X > 0).sum(1)).ravel().astype(float)
     return {"genes_detected": detected, "mean_log1p": np.asarray(x.sum(1)).ravel() / np.maximum(detected, 1)}
 
 
-def principal_components(adata, n_components: int = 50, seed: int = 0) -> np.ndarray:
-    """`n_components` principal components of the log-normalised counts (scanpy's standard path)."""
+def principal_components(normalised, n_components: int = 50, seed: int = 0) -> np.ndarray:
+    """`n_components` principal components of `log_normalised` cells."""
     import scanpy as sc
 
-    normalised = adata.copy()
-    sc.pp.normalize_total(normalised, target_sum=1e4)
-    sc.pp.log1p(normalised)
+    normalised = normalised.copy()
     sc.pp.pca(normalised, n_comps=min(n_components, min(normalised.shape) - 1), random_state=seed)
     return normalised.obsm["X_pca"]
 
@@ -86,13 +93,16 @@ def run_objectives(cells, prior, output_dir, variants: dict, *, base: dict | Non
     _, tokenizer, network, metadata = load_prepared(data_dir)
     max_length = metadata["data_config"]["max_length"]
     labels = {c: adata.obs[c].to_numpy() for c in label_columns}
-    depths = count_depth(adata)
+    normalised = log_normalised(adata)
+    depths, components = count_depth(adata, normalised), principal_components(normalised)
 
     def row(name, seed, embedding, **extra):
         return {"variant": name, "seed": seed, **extra,
                 **cross_validated_probe(embedding, labels, depths, folds=folds, seed=0)}
 
-    rows = [row(PCA_ROW, None, principal_components(adata))]
+    rows = [row(PCA_ROW, None, components)]
+    baselines = cross_validated_baselines(normalised.X, components, labels, folds=folds, seed=0)
+    rows += [{"variant": BASELINE_ROWS[name], "seed": None, **scores} for name, scores in baselines.items()]
     torch.manual_seed(0)
     untrained = ScGrnForMaskedExpressionModeling(new_config(tokenizer, **(base.get("model") or {})))
     attach_grn(untrained, network, tokenizer)
@@ -137,15 +147,17 @@ def objectives_markdown(rows: list[dict], label_columns, cells: int, folds: int)
              "linear regression to depth (R^2), each cell scored held out; mean over pretraining seeds.", "",
              "| variant | " + " | ".join(head + ["depth R^2 mean log1p", "depth R^2 genes detected"]) + " |",
              "| --- |" + " --- |" * (len(head) + 2)]
+    reference = [PCA_ROW, RANDOM_ROW, *BASELINE_ROWS.values()]
+
+    def cell(group, column, digits):
+        return f"{group[column].mean():.{digits}f}" if column in group and group[column].notna().any() else "-"
+
     for name, group in frame.groupby("variant", sort=False):
-        trained = name not in (PCA_ROW, RANDOM_ROW)
-        label = f"{name} ({len(group)} seed{'s' * (len(group) > 1)})" if trained else name
-        loss = [f"{group[c].mean():.4f}" if c in group and group[c].notna().any() else "-"
-                for c in ("masked_loss", "best_trivial")]
-        values = [f"{group[m].mean():.3f}" for m in metrics]
-        lines.append(f"| {label} | " + " | ".join(loss + values) + " |")
+        label = name if name in reference else f"{name} ({len(group)} seed{'s' * (len(group) > 1)})"
+        values = [cell(group, c, 4) for c in ("masked_loss", "best_trivial")] + [cell(group, m, 3) for m in metrics]
+        lines.append(f"| {label} | " + " | ".join(values) + " |")
     pca = frame[frame["variant"] == PCA_ROW].iloc[0]
-    trained = frame[~frame["variant"].isin([PCA_ROW, RANDOM_ROW])]
+    trained = frame[~frame["variant"].isin(reference)]
     if len(trained):
         lines.append("")
         for column in label_columns:
@@ -153,5 +165,15 @@ def objectives_markdown(rows: list[dict], label_columns, cells: int, folds: int)
             gap = best.max() - pca[f"{column}_accuracy"]
             verdict = "beats" if gap > 0 else "does NOT beat"
             lines.append(f"- `{column}`: the best variant ({best.idxmax()}, {best.max():.3f}) {verdict} PCA "
-                         f"({pca[f'{column}_accuracy']:.3f}) by {gap:+.3f}.")
+                         f"({pca[f'{column}_accuracy']:.3f}) by {gap:+.3f}"
+                         + _against_counts(frame, column, best.max()))
     return "\n".join(lines) + "\n"
+
+
+def _against_counts(frame, column: str, best: float) -> str:
+    """The verdict's tail: the best variant against logistic regression on the counts, where that row is present."""
+    counts = frame.loc[frame["variant"] == BASELINE_ROWS["logistic_regression"], f"{column}_accuracy"]
+    if counts.empty:
+        return "."
+    verdict = "beats" if best > counts.iloc[0] else "does NOT beat"
+    return f"; it {verdict} logistic regression on the counts ({counts.iloc[0]:.3f})."
