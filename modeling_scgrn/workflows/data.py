@@ -4,7 +4,7 @@ processes are launched.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -20,6 +20,9 @@ def tokenize_files(cells, prior: str | Path, output_dir, *, resource: str | None
     network = GeneRegulatoryNetwork.read(prior, resource)
     print(network)
     return prepare_cells(cells, network, output_dir, **options)
+
+
+SOURCE_FIELDS = ("data_dir", "cells", "soma", "prior")  # what a CellSource reads; its other fields are options
 
 
 @dataclass(frozen=True)
@@ -55,9 +58,9 @@ class CellSource:
             raise ValueError("panel and validation_cells choose what a SOMA stream reads; drop them for cell files.")
 
     def options(self) -> dict:
-        """The tokenizing options given (not None)."""
-        names = ("resource", "tokenizer", "max_length", "label_column", "group_column", "panel", "validation_cells")
-        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        """The tokenizing options given (every field but the source and its prior, where not None)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in SOURCE_FIELDS and getattr(self, f.name) is not None}
 
 
 def prepared_data(data, output_dir, *, resuming: bool = False, model=None) -> Path:
