@@ -6,7 +6,7 @@ import scipy.sparse as sp
 import torch
 from conftest import CELLTYPIST_SAMPLE, shared_data_or_skip
 
-from modeling_scgrn import ScGrnTokenizer
+from modeling_scgrn import ScGrnConfig, ScGrnTokenizer
 from modeling_scgrn.cells.collators import (
     DataCollatorForCellClassification,
     DataCollatorForMaskedExpression,
@@ -108,6 +108,26 @@ def test_masking_collator_never_masks_cls_or_padding():
     continuous = DataCollatorForMaskedExpression(0, "continuous", 4, mask_value=-1.0, mask_probability=0.5)(features)
     scored = ~torch.isnan(continuous["labels"])
     assert torch.all(continuous["expression_values"][scored] == -1.0) and not scored[:, 0].any()
+
+
+def test_masking_collator_makes_independently_masked_views_for_the_contrastive_term():
+    """`views=2` (what `from_config` chooses for a model with a contrastive term): every cell twice, rows `i` and
+    `i + batch`, masked independently, with `cell_index` naming the cell; the draws are the seed's."""
+    features = [{"input_ids": [1, *range(5, 25)], "expression_values": [0.0, *np.linspace(0.5, 3, 20)]},
+                {"input_ids": [1, 9, 10], "expression_values": [0.0, 1.5, 2.5]}]
+    config = ScGrnConfig(vocab_size=32, hidden_size=8, num_attention_heads=2, value_encoding="continuous",
+                         contrastive_weight=1.0)
+    collator = DataCollatorForMaskedExpression.from_config(config, 0.3, seed=0)
+    assert collator.views == 2 and DataCollatorForMaskedExpression.from_config(config, views=1).views == 1
+    batch = collator(features)
+    assert batch["cell_index"].tolist() == [0, 1, 0, 1]
+    assert torch.equal(batch["input_ids"][:2], batch["input_ids"][2:])
+    assert torch.equal(batch["attention_mask"][:2], batch["attention_mask"][2:])
+    masked = ~torch.isnan(batch["labels"])
+    assert not torch.equal(masked[0], masked[2])  # 20 genes at 30%: two draws that agree are vanishingly rare
+    assert not masked[:, 0].any() and masked.sum(1).min() >= 1
+    again = DataCollatorForMaskedExpression.from_config(config, 0.3, seed=0)(features)
+    assert torch.equal(torch.isnan(again["labels"]), torch.isnan(batch["labels"]))
 
 
 def test_classification_collator_rejects_unseen_labels():

@@ -86,6 +86,37 @@ def test_pretraining_loss_trains_the_pooled_cell_embedding(value_encoding, token
     assert gradients["none"] == 0.0 and gradients["mvc"] > 0.0
 
 
+def test_the_contrastive_term_is_nt_xent_between_views_and_trains_the_pooled_state(tokenizer, edge_tensor, batch):
+    """`contrastive_weight > 0`: rows sharing a `cell_index` are views of one cell; the term is SimCLR's NT-Xent on the
+    projected, unit-length pooled states (checked against a direct computation), it is added to `loss` at its
+    weight, it alone gives the pooled state a gradient, and without `cell_index` (evaluation) it is left out."""
+    model = make(ScGrnForMaskedExpressionModeling, tokenizer, edge_tensor, cell_decoder="none",
+                 contrastive_weight=0.5, contrastive_temperature=0.2).train()
+    views = {key: value.repeat(2, *[1] * (value.dim() - 1)) for key, value in batch.items()}
+    cells = len(batch["input_ids"])
+    views["expression_bins"][cells:, 2] = model.config.mask_bin_id  # the second view hides another value
+    labels = torch.full(views["input_ids"].shape, -100)
+    labels[:, 3] = views["expression_bins"][:, 3]
+    pooled = {}
+    model.scgrn.register_forward_hook(lambda module, args, output: pooled.update(state=output.pooler_output))
+    out = model(**views, labels=labels, cell_index=torch.arange(cells).repeat(2))
+    pooled["state"].retain_grad()
+    out.contrastive_loss.backward(retain_graph=True)
+    assert pooled["state"].grad.abs().sum() > 0
+    torch.testing.assert_close(out.loss, model.value_loss(out.logits, labels) + 0.5 * out.contrastive_loss)
+    z = torch.nn.functional.normalize(model.cell_contrast.projection(pooled["state"].detach()), dim=-1)
+    similarity = z @ z.T / 0.2
+    similarity.fill_diagonal_(float("-inf"))
+    partner = torch.arange(2 * cells).roll(cells)
+    expected = torch.nn.functional.cross_entropy(similarity, partner)
+    torch.testing.assert_close(out.contrastive_loss.detach(), expected)
+    assert model(**views, labels=labels).contrastive_loss is None
+    alone = model(**batch, labels=labels[:cells], cell_index=torch.arange(cells))  # no other view: no term
+    assert alone.contrastive_loss is None and torch.isfinite(alone.loss)
+    with pytest.raises(ValueError, match="contrastive_temperature=0"):
+        tiny_config(tokenizer, contrastive_weight=1.0, contrastive_temperature=0)
+
+
 def test_the_residual_cell_decoder_starts_from_the_trivial_predictor(tokenizer, edge_tensor, batch):
     """`cell_decoder="mvc_residual"`: the decoder's prediction is added to each gene's mean plus the cell's offset
     (the token head's is not), and its loss still trains the pooled state."""

@@ -48,15 +48,18 @@ def test_script_writes_every_row_beside_pca_and_an_untrained_encoder(tmp_path):
         "max_steps": 4, "per_device_batch_size": 16, "eval_steps": 4, "report_to": "none", "show_progress": False}}))
     variants = tmp_path / "variants.yaml"
     variants.write_text(yaml.safe_dump({"variants": {"decoder": {}, "no decoder": {"model": {"cell_decoder": "none"}},
+                                                     "contrastive": {"model": {"contrastive_weight": 1.0}},
                                                      "unused": {"training": {"mask_probability": 0.5}}}}))
     spec = importlib.util.spec_from_file_location("objectives_script", ROOT / "benchmarks" / "objectives.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "out"
     module.main(["--input", "pbmc68k_reduced", "--prior", str(prior), "--config", str(config), "--variants",
-                 str(variants), "--variant", "decoder", "--variant", "no decoder", "--output_dir", str(out)])
+                 str(variants), "--variant", "decoder", "--variant", "no decoder", "--variant", "contrastive",
+                 "--output_dir", str(out)])
     rows = pd.read_csv(out / "objectives.csv")
-    assert list(rows["variant"]) == [PCA_ROW, *BASELINE_ROWS.values(), RANDOM_ROW, "decoder", "no decoder"]
+    names = ["decoder", "no decoder", "contrastive"]
+    assert list(rows["variant"]) == [PCA_ROW, *BASELINE_ROWS.values(), RANDOM_ROW, *names]
     pca, counts, knn, majority = (rows.iloc[i] for i in range(4))
     assert pca["bulk_labels_accuracy"] > 0.7 and pca["louvain_accuracy"] > 0.7  # real cells, real labels
     assert counts["bulk_labels_accuracy"] > 0.7 and knn["louvain_accuracy"] > 0.7
@@ -67,5 +70,7 @@ def test_script_writes_every_row_beside_pca_and_an_untrained_encoder(tmp_path):
     assert "| decoder (1 seed) |" in markdown and f"| {PCA_ROW} | - | - |" in markdown
     assert "`louvain`: the best variant" in markdown and "PCA (" in markdown
     assert "logistic regression on the counts (" in markdown and "| majority class | - | - |" in markdown
-    assert len(json.loads((out / "objectives.json").read_text())) == 7
+    assert len(json.loads((out / "objectives.json").read_text())) == 8
+    contrastive = json.loads((out / "contrastive" / "seed0" / "model" / "config.json").read_text())
+    assert contrastive["contrastive_weight"] == 1.0  # two views of each cell trained, the term saved with the model
     assert (out / "decoder" / "seed0" / "model" / "model.safetensors").exists()

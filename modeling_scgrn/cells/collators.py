@@ -33,7 +33,9 @@ def _pad_cells(features: list[dict], pad_token_id: int) -> dict[str, torch.Tenso
 class DataCollatorForMaskedExpression:
     """Pads to the batch's longest cell and hides the expression of a random `mask_probability` share of gene
     tokens (never `[CLS]` or padding; at least one gene per cell). Masked bins become `n_bins + 1`, masked values
-    `mask_value`. `labels` hold the true bins (-100 elsewhere) or true values (NaN elsewhere).
+    `mask_value`. `labels` hold the true bins (-100 elsewhere) or true values (NaN elsewhere). With `views=2` every
+    cell appears twice, masked independently (rows `i` and `i + batch`), and `cell_index` says which cell each row
+    is, for the model's contrastive term (`from_config` chooses 2 when the config has one).
 
     Calling it does both (as transformers' collators do, e.g. for `Trainer`). The scgrn training loop calls
     `pad` in the DataLoader and `mask` just before each step instead, so the random draws follow the step order
@@ -46,11 +48,15 @@ class DataCollatorForMaskedExpression:
     mask_value: float = -1.0
     mask_probability: float = DEFAULT_MASK_PROBABILITY
     generator: torch.Generator | None = None
+    views: int = 1
 
     @classmethod
-    def from_config(cls, config, mask_probability: float = DEFAULT_MASK_PROBABILITY, seed: int | None = None):
+    def from_config(cls, config, mask_probability: float = DEFAULT_MASK_PROBABILITY, seed: int | None = None,
+                    views: int | None = None):
         generator = None if seed is None else torch.Generator().manual_seed(seed)
-        return cls(config.pad_token_id, config.value_encoding, config.n_bins, config.mask_value, mask_probability, generator)
+        views = (2 if getattr(config, "contrastive_weight", 0) > 0 else 1) if views is None else views
+        return cls(config.pad_token_id, config.value_encoding, config.n_bins, config.mask_value, mask_probability,
+                   generator, views)
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         return self.mask(self.pad(features))
@@ -61,6 +67,10 @@ class DataCollatorForMaskedExpression:
     def mask(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Mask a padded batch (on any device); draws from `generator` or, without one, torch's global RNG."""
         batch = dict(batch)
+        if self.views > 1:
+            cells = len(batch["input_ids"])
+            batch = {key: value.repeat(self.views, *[1] * (value.dim() - 1)) for key, value in batch.items()}
+            batch["cell_index"] = torch.arange(cells, device=batch["input_ids"].device).repeat(self.views)
         genes = batch["attention_mask"].bool().clone()
         genes[:, 0] = False
         if self.generator is None:

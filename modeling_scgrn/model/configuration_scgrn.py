@@ -83,6 +83,10 @@ class ScGrnConfig(PretrainedConfig):
             masked-value prediction is the gene's training mean (`gene_means`, set by pretraining) plus the cell's
             offset over its visible genes, plus what the head adds: the shortcut is given, not learnt, and the cell
             embedding need not carry depth.
+        contrastive_weight (`float`, defaults to 0.0): weight of a contrastive term on the pooled cell embedding
+            (SimCLR's NT-Xent between two differently masked views of each cell; the pretraining collator then
+            makes two views of every cell); 0 leaves it out.
+        contrastive_temperature (`float`, defaults to 0.1): temperature of that term's cosine similarities.
         grn_mode (`str`, defaults to `"grn"`): which edges form the mask. `"grn"`: the prior network;
             `"dense"`: no constraint (the unconstrained Transformer baseline); `"random"`: uniform random edges
             among the prior's genes, as many as the prior has (seeded by `grn_control_seed`);
@@ -137,6 +141,8 @@ class ScGrnConfig(PretrainedConfig):
         cell_decoder: str = "mvc",
         cell_decoder_weight: float = 1.0,
         value_baseline: str = "none",
+        contrastive_weight: float = 0.0,
+        contrastive_temperature: float = 0.1,
         grn_mode: str = "grn",
         grn_direction: str = "regulator_to_target",
         grn_self_loops: bool = True,
@@ -152,6 +158,10 @@ class ScGrnConfig(PretrainedConfig):
         _check_choice("value_encoding", value_encoding, VALUE_ENCODINGS)
         _check_choice("pooling", pooling, POOLINGS)
         _check_objective(value_encoding, cell_decoder, cell_decoder_weight, value_baseline)
+        if contrastive_weight < 0:
+            raise ValueError(f"contrastive_weight={contrastive_weight} must not be negative (0 leaves the term out).")
+        if not contrastive_temperature > 0:
+            raise ValueError(f"contrastive_temperature={contrastive_temperature} must be positive, e.g. 0.1.")
         _check_choice("grn_mode", grn_mode, GRN_MODES)
         _check_choice("grn_direction", grn_direction, GRN_DIRECTIONS)
         _check_choice("isolated_genes", isolated_genes, ISOLATED_GENE_POLICIES)
@@ -199,6 +209,8 @@ class ScGrnConfig(PretrainedConfig):
         self.cell_decoder = cell_decoder
         self.cell_decoder_weight = cell_decoder_weight
         self.value_baseline = value_baseline
+        self.contrastive_weight = contrastive_weight
+        self.contrastive_temperature = contrastive_temperature
         self.grn_mode = grn_mode
         self.grn_direction = grn_direction
         self.grn_self_loops = grn_self_loops

@@ -22,6 +22,7 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_scgrn import MASK_RULE_FIELDS, ScGrnConfig
 from .controls import control_edges, not_gene_pairs
+from .heads import ScGrnCellContrast, ScGrnCellDecoder
 from .kernels import (
     AUTO_ATTENTION,
     OWN_KERNELS,
@@ -72,7 +73,9 @@ class ScGrnMaskedExpressionOutput(ModelOutput):
             from each token's final state.
         cell_logits: the same predictions from the pooled cell embedding and each gene's identity alone (the cell
             decoder, `config.cell_decoder="mvc"`), or None.
-        token_loss, cell_loss: the two parts of `loss` (with labels and a cell decoder).
+        token_loss, cell_loss: the token head's and the cell decoder's parts of `loss` (with labels and a decoder).
+        contrastive_loss: the contrastive term on the pooled embedding (`config.contrastive_weight > 0`, with
+            `cell_index`), added to `loss` at that weight.
         hidden_states, attentions: as in [`ScGrnModelOutput`].
     """
 
@@ -81,6 +84,7 @@ class ScGrnMaskedExpressionOutput(ModelOutput):
     cell_logits: torch.FloatTensor | None = None
     token_loss: torch.FloatTensor | None = None
     cell_loss: torch.FloatTensor | None = None
+    contrastive_loss: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
@@ -515,22 +519,6 @@ def _boolean_masks(masks: list, input_ids: torch.Tensor, restore: torch.Tensor |
     return [converted[id(mask)] for mask in masks]
 
 
-class ScGrnCellDecoder(nn.Module):
-    """Each gene's value predicted from the pooled cell embedding and the gene's own embedding only (scGPT's MVC):
-    `logits[b, g, o] = <query(gene_g), W_o cell_b>`, where `query` is a sigmoid-gated projection of the gene
-    embedding. Nothing of the cell reaches it but the pooled state, so its loss trains that state."""
-
-    def __init__(self, config: ScGrnConfig, out_features: int):
-        super().__init__()
-        self.out_features = out_features
-        self.query = nn.Sequential(nn.Linear(config.hidden_size, config.hidden_size), nn.Sigmoid())
-        self.cell = nn.Linear(config.hidden_size, config.hidden_size * out_features)
-
-    def forward(self, cell_embeddings: torch.Tensor, gene_embeddings: torch.Tensor) -> torch.Tensor:
-        keys = self.cell(cell_embeddings).view(cell_embeddings.shape[0], self.out_features, -1)
-        return torch.einsum("blh,boh->blo", self.query(gene_embeddings), keys)
-
-
 class ScGrnForMaskedExpressionModeling(ScGrnPreTrainedModel):
     """Predicts the expression of masked gene tokens (the gene's identity stays visible, its value is hidden), from
     each token's final state and, with `config.cell_decoder="mvc"`, also from the pooled cell embedding."""
@@ -548,6 +536,7 @@ class ScGrnForMaskedExpressionModeling(ScGrnPreTrainedModel):
             nn.Linear(config.hidden_size, out_features),
         )
         self.cell_decoder = ScGrnCellDecoder(config, out_features) if config.cell_decoder != "none" else None
+        self.cell_contrast = ScGrnCellContrast(config) if config.contrastive_weight > 0 else None
         if self.config.uses_gene_means:
             # each gene's training mean of its log1p value, saved with the weights (set_gene_means)
             self.register_buffer("gene_means", torch.zeros(config.vocab_size), persistent=True)
@@ -587,6 +576,7 @@ class ScGrnForMaskedExpressionModeling(ScGrnPreTrainedModel):
         expression_bins: torch.LongTensor | None = None,
         attention_mask: torch.LongTensor | None = None,
         labels: torch.Tensor | None = None,
+        cell_index: torch.LongTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -595,6 +585,8 @@ class ScGrnForMaskedExpressionModeling(ScGrnPreTrainedModel):
         Args:
             labels: the true values of masked tokens. Binned: `(batch, L)` long bins in `[0, n_bins]`, -100 where not
                 masked. Continuous: `(batch, L)` float log1p values, NaN where not masked.
+            cell_index: `(batch,)` which cell each row is; rows that share one are views of that cell, masked
+                differently (the pretraining collator's `views=2`), for the contrastive term.
         """
         outputs = self.scgrn(input_ids, expression_values=expression_values, expression_bins=expression_bins,
                              attention_mask=attention_mask, output_attentions=output_attentions,
@@ -617,9 +609,13 @@ class ScGrnForMaskedExpressionModeling(ScGrnPreTrainedModel):
             if cell_logits is not None:
                 cell_loss = self.value_loss(cell_logits, labels)
                 loss = token_loss + self.config.cell_decoder_weight * cell_loss
+        contrast = None
+        if self.cell_contrast is not None and cell_index is not None:
+            contrast = self.cell_contrast(outputs.pooler_output, cell_index)
+            loss = loss if contrast is None or loss is None else loss + self.config.contrastive_weight * contrast
         output = ScGrnMaskedExpressionOutput(loss=loss, logits=logits, cell_logits=cell_logits,
                                              token_loss=token_loss if cell_loss is not None else None,
-                                             cell_loss=cell_loss)
+                                             cell_loss=cell_loss, contrastive_loss=contrast)
         return self._head_output(output, outputs, return_dict)
 
 

@@ -429,8 +429,11 @@ def _step(run: _Run, batch, window: torch.Tensor) -> None:
         run.optimizer.step()
         run.scheduler.step()
         run.optimizer.zero_grad()
+    # several masked views of one cell (`cell_index`, the contrastive term's) count as one cell
+    rows = batch["input_ids"]
+    cells = batch["cell_index"].max() + 1 if "cell_index" in batch else rows.new_tensor(len(rows))
     window += torch.stack([loss.detach().float(), window.new_tensor(1.0), batch["attention_mask"].sum().float(),
-                           window.new_tensor(float(batch["input_ids"].shape[0]))])
+                           cells.float().to(window.device)])
 
 
 def _log(run: _Run, window: torch.Tensor, elapsed: float, progress) -> None:

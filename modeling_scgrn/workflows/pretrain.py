@@ -59,7 +59,8 @@ def run_pretraining(data, training: TrainingConfig, *, model_options: Mapping | 
     if model.config.uses_gene_means and not init_from:
         model.set_gene_means(statistics["means"])
     evaluation_set = dataset["validation"]
-    eval_collator = DataCollatorForMaskedExpression.from_config(model.config, training.mask_probability, seed=training.seed)
+    eval_collator = DataCollatorForMaskedExpression.from_config(model.config, training.mask_probability,
+                                                                seed=training.seed, views=1)
 
     truth = None if regulation is None else adjacency(regulation, tokenizer)
     probe = _probe_setup(sample, evaluation_set, metadata, model.config.vocab_size, training.seed)

@@ -1,0 +1,52 @@
+"""The pretraining heads that read the pooled cell embedding: the cell decoder (scGPT's MVC) and the contrastive
+term between two masked views of one cell (SimCLR's NT-Xent). Shipped with the weights: imports only torch."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ScGrnCellDecoder(nn.Module):
+    """Each gene's value predicted from the pooled cell embedding and the gene's own embedding only (scGPT's MVC):
+    `logits[b, g, o] = <query(gene_g), W_o cell_b>`, where `query` is a sigmoid-gated projection of the gene
+    embedding. Nothing of the cell reaches it but the pooled state, so its loss trains that state."""
+
+    def __init__(self, config, out_features: int):
+        super().__init__()
+        self.out_features = out_features
+        self.query = nn.Sequential(nn.Linear(config.hidden_size, config.hidden_size), nn.Sigmoid())
+        self.cell = nn.Linear(config.hidden_size, config.hidden_size * out_features)
+
+    def forward(self, cell_embeddings: torch.Tensor, gene_embeddings: torch.Tensor) -> torch.Tensor:
+        keys = self.cell(cell_embeddings).view(cell_embeddings.shape[0], self.out_features, -1)
+        return torch.einsum("blh,boh->blo", self.query(gene_embeddings), keys)
+
+
+class ScGrnCellContrast(nn.Module):
+    """Contrastive term on the pooled cell embedding (SimCLR's NT-Xent, with SupCon's mean over several positives):
+    the rows of a batch that share a `cell_index` are differently masked views of one cell; each row's projected,
+    unit-length embedding must pick out its other views among every other row of the batch, at
+    `config.contrastive_temperature`. Two views of a cell differ only in which values are hidden, so the term pays
+    for an embedding that names the cell from whatever genes it shows, and spreads distinct cells apart."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.temperature = config.contrastive_temperature
+        self.projection = nn.Sequential(nn.Linear(config.hidden_size, config.hidden_size), nn.ReLU(),
+                                        nn.Linear(config.hidden_size, config.hidden_size))
+
+    def forward(self, cell_embeddings: torch.Tensor, cell_index: torch.Tensor) -> torch.Tensor | None:
+        """The mean loss over rows that have another view in the batch, or None when no row has one."""
+        projected = nn.functional.normalize(self.projection(cell_embeddings).float(), dim=-1)
+        itself = torch.eye(len(cell_index), dtype=torch.bool, device=cell_index.device)
+        similarity = (projected @ projected.T / self.temperature).masked_fill(itself, float("-inf"))
+        positive = (cell_index[:, None] == cell_index[None, :]) & ~itself
+        counted = positive.any(1)
+        if not counted.any():
+            return None
+        log_probability = similarity.log_softmax(1).masked_fill(~positive, 0.0)
+        return -(log_probability.sum(1)[counted] / positive.sum(1)[counted]).mean()
+
+
+__all__ = ["ScGrnCellContrast", "ScGrnCellDecoder"]
