@@ -18,6 +18,7 @@ from modeling_scgrn.cells.reading import (
     read_cells,
 )
 from modeling_scgrn.cells.tokenize import tokenize_anndata
+from modeling_scgrn.train.training import TrainingConfig
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +129,29 @@ def test_masking_collator_makes_independently_masked_views_for_the_contrastive_t
     assert not masked[:, 0].any() and masked.sum(1).min() >= 1
     again = DataCollatorForMaskedExpression.from_config(config, 0.3, seed=0)(features)
     assert torch.equal(torch.isnan(again["labels"]), torch.isnan(batch["labels"]))
+
+
+def test_views_can_leave_out_genes_each_keeping_tokens_with_their_own_values():
+    """`view_gene_dropout`: each view shows a different subset of a cell's genes, every kept gene with its own
+    value, in order, `[CLS]` first, re-padded; at least one gene stays in a cell of one gene."""
+    values = {g: 0.1 * g for g in range(5, 45)}
+    features = [{"input_ids": [1, *values], "expression_values": [0.0, *values.values()]},
+                {"input_ids": [1, 9], "expression_values": [0.0, values[9]]}]
+    config = ScGrnConfig(vocab_size=64, hidden_size=8, num_attention_heads=2, value_encoding="continuous",
+                         contrastive_weight=1.0)
+    collator = DataCollatorForMaskedExpression.from_config(config, 0.15, seed=0, view_gene_dropout=0.5)
+    padded = collator.pad(features)
+    batch = collator.mask(padded)
+    shown = [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+    assert all(ids[0] == 1 and ids == sorted(ids) for ids in shown)
+    assert shown[0] != shown[2] and 8 < len(shown[0]) - 1 < 32  # 40 genes, half left out in each view
+    assert shown[1] == shown[3] == [1, 9]  # the only gene is kept
+    truth = torch.where(torch.isnan(batch["labels"]), batch["expression_values"], batch["labels"])
+    for row, ids in enumerate(shown):
+        assert truth[row, 1:len(ids)].tolist() == pytest.approx([values[g] for g in ids[1:]])
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == config.pad_token_id).all()
+    with pytest.raises(ValueError, match="view_gene_dropout"):
+        TrainingConfig(view_gene_dropout=1.0)
 
 
 def test_classification_collator_rejects_unseen_labels():

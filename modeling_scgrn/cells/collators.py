@@ -35,7 +35,9 @@ class DataCollatorForMaskedExpression:
     tokens (never `[CLS]` or padding; at least one gene per cell). Masked bins become `n_bins + 1`, masked values
     `mask_value`. `labels` hold the true bins (-100 elsewhere) or true values (NaN elsewhere). With `views=2` every
     cell appears twice, masked independently (rows `i` and `i + batch`), and `cell_index` says which cell each row
-    is, for the model's contrastive term (`from_config` chooses 2 when the config has one).
+    is, for the model's contrastive term (`from_config` chooses 2 when the config has one). `view_gene_dropout`
+also removes that share of each view's gene tokens (drawn per view; the rest move up, the row is re-padded), so
+that two views differ in which genes they show, not only in which values are hidden.
 
     Calling it does both (as transformers' collators do, e.g. for `Trainer`). The scgrn training loop calls
     `pad` in the DataLoader and `mask` just before each step instead, so the random draws follow the step order
@@ -49,20 +51,49 @@ class DataCollatorForMaskedExpression:
     mask_probability: float = DEFAULT_MASK_PROBABILITY
     generator: torch.Generator | None = None
     views: int = 1
+    view_gene_dropout: float = 0.0
 
     @classmethod
     def from_config(cls, config, mask_probability: float = DEFAULT_MASK_PROBABILITY, seed: int | None = None,
-                    views: int | None = None):
+                    views: int | None = None, view_gene_dropout: float = 0.0):
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         views = (2 if getattr(config, "contrastive_weight", 0) > 0 else 1) if views is None else views
         return cls(config.pad_token_id, config.value_encoding, config.n_bins, config.mask_value, mask_probability,
-                   generator, views)
+                   generator, views, view_gene_dropout)
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         return self.mask(self.pad(features))
 
     def pad(self, features: list[dict]) -> dict[str, torch.Tensor]:
         return _pad_cells(features, self.pad_token_id)
+
+    def _draw(self, shape, device) -> torch.Tensor:
+        if self.generator is None:
+            return torch.rand(shape, device=device)
+        return torch.rand(shape, generator=self.generator).to(device)
+
+    def _drop_genes(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each row without a random `view_gene_dropout` share of its gene tokens (at least one gene kept): the kept
+        tokens move up in their order, the freed places become padding."""
+        kept = batch["attention_mask"].bool()
+        genes = kept.clone()
+        genes[:, 0] = False
+        draw = self._draw(kept.shape, kept.device)
+        dropped = genes & (draw < self.view_gene_dropout)
+        keep_one = torch.where(genes, draw, torch.full_like(draw, -1.0)).argmax(1)  # the highest draw stays
+        dropped[torch.arange(len(dropped), device=kept.device), keep_one] = False
+        kept &= ~dropped
+        positions = torch.arange(kept.shape[1], device=kept.device)
+        order = torch.where(kept, positions, positions + kept.shape[1]).argsort(1)
+        length = int(kept.sum(1).max())
+        out = {key: value.gather(1, order[:, :length]) if value.dim() == 2 else value for key, value in batch.items()}
+        out["attention_mask"] = (positions[:length][None] < kept.sum(1)[:, None]).long()
+        padding = out["attention_mask"] == 0
+        out["input_ids"] = out["input_ids"].masked_fill(padding, self.pad_token_id)
+        for key in ("expression_values", "expression_bins"):
+            if key in out:
+                out[key] = out[key].masked_fill(padding, 0)
+        return out
 
     def mask(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Mask a padded batch (on any device); draws from `generator` or, without one, torch's global RNG."""
@@ -71,12 +102,11 @@ class DataCollatorForMaskedExpression:
             cells = len(batch["input_ids"])
             batch = {key: value.repeat(self.views, *[1] * (value.dim() - 1)) for key, value in batch.items()}
             batch["cell_index"] = torch.arange(cells, device=batch["input_ids"].device).repeat(self.views)
+            if self.view_gene_dropout > 0:
+                batch = self._drop_genes(batch)
         genes = batch["attention_mask"].bool().clone()
         genes[:, 0] = False
-        if self.generator is None:
-            draw = torch.rand(genes.shape, device=genes.device)
-        else:
-            draw = torch.rand(genes.shape, generator=self.generator).to(genes.device)
+        draw = self._draw(genes.shape, genes.device)
         masked = (draw < self.mask_probability) & genes
         # at least one gene per cell (its lowest draw) is masked, so every cell contributes to the loss
         forced = torch.where(genes, draw, torch.full_like(draw, 2.0)).argmin(1)

@@ -57,6 +57,7 @@ TRAINING_RANGES = (
     ("checkpoint_steps", _at_least(0), _no_limit, "at least 0 (0: only at the end)"),
     ("keep_last_checkpoints", _at_least(1), _no_limit, "at least 1"),
     ("mask_probability", _above(0), lambda v: v < 1, "a share in (0, 1): some values hidden, some left to read"),
+    ("view_gene_dropout", _at_least(0), lambda v: v < 1, "a share in [0, 1): 0 keeps every gene in both views"),
     ("early_stopping_patience", _at_least(0), _no_limit, "at least 0 (0 turns it off)"),
     ("layer_decay", _above(0), lambda v: v <= 1, "in (0, 1] (1 turns it off)"),
     ("dataloader_num_workers", _at_least(0), _no_limit, "at least 0"),
@@ -92,6 +93,8 @@ class TrainingConfig:
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder or 'latest'"})
     report_to: str = field(default="tensorboard", metadata={"help": "accelerate tracker(s): tensorboard, wandb, mlflow, or none"})
     mask_probability: float = field(default=DEFAULT_MASK_PROBABILITY, metadata={"help": "pretraining: share of gene values hidden"})
+    view_gene_dropout: float = field(default=0.0, metadata={"help": "pretraining with a contrastive term: share of "
+                                                                    "gene tokens each view of a cell leaves out"})
     class_weighting: bool = field(default=True, metadata={"help": "finetuning: inverse-frequency class weights"})
     early_stopping_patience: int = field(default=0, metadata={"help": "finetuning: evaluations without macro-F1 gain before stopping; 0 = off"})
     layer_decay: float = field(default=1.0, metadata={"help": "finetuning: layer-wise learning-rate decay; each "

@@ -54,7 +54,8 @@ def run_pretraining(data, training: TrainingConfig, *, model_options: Mapping | 
         model = ScGrnForMaskedExpressionModeling(new_config(tokenizer, **model_options))
         attach_grn(model, network, tokenizer)
     coverage = log_prior_coverage(model, sample)
-    collator = DataCollatorForMaskedExpression.from_config(model.config, training.mask_probability)
+    collator = DataCollatorForMaskedExpression.from_config(model.config, training.mask_probability,
+                                                           view_gene_dropout=training.view_gene_dropout)
     statistics = gene_statistics(sample, model.config.vocab_size, model.config.value_encoding, model.config.n_bins)
     if model.config.uses_gene_means and not init_from:
         model.set_gene_means(statistics["means"])
