@@ -6,7 +6,7 @@ depth, beside 50 principal components of the counts and an untrained encoder rea
 objectives.md, objectives.csv and objectives.json.
 
     python benchmarks/objectives.py --input pbmc68k_reduced --prior priors/omnipath_interactions.parquet \
-        --output_dir runs/objectives [--variant "cell decoder (shipped)"] [--seeds 0 1 2]
+        --output_dir runs/objectives [--variant "cell decoder"] [--seeds 0 1 2]
 
 On 2 CPU cores each variant's pretraining (the quickstart's: 30 epochs of 490 cells) takes one to three minutes.
 """
