@@ -121,6 +121,8 @@ CASES = [
     ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--set", "model.hiden_size=8"],
      "unknown model option(s) ['hiden_size']"),
     ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--set", "optim.lr=1"], "unknown section"),
+    ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--set", "training.view_gene_dropout=0.5"],
+     "the model has none; give it model.contrastive_weight > 0"),
     ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--set", "training.learning_rate=fast"],
      "expects float"),
     ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--config", "{root}/missing.yaml"], "missing.yaml"),

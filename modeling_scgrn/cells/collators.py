@@ -36,8 +36,8 @@ class DataCollatorForMaskedExpression:
     `mask_value`. `labels` hold the true bins (-100 elsewhere) or true values (NaN elsewhere). With `views=2` every
     cell appears twice, masked independently (rows `i` and `i + batch`), and `cell_index` says which cell each row
     is, for the model's contrastive term (`from_config` chooses 2 when the config has one). `view_gene_dropout`
-also removes that share of each view's gene tokens (drawn per view; the rest move up, the row is re-padded), so
-that two views differ in which genes they show, not only in which values are hidden.
+    also removes that share of each view's gene tokens (drawn per view; the rest move up, the row is re-padded), so
+    that two views differ in which genes they show, not only in which values are hidden.
 
     Calling it does both (as transformers' collators do, e.g. for `Trainer`). The scgrn training loop calls
     `pad` in the DataLoader and `mask` just before each step instead, so the random draws follow the step order

@@ -53,6 +53,9 @@ def run_pretraining(data, training: TrainingConfig, *, model_options: Mapping | 
     else:
         model = ScGrnForMaskedExpressionModeling(new_config(tokenizer, **model_options))
         attach_grn(model, network, tokenizer)
+    if training.view_gene_dropout > 0 and not model.config.contrastive_weight > 0:
+        raise ValueError(f"view_gene_dropout={training.view_gene_dropout} shapes the contrastive term's views, but "
+                         "the model has none; give it model.contrastive_weight > 0, or set view_gene_dropout to 0.")
     coverage = log_prior_coverage(model, sample)
     collator = DataCollatorForMaskedExpression.from_config(model.config, training.mask_probability,
                                                            view_gene_dropout=training.view_gene_dropout)
