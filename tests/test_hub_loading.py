@@ -91,8 +91,8 @@ def test_model_folder_contents(hub_cache):
     folder = home / "hub" / "models--org--scgrn" / "snapshots" / REVISION
     names = sorted(p.name for p in folder.iterdir())
     assert names == sorted([
-        "README.md", "config.json", "configuration_scgrn.py", "controls.py", "grn_edges.parquet", "kernels.py", "masks.py",
-        "grn_provenance.json", "model.safetensors", "modeling_scgrn.py", "prior_report.json",
+        "README.md", "config.json", "configuration_scgrn.py", "controls.py", "grn_edges.parquet", "heads.py", "kernels.py",
+        "masks.py", "grn_provenance.json", "model.safetensors", "modeling_scgrn.py", "prior_report.json",
         "sizing.py", "tokenization_scgrn.py", "tokenizer.json", "tokenizer_config.json",
     ])
     assert all((folder / n).stat().st_size > 0 for n in names)
@@ -105,8 +105,8 @@ def test_model_folder_contents(hub_cache):
     assert "grn_direction" in card.text and "regulator_to_target" in card.text
     loaded = GeneRegulatoryNetwork.load(folder)
     assert len(loaded) == len(EDGES) and loaded.provenance["resource"] == "hand-made"
-    for module in ("modeling_scgrn.py", "configuration_scgrn.py", "controls.py", "kernels.py", "masks.py",
-                   "sizing.py", "tokenization_scgrn.py"):
+    for module in ("modeling_scgrn.py", "configuration_scgrn.py", "controls.py", "heads.py", "kernels.py",
+                   "masks.py", "sizing.py", "tokenization_scgrn.py"):
         text = (folder / module).read_text()
         for heavy in ("anndata", "pandas", "scanpy", "scipy"):
             assert f"import {heavy}" not in text, (module, heavy)

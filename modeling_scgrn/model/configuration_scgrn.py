@@ -158,30 +158,15 @@ class ScGrnConfig(PretrainedConfig):
         _check_choice("value_encoding", value_encoding, VALUE_ENCODINGS)
         _check_choice("pooling", pooling, POOLINGS)
         _check_objective(value_encoding, cell_decoder, cell_decoder_weight, value_baseline)
-        if contrastive_weight < 0:
-            raise ValueError(f"contrastive_weight={contrastive_weight} must not be negative (0 leaves the term out).")
-        if not contrastive_temperature > 0:
-            raise ValueError(f"contrastive_temperature={contrastive_temperature} must be positive, e.g. 0.1.")
-        _check_choice("grn_mode", grn_mode, GRN_MODES)
-        _check_choice("grn_direction", grn_direction, GRN_DIRECTIONS)
-        _check_choice("isolated_genes", isolated_genes, ISOLATED_GENE_POLICIES)
+        _check_contrastive(contrastive_weight, contrastive_temperature)
         if hidden_size % num_attention_heads != 0:
             raise ValueError(
                 f"hidden_size ({hidden_size}) is not a multiple of num_attention_heads ({num_attention_heads}); "
                 f"choose heads that divide the hidden size, e.g. num_attention_heads="
                 f"{max(h for h in range(1, num_attention_heads + 1) if hidden_size % h == 0)}."
             )
-        if not grn_self_loops and not all_attend_cls:
-            raise ValueError(
-                "grn_self_loops=False with all_attend_cls=False leaves genes without a prior partner nothing to "
-                "attend to; set grn_self_loops=True or all_attend_cls=True."
-            )
-        if not 0 <= grn_dense_last_layers <= num_hidden_layers:
-            raise ValueError(
-                f"grn_dense_last_layers={grn_dense_last_layers} must lie in [0, num_hidden_layers={num_hidden_layers}]."
-            )
-        if grn_hops < 1:
-            raise ValueError(f"grn_hops={grn_hops} must be at least 1.")
+        _check_mask(grn_mode, grn_direction, isolated_genes, grn_self_loops, all_attend_cls)
+        _check_mask_schedule(grn_dense_last_layers, num_hidden_layers, grn_hops)
         if n_bins < 1:
             raise ValueError(f"n_bins={n_bins} must be at least 1.")
         special = {"pad": pad_token_id, "cls": cls_token_id, "mask": mask_token_id, "unk": unk_token_id}
@@ -267,6 +252,35 @@ def _check_objective(value_encoding: str, cell_decoder: str, cell_decoder_weight
                          "cell, already free of depth); use 'mvc'.")
     if cell_decoder_weight < 0:
         raise ValueError(f"cell_decoder_weight={cell_decoder_weight} must not be negative.")
+
+
+def _check_contrastive(contrastive_weight: float, contrastive_temperature: float) -> None:
+    if contrastive_weight < 0:
+        raise ValueError(f"contrastive_weight={contrastive_weight} must not be negative (0 leaves the term out).")
+    if not contrastive_temperature > 0:
+        raise ValueError(f"contrastive_temperature={contrastive_temperature} must be positive, e.g. 0.1.")
+
+
+def _check_mask(grn_mode: str, grn_direction: str, isolated_genes: str, grn_self_loops: bool,
+                all_attend_cls: bool) -> None:
+    """The mask's options: known choices, and every gene left something to attend to."""
+    _check_choice("grn_mode", grn_mode, GRN_MODES)
+    _check_choice("grn_direction", grn_direction, GRN_DIRECTIONS)
+    _check_choice("isolated_genes", isolated_genes, ISOLATED_GENE_POLICIES)
+    if not grn_self_loops and not all_attend_cls:
+        raise ValueError(
+            "grn_self_loops=False with all_attend_cls=False leaves genes without a prior partner nothing to "
+            "attend to; set grn_self_loops=True or all_attend_cls=True."
+        )
+
+
+def _check_mask_schedule(grn_dense_last_layers: int, num_hidden_layers: int, grn_hops: int) -> None:
+    if not 0 <= grn_dense_last_layers <= num_hidden_layers:
+        raise ValueError(
+            f"grn_dense_last_layers={grn_dense_last_layers} must lie in [0, num_hidden_layers={num_hidden_layers}]."
+        )
+    if grn_hops < 1:
+        raise ValueError(f"grn_hops={grn_hops} must be at least 1.")
 
 
 def _check_choice(name: str, value, choices) -> None:
