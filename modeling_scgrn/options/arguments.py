@@ -132,16 +132,22 @@ def seed(text: str) -> int:
     return _whole_number(text, 0)
 
 
-def named_folders(entries) -> dict:
-    """`{name: folder}` of repeated `--model NAME=FOLDER` options; an entry without both is refused (ValueError,
-    the scripts' one-line error)."""
-    folders = {}
+def named_folder_list(entries) -> list[tuple[str, str]]:
+    """`(name, folder)` of each repeated `--model NAME=FOLDER` option, in order (a name may repeat: seeds of one
+    model); an entry without both is refused (ValueError, the scripts' one-line error)."""
+    pairs = []
     for entry in entries:
         name, _, folder = entry.partition("=")
         if not folder or not name:
             raise ValueError(f"--model {entry}: write NAME=FOLDER, e.g. grn=runs/x/pretrain/model.")
-        folders[name] = folder
-    return folders
+        pairs.append((name, folder))
+    return pairs
+
+
+def named_folders(entries) -> dict:
+    """`{name: folder}` of repeated `--model NAME=FOLDER` options ([`named_folder_list`]; a repeated name keeps its
+    last folder)."""
+    return dict(named_folder_list(entries))
 
 
 def new_parser(doc: str, **kwargs) -> argparse.ArgumentParser:
