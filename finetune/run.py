@@ -39,6 +39,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--architecture_from", default=None, help="without --model: train from scratch with "
                         "this model folder's architecture (a like-for-like control for finetuning that model)")
     parser.add_argument("--label_column", required=True, help="obs column with the cell types")
+    parser.add_argument("--labels_per_type", type=shared.count, default=None, help="finetune with few labels: keep "
+                        "this many training cells of each type (seeded by training.seed; the baselines see the same "
+                        "cells; validation and test cells unchanged)")
     shared.add_output_dir(parser, "checkpoints, logs, plots and model/ go here")
     parser.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'")
     shared.add_housekeeping(parser)
@@ -59,7 +62,8 @@ def finetune(args) -> dict:
     source = CellSource(data_dir=args.data, cells=args.input, prior=args.prior, resource=args.resource,
                         max_length=args.max_length, label_column=args.label_column, group_column=args.group_column)
     evaluation = run_finetuning(source, training, label_column=args.label_column, pretrained=args.model,
-                                model_options=model_options, architecture_from=args.architecture_from)
+                                model_options=model_options, architecture_from=args.architecture_from,
+                                labels_per_class=args.labels_per_type)
     headline = {k: v for k, v in evaluation.items()
                 if k not in ("per_class", "confusion_matrix", "baselines", "baseline_table")}
     print(json.dumps(headline, indent=2))

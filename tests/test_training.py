@@ -8,12 +8,13 @@ import sys
 import textwrap
 import warnings
 
+import pandas as pd
 import pytest
 import torch
 from conftest import CELLTYPIST_SAMPLE, OMNIPATH_TABLE, shared_data_or_skip, torchrun
 from safetensors.torch import load_file
 
-from modeling_scgrn.cells.prepared import prepare_cells
+from modeling_scgrn.cells.prepared import load_prepared, prepare_cells
 from modeling_scgrn.grn.network import GeneRegulatoryNetwork
 from modeling_scgrn.train.training import TrainingConfig
 from modeling_scgrn.workflows.cli import script_options
@@ -342,9 +343,11 @@ def test_pretrained_model_finetunes_on_a_new_dataset_with_other_genes(prepared, 
     assert report["tokenization"]["genes_unknown_to_vocabulary"] == 15
     assert report["panel"] == {"strategy": "tokenizer", "panel_genes": 765, "vocabulary_genes_in_data": 650}
     training = TrainingConfig.from_dict(quiet(max_steps=2), output_dir=tmp_path / "finetuned")
-    evaluation = run_finetuning(tmp_path / "new_data", training,
-                                label_column="bulk_labels", pretrained=str(pretrained), model_options={})
+    evaluation = run_finetuning(tmp_path / "new_data", training, label_column="bulk_labels",
+                                pretrained=str(pretrained), model_options={}, labels_per_class=3)  # few labels
     assert 0.0 <= evaluation["test_accuracy"] <= 1.0
+    types = pd.Series(load_prepared(tmp_path / "new_data")[0]["train"]["bulk_labels"]).value_counts()
+    assert evaluation["train_cells"] == int(types.clip(upper=3).sum()) < len(types) * 4  # 3 of each type, or all
     renamed = pbmc68k_reduced_counts()[:50].copy()
     renamed.var_names = [f"ENSG{i:011d}" for i in range(renamed.n_vars)]
     renamed.write_h5ad(tmp_path / "ensembl.h5ad")

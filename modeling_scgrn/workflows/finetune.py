@@ -146,6 +146,7 @@ def _finetuning_evaluation(result, test: dict, dataset, baselines: dict, seed: i
         "majority_class_accuracy": majority["accuracy"],
         "majority_class_macro_f1": majority["macro_f1"],
         **{f"{name}_accuracy": entry["accuracy"] for name, entry in baselines.items() if name != "majority_class"},
+        "train_cells": len(dataset["train"]),
         "test_cells": len(dataset["test"]),
         "best_validation_macro_f1": max(e["macro_f1"] for e in result.history["eval"]),
         "steps": result.final_step,
