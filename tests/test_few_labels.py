@@ -80,3 +80,8 @@ def test_script_reads_seeds_of_a_model_beside_the_baselines_and_refuses_a_bare_f
     with pytest.raises(SystemExit) as stop:
         module.main(["--input", "pbmc68k_reduced", "--model", folders[0], "--output_dir", str(tmp_path / "bad")])
     assert stop.value.code == 2 and "write NAME=FOLDER" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        module.main(["--input", "pbmc68k_reduced", "--model", f"tiny={folders[0]}", "--label_columns", "cell_type",
+                     "--output_dir", str(tmp_path / "bad")])
+    assert stop.value.code == 2 and "error: the cells have no label column ['cell_type']" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cells.reading import read_cells
 from ..evaluation.label_budget import COUNTS, MAJORITY, NEIGHBOURS, PROBE, few_label_scores
 from ..hub.model_folder import load_pretrained
 from ..model.modeling_scgrn import ScGrnModel
 from ..model.tokenization_scgrn import ScGrnTokenizer
 from ..tl.verbs import embed
-from .objectives import log_normalised, principal_components
+from .objectives import log_normalised, principal_components, read_labelled_cells
 
 BASELINES = {"logistic regression on the log-normalised counts": COUNTS,
              "PCA (50 components) + logistic regression": PROBE, "kNN (k=5) on the 50 principal components": NEIGHBOURS,
@@ -44,10 +43,7 @@ def run_few_labels(cells, models: list[tuple[str, str]], output_dir, *, label_co
                    budgets=(3, 5, 10, 25), repeats: int = 20, seed: int = 0, untrained: bool = True) -> str:
     """Embed `cells` with each `(name, model folder)` of `models` and read every label column at each budget
     beside the baselines on the same draws; returns the markdown it writes under `output_dir`."""
-    adata = read_cells(cells)
-    missing = [c for c in label_columns if c not in adata.obs]
-    if missing:
-        raise ValueError(f"the cells have no label column {missing}; columns are {list(adata.obs.columns)}.")
+    adata = read_labelled_cells(cells, label_columns)
     if not models:
         raise ValueError("give at least one pretrained model folder (--model NAME=FOLDER).")
     normalised = log_normalised(adata)

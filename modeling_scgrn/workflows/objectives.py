@@ -34,6 +34,15 @@ BASELINE_ROWS = {"logistic_regression": "logistic regression on the log-normalis
                  "knn": "kNN (k=5) on the 50 principal components", "majority_class": "majority class"}
 
 
+def read_labelled_cells(cells, label_columns):
+    """`read_cells(cells)`, refused in one line when any of `label_columns` is not among its obs columns."""
+    adata = read_cells(cells)
+    missing = [c for c in label_columns if c not in adata.obs]
+    if missing:
+        raise ValueError(f"the cells have no label column {missing}; columns are {list(adata.obs.columns)}.")
+    return adata
+
+
 def log_normalised(adata):
     """The cells as counts per 10,000, log1p (scanpy's standard path), read once by every row that is not a model."""
     import scanpy as sc
@@ -84,10 +93,7 @@ def run_objectives(cells, prior, output_dir, variants: dict, *, base: dict | Non
     embedding ([`cross_validated_probe`]); writes `objectives.json`, `objectives.csv` and `objectives.md` under
     `output_dir` and returns the markdown."""
     output, base = Path(output_dir), dict(base or {})
-    adata = read_cells(cells)
-    missing = [c for c in label_columns if c not in adata.obs]
-    if missing:
-        raise ValueError(f"the cells have no label column {missing}; columns are {list(adata.obs.columns)}.")
+    adata = read_labelled_cells(cells, label_columns)
     data_dir = prepared_data(CellSource(cells=cells, prior=prior, resource=resource, label_column=label_columns[0]),
                              output)
     _, tokenizer, network, metadata = load_prepared(data_dir)
