@@ -347,7 +347,7 @@ def test_pretrained_model_finetunes_on_a_new_dataset_with_other_genes(prepared, 
                                 pretrained=str(pretrained), model_options={}, labels_per_class=3)  # few labels
     assert 0.0 <= evaluation["test_accuracy"] <= 1.0
     types = pd.Series(load_prepared(tmp_path / "new_data")[0]["train"]["bulk_labels"]).value_counts()
-    assert evaluation["train_cells"] == int(types.clip(upper=3).sum()) < len(types) * 4  # 3 of each type, or all
+    assert evaluation["train_cells"] == int(types.clip(upper=3).sum()) < int(types.sum())  # 3 of each type, or all
     renamed = pbmc68k_reduced_counts()[:50].copy()
     renamed.var_names = [f"ENSG{i:011d}" for i in range(renamed.n_vars)]
     renamed.write_h5ad(tmp_path / "ensembl.h5ad")
