@@ -15,6 +15,7 @@ import torch
 from conftest import CELLTYPIST_SAMPLE, OMNIPATH_TABLE, shared_data_or_skip, torchrun
 from safetensors.torch import load_file
 
+from modeling_scgrn.cells.collators import _pad_cells
 from modeling_scgrn.cells.reading import pbmc68k_reduced_counts
 from modeling_scgrn.cells.tokenize import tokenize_anndata
 from modeling_scgrn.train.training import TrainingConfig
@@ -80,15 +81,26 @@ def test_tokens_equal_those_read_from_h5ad(files):
                               obs_columns=("obs_id",))
     streamed = {cell["obs_id"]: cell for cell in stream}
     assert len(streamed) == 559 + 700  # both datasets, every cell once
+    # the stream holds integers compacted (ids of this 2,000-odd gene vocabulary in 2 bytes, bins in 1)
+    some = next(iter(streamed.values()))
+    assert (some["input_ids"].dtype, some["expression_bins"].dtype, some["expression_values"].dtype) == (
+        np.uint16, np.uint8, np.float32)
     for name in ("celltypist_sample", "pbmc68k"):
         adata = anndata.read_h5ad(files[name])
         dataset, _ = tokenize_anndata(adata, tokenizer, max_length=100, show_progress=False)
+        cells = []
         for i, cell_name in enumerate(adata.obs_names):
             cell = streamed[f"{name}:{cell_name}"]
+            cells.append(cell)
             expected = dataset[i]
             for column in ("input_ids", "expression_values", "expression_bins"):
-                assert np.array_equal(cell[column], np.asarray(expected[column], dtype=cell[column].dtype)), column
+                assert np.array_equal(cell[column].astype(np.float64), np.asarray(expected[column], np.float64)), column
             assert cell["length"] == expected["length"]
+        # and training sees the same padded int64 / float32 batches as from the Arrow dataset
+        streamed_batch = _pad_cells(cells[:32], tokenizer.pad_token_id)
+        arrow_batch = _pad_cells([dataset.with_format("numpy")[i] for i in range(32)], tokenizer.pad_token_id)
+        for key, value in arrow_batch.items():
+            assert streamed_batch[key].dtype == value.dtype and torch.equal(streamed_batch[key], value), key
 
 
 def test_query_filters_cells_and_one_epoch_visits_each_cell_once(files):

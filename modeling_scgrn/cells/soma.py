@@ -188,6 +188,28 @@ def _row_positions(joinids: np.ndarray, found: np.ndarray) -> np.ndarray:
     return np.searchsorted(joinids, found)
 
 
+def _counts_matrix(X, joinids: np.ndarray, var_joinids: np.ndarray, lookup: np.ndarray | None):
+    """The sorted-CSR counts of the sorted, unique cells `joinids` over the genes `var_joinids`, from one read of
+    the layer `X`. Each of TileDB's result tables is turned into int32 rows and columns and dropped before the
+    next (the read's transient memory, three reads at once in a stream, is most of a stream's footprint)."""
+    import scipy.sparse as sp
+
+    coords = (joinids,) if lookup is None else (joinids, var_joinids)
+    rows, columns, values = [], [], []
+    for table in X.read(coords=coords).tables():
+        rows.append(_row_positions(joinids, table["soma_dim_0"].to_numpy()).astype(np.int32))
+        found = table["soma_dim_1"].to_numpy()
+        columns.append((found if lookup is None else lookup[found]).astype(np.int32))
+        values.append(table["soma_data"].to_numpy())
+        del table, found
+    i, j, data = ((np.concatenate(p) if len(p) > 1 else p[0]) for p in (rows, columns, values)) if rows else (
+        np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32))
+    del rows, columns, values
+    matrix = sp.csr_matrix((data, (i, j)), shape=(len(joinids), len(var_joinids)))
+    matrix.sort_indices()
+    return matrix
+
+
 def read_block(cells: SomaCells, joinids: np.ndarray, obs_columns=(), experiment=None):
     """Raw counts of the cells `joinids`, in that order: a `(cells, genes)` CSR matrix over `cells.gene_names` and
     their `obs` columns (a DataFrame with `soma_joinid` first; `obs` is read only for `obs_columns`). One TileDB
@@ -196,7 +218,6 @@ def read_block(cells: SomaCells, joinids: np.ndarray, obs_columns=(), experiment
     process, about 6 s. Here scipy assembles the matrix, and numpy finds rows and columns without TileDB's
     re-indexers.)"""
     import pandas as pd
-    import scipy.sparse as sp
 
     if experiment is None:
         with open_experiment(cells.source) as opened:
@@ -210,15 +231,7 @@ def read_block(cells: SomaCells, joinids: np.ndarray, obs_columns=(), experiment
         matrix, obs = read_block(cells, unique, obs_columns, experiment)
         return matrix[inverse], obs.iloc[inverse].reset_index(drop=True)
     X = experiment.ms[cells.source.measurement].X[cells.source.layer]
-    lookup = cells.gene_lookup
-    coords = (joinids,) if lookup is None else (joinids, var_joinids)
-    parts = [(_row_positions(joinids, t["soma_dim_0"].to_numpy()),
-              t["soma_dim_1"].to_numpy() if lookup is None else lookup[t["soma_dim_1"].to_numpy()],
-              t["soma_data"].to_numpy()) for t in X.read(coords=coords).tables()]
-    i, j, values = (np.concatenate(p) for p in zip(*parts)) if parts else (np.zeros(0, np.int64),) * 2 + (
-        np.zeros(0, np.float32),)
-    matrix = sp.csr_matrix((values, (i, j)), shape=(len(joinids), len(var_joinids)))
-    matrix.sort_indices()
+    matrix = _counts_matrix(X, joinids, var_joinids, cells.gene_lookup)
     columns = [c for c in obs_columns if c != "soma_joinid"]
     if not columns:
         return matrix, pd.DataFrame({"soma_joinid": joinids})
@@ -243,14 +256,22 @@ def tokenize_block(cells: SomaCells, joinids, tokenizer, max_length: int | None,
     return pa.table(columns)
 
 
+def _compact(values: np.ndarray) -> np.ndarray:
+    """A writable copy of a token column, integers in the smallest unsigned type that holds them (ids of a
+    vocabulary under 65,536 in 2 bytes, bins in 1; collators pad every row to int64 as before). A stream holds two
+    windows of 32,768 cells at once: 7 bytes a token instead of 12 is most of what keeps it under 2 GB."""
+    if values.dtype.kind != "i" or values.size == 0 or values.min() < 0:
+        return np.array(values)  # torch refuses (with a warning) to wrap the read-only Arrow buffers
+    return values.astype(np.min_scalar_type(int(values.max())))
+
+
 def _table_rows(table) -> list[dict]:
-    """Per-cell dicts of numpy arrays (no Python lists) from a tokenized block."""
+    """Per-cell dicts of numpy arrays (no Python lists) from a tokenized block, integers compacted."""
     sequences = {}
     for name in ("input_ids", "expression_values", "expression_bins"):
         if name in table.column_names:
             column = table[name].combine_chunks()
-            # a writable copy: torch refuses (with a warning) to wrap the read-only Arrow buffers
-            sequences[name] = (column.offsets.to_numpy(), np.array(column.values.to_numpy(zero_copy_only=False)))
+            sequences[name] = (column.offsets.to_numpy(), _compact(column.values.to_numpy(zero_copy_only=False)))
     scalars = {name: table[name].to_pylist() for name in table.column_names if name not in sequences}
     rows = []
     for i in range(table.num_rows):
@@ -404,9 +425,10 @@ class SomaCellStream(torch.utils.data.IterableDataset):
         and cut into the units' sizes."""
         joinids, order, bounds = self._window_plan(units, window, shard, shards)
         chunks = [joinids[start:start + READ_CELLS] for start in range(0, joinids.size, READ_CELLS)]
-        tables = pool.map(lambda experiment, chunk: tokenize_block(
-            self.cells, chunk, self.tokenizer, self.max_length, self.obs_columns, experiment), chunks)
-        rows = [row for table in tables for row in _table_rows(table)]
+        # each read's Arrow table becomes rows on its thread and is dropped there: a window is held once, not twice
+        parts = pool.map(lambda experiment, chunk: _table_rows(tokenize_block(
+            self.cells, chunk, self.tokenizer, self.max_length, self.obs_columns, experiment)), chunks)
+        rows = [row for part in parts for row in part]
         rows = [rows[i] for i in order]
         return [rows[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
 
