@@ -306,7 +306,8 @@ class SomaCellStream(torch.utils.data.IterableDataset):
     """Tokenized cells streamed from SOMA in seeded, block-shuffled order, sharded across processes and DataLoader
     workers (see the module's docstring). Iterating yields this process's cells, one dict each (`input_ids`,
     `expression_values`, `expression_bins`, `length`, `soma_joinid`, the `obs_columns`: the columns of a
-    tokenized dataset); `units()` yields them a batch at a time, as training reads them. Endless unless `epochs`
+    tokenized dataset, ids and bins in the smallest unsigned integer type that holds them, which the collators pad
+    to int64); `units()` yields them a batch at a time, as training reads them. Endless unless `epochs`
     is given. `state_dict()`/`load_state_dict()` carry the position (units this process has consumed)."""
 
     def __init__(self, cells: SomaCells, tokenizer, *, batch_size: int = 16, seed: int = 0,
