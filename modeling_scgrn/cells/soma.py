@@ -259,7 +259,8 @@ def tokenize_block(cells: SomaCells, joinids, tokenizer, max_length: int | None,
 def _compact(values: np.ndarray) -> np.ndarray:
     """A writable copy of a token column, integers in the smallest unsigned type that holds them (ids of a
     vocabulary under 65,536 in 2 bytes, bins in 1; collators pad every row to int64 as before). A stream holds two
-    windows of 32,768 cells at once: 7 bytes a token instead of 12 is most of what keeps it under 2 GB."""
+    windows of 32,768 cells at once: 7 bytes a token instead of 12 took its peak from about 1,900 to 1,800 MiB at
+    200,000 cells (benchmarks/README.md)."""
     if values.dtype.kind != "i" or values.size == 0 or values.min() < 0:
         return np.array(values)  # torch refuses (with a warning) to wrap the read-only Arrow buffers
     return values.astype(np.min_scalar_type(int(values.max())))
