@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from .config import DataConfig
+from .tokenize import table_rows
 
 logger = logging.getLogger(__name__)
 
@@ -256,32 +257,6 @@ def tokenize_block(cells: SomaCells, joinids, tokenizer, max_length: int | None,
     return pa.table(columns)
 
 
-def _compact(values: np.ndarray) -> np.ndarray:
-    """A writable copy of a token column, integers in the smallest unsigned type that holds them (ids of a
-    vocabulary under 65,536 in 2 bytes, bins in 1; collators pad every row to int64 as before). A stream holds two
-    windows of 32,768 cells at once: 7 bytes a token instead of 12 took its peak from about 1,900 to 1,800 MiB at
-    200,000 cells (benchmarks/README.md)."""
-    if values.dtype.kind != "i" or values.size == 0 or values.min() < 0:
-        return np.array(values)  # torch refuses (with a warning) to wrap the read-only Arrow buffers
-    return values.astype(np.min_scalar_type(int(values.max())))
-
-
-def _table_rows(table) -> list[dict]:
-    """Per-cell dicts of numpy arrays (no Python lists) from a tokenized block, integers compacted."""
-    sequences = {}
-    for name in ("input_ids", "expression_values", "expression_bins"):
-        if name in table.column_names:
-            column = table[name].combine_chunks()
-            sequences[name] = (column.offsets.to_numpy(), _compact(column.values.to_numpy(zero_copy_only=False)))
-    scalars = {name: table[name].to_pylist() for name in table.column_names if name not in sequences}
-    rows = []
-    for i in range(table.num_rows):
-        row = {name: values[offsets[i]:offsets[i + 1]] for name, (offsets, values) in sequences.items()}
-        row.update({name: values[i] for name, values in scalars.items()})
-        rows.append(row)
-    return rows
-
-
 def _distributed() -> tuple[int, int]:
     from tiledbsoma_ml._distributed import get_distributed_rank_and_world_size
 
@@ -428,7 +403,7 @@ class SomaCellStream(torch.utils.data.IterableDataset):
         joinids, order, bounds = self._window_plan(units, window, shard, shards)
         chunks = [joinids[start:start + READ_CELLS] for start in range(0, joinids.size, READ_CELLS)]
         # each read's Arrow table becomes rows on its thread and is dropped there: a window is held once, not twice
-        parts = pool.map(lambda experiment, chunk: _table_rows(tokenize_block(
+        parts = pool.map(lambda experiment, chunk: table_rows(tokenize_block(
             self.cells, chunk, self.tokenizer, self.max_length, self.obs_columns, experiment)), chunks)
         rows = [row for part in parts for row in part]
         rows = [rows[i] for i in order]
