@@ -10,6 +10,8 @@ GENIE3-style tree ensemble. Writes known_truth.md/.json, label_efficiency.png an
 
     python benchmarks/known_truth.py --prior priors/omnipath_interactions.parquet --output_dir runs/known_truth
     python benchmarks/known_truth.py --prior ... --output_dir ... --quick     # minutes: 60 genes, 600 cells, 1 seed
+    python benchmarks/known_truth.py --prior ... --corpus sim.h5ad --n_cells 10000 --pretraining_cells 90000 \
+        --output_dir ... [--resume]    # pretrain on 90,000 unlabelled cells; a resumed run keeps the finished arms
 """
 
 import argparse
@@ -25,8 +27,9 @@ from types import SimpleNamespace
 shared = SimpleNamespace(**runpy.run_path(str(Path(find_spec("modeling_scgrn").origin).parent / "options" /
                                                 "arguments.py")))
 
-QUICK = {"n_genes": 60, "n_cells": 600, "n_cell_types": 3, "seeds": (0,), "budgets": (10, None),
-         "arms": ("grn", "dense"), "single_seed_arms": ("random", "grn_dense_last", "50% removed", "unrelated"),
+QUICK = {"n_genes": 60, "n_cells": 600, "pretraining_cells": 300, "n_cell_types": 3, "seeds": (0,),
+         "budgets": (10, None), "arms": ("grn", "dense"),
+         "single_seed_arms": ("random", "grn_dense_last", "50% removed", "unrelated"),
          "pretraining": {"num_epochs": 2}, "finetuning": {"max_steps": 20}}
 
 
@@ -45,9 +48,16 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--single_seed_arms", nargs="*", help="masks and wrong priors (names in "
                         "known_truth.WRONG_PRIORS) run with the first seed only (default: rewired random "
                         "grn_dense_last, 50%% removed, 50%% false added, unrelated)")
+    parser.add_argument("--pretraining_cells", type=shared.count_or_zero, default=0, help="pretrain on this many "
+                        "other cells of --corpus (or simulated), unlabelled and drawn apart from the --n_cells "
+                        "labelled ones; 0: on the labelled cells' training split")
     parser.add_argument("--pretrain_steps", type=shared.count, default=400, help="pretraining optimizer steps")
-    parser.add_argument("--finetune_steps", type=shared.count, default=150, help="finetuning optimizer steps, the same for "
-                        "every label budget")
+    parser.add_argument("--pretrain_evaluations", type=shared.count, default=5, help="evaluations of the pretraining "
+                        "(masked loss, embedding probe) spread over its steps: the curve that shows it flattening")
+    parser.add_argument("--finetune_steps", type=shared.count, default=1000, help="finetuning optimizer steps, the "
+                        "same for every label budget")
+    parser.add_argument("--resume", action="store_true", help="continue a run into --output_dir: the (seed, arm) "
+                        "units its progress.json lists are kept, the others run")
     parser.add_argument("--quick", action="store_true", help="a few-minute version (what the tests run)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
@@ -56,13 +66,16 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 def options(args) -> dict:
     if args.quick:
-        return dict(QUICK)
+        return {**QUICK, "resume": args.resume}
     single = ("rewired", "random", "grn_dense_last", "50% removed", "50% false added", "unrelated")
     return {"n_genes": args.n_genes, "n_cells": args.n_cells, "n_cell_types": args.n_cell_types,
             "seeds": tuple(args.seeds), "budgets": tuple(None if b == "all" else int(b) for b in args.budgets),
             "arms": tuple(args.arms), "single_seed_arms": tuple(single if args.single_seed_arms is None
                                                                 else args.single_seed_arms),
-            "pretraining": {"max_steps": args.pretrain_steps}, "finetuning": {"max_steps": args.finetune_steps}}
+            "pretraining": {"max_steps": args.pretrain_steps,
+                            "eval_steps": max(1, args.pretrain_steps // args.pretrain_evaluations)},
+            "finetuning": {"max_steps": args.finetune_steps}, "pretraining_cells": args.pretraining_cells,
+            "resume": args.resume}
 
 
 def benchmark(args) -> dict:
@@ -80,8 +93,12 @@ def benchmark(args) -> dict:
         import anndata
 
         cells = anndata.read_h5ad(args.corpus)
-        if args.n_cells < cells.n_obs:  # the corpus's first cells: whole chunks, every type in each
-            cells = cells[:args.n_cells].copy()
+        wanted = args.n_cells + args.pretraining_cells
+        if wanted > cells.n_obs:
+            raise ValueError(f"--corpus {Path(args.corpus).name} holds {cells.n_obs} cells, fewer than --n_cells + "
+                             f"--pretraining_cells ({wanted}); lower them or simulate more cells.")
+        if wanted < cells.n_obs:  # the corpus's first cells: whole chunks, every type in each
+            cells = cells[:wanted].copy()  # (labelled and pretraining cells are then drawn apart at random)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}")
     results = run_known_truth(prior, args.output_dir, cells=cells, **options(args))
@@ -94,7 +111,7 @@ def main(argv=None) -> None:
     args = parse_arguments(argv)
     from modeling_scgrn.workflows.cli import run_script
 
-    run_script(args, lambda: benchmark(args), output_dir=args.output_dir, task="known_truth",
+    run_script(args, lambda: benchmark(args), output_dir=args.output_dir, task="known_truth", resume=args.resume,
                inputs=(args.prior, args.corpus))
 
 

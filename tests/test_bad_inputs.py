@@ -514,7 +514,7 @@ def sweep_cases():
             option = next((o for o in action.option_strings if o.startswith("--")), None)
             if option is None:
                 continue
-            if shared is not None and action.type in (shared.count, shared.seed):
+            if shared is not None and action.type in (shared.count, shared.seed, shared.count_or_zero):
                 low = "0" if action.type is shared.count else "-1"
                 cases += [(name, option, "many", "argument " + option), (name, option, low, "argument " + option)]
             elif action.type in (int, float):  # checked by the config dataclass it fills (DataConfig)

@@ -1,4 +1,5 @@
-"""The known-truth benchmark's pieces (wrong priors, edge recovery, few-label subsets) and its --quick run."""
+"""The known-truth benchmark's pieces (wrong priors, edge recovery, few-label subsets, frozen-embedding probes, the
+labelled / pretraining split, resuming) and its --quick run."""
 
 import json
 import re
@@ -11,7 +12,15 @@ import pandas as pd
 import pytest
 from conftest import OMNIPATH_TABLE, shared_data_or_skip
 
-from modeling_scgrn.bench.known_truth import candidate_pairs, corrupted_network, edge_recovery, unrelated_network
+from modeling_scgrn.bench.known_truth import (
+    COUNTS,
+    PROBE,
+    budget_probe_rows,
+    candidate_pairs,
+    corrupted_network,
+    edge_recovery,
+    unrelated_network,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TRUE = pd.DataFrame({"source": ["A", "A", "A", "B", "B", "C", "C", "C"],
@@ -66,6 +75,66 @@ def test_labelled_subset_keeps_at_most_n_cells_per_label_in_order():
     assert labelled_subset(split, "cell_type", 2, seed=0)["row"] == subset["row"]
 
 
+def test_frozen_features_are_read_with_the_cells_finetuning_gets():
+    import datasets
+
+    from modeling_scgrn.workflows.finetune import labelled_subset
+
+    rng = np.random.default_rng(0)
+    train_labels, test_labels = np.repeat(list("abc"), 40), np.repeat(list("abc"), 10)
+    separated = {label: 5.0 * i for i, label in enumerate("abc")}
+    train = np.stack([np.full(2, separated[t]) for t in train_labels]) + rng.normal(0, 0.3, (120, 2))
+    test = np.stack([np.full(2, separated[t]) for t in test_labels]) + rng.normal(0, 0.3, (30, 2))
+    features = {"informative": (train, test, PROBE), "noise": (rng.normal(size=(120, 2)), rng.normal(size=(30, 2)),
+                                                               COUNTS)}
+    rows = budget_probe_rows(features, train_labels, test_labels, (3, None), seed=4)
+    by = {(r["features"], r["labels_per_type"]): r for r in rows}
+    assert by[("informative", 3)]["labelled"] == 9 and by[("informative", "all")]["labelled"] == 120
+    assert by[("informative", 3)]["macro_f1"] == 1.0 and by[("informative", "all")]["accuracy"] == 1.0
+    assert by[("noise", "all")]["macro_f1"] < 0.7
+    # the same cells as finetuning's labelled_subset with that budget and seed: every other training cell is moved
+    # to the next type's place, so a probe fitted on any of them would name every test cell wrongly
+    split = datasets.Dataset.from_dict({"cell_type": list(train_labels), "row": list(range(120))})
+    chosen = labelled_subset(split, "cell_type", 3, seed=4)["row"]
+    others = np.setdiff1d(np.arange(120), chosen)
+    moved = train.copy()
+    moved[others] = moved[others] + 5.0 * np.where(train_labels[others] == "c", -2, 1)[:, None]
+    read = budget_probe_rows({"moved": (moved, test, PROBE)}, train_labels, test_labels, (3, None), seed=4)
+    assert read[0]["macro_f1"] == 1.0 and read[1]["macro_f1"] < 0.5
+
+
+def test_labelled_and_pretraining_cells_are_drawn_apart_with_every_type():
+    import anndata
+
+    from modeling_scgrn.workflows.known_truth import split_corpus
+
+    cells = anndata.AnnData(np.zeros((90, 2), dtype=np.float32),
+                            obs=pd.DataFrame({"cell_type": np.repeat(list("abc"), 30)},
+                                             index=[f"c{i}" for i in range(90)]))
+    labelled, unlabelled = split_corpus(cells, 30, 50, seed=1)
+    assert labelled.n_obs == 30 and unlabelled.n_obs == 50
+    assert not set(labelled.obs_names) & set(unlabelled.obs_names)
+    assert set(labelled.obs["cell_type"]) == set(unlabelled.obs["cell_type"]) == set("abc")
+    assert list(split_corpus(cells, 30, 50, seed=1)[0].obs_names) == list(labelled.obs_names)
+    assert split_corpus(cells, 30, 0)[0] is cells and split_corpus(cells, 30, 0)[1] is None
+    with pytest.raises(ValueError, match="90 cells cannot give 30 labelled and 61 pretraining"):
+        split_corpus(cells, 30, 61)
+
+
+def test_a_resumed_run_keeps_finished_units_and_refuses_when_their_models_are_gone(tmp_path):
+    from modeling_scgrn.workflows.known_truth import _resumed
+
+    progress = {"pretraining": [{"arm": "grn", "seed": 0}], "finetuning": [], "probes": [], "embeddings": [],
+                "done": [[0, "grn"]]}
+    (tmp_path / "progress.json").write_text(json.dumps(progress))
+    assert _resumed(tmp_path, False)["done"] == []
+    with pytest.raises(ValueError, match=re.escape("the pretrained models of [[0, 'grn']] are gone")):
+        _resumed(tmp_path, True)
+    (tmp_path / "runs" / "grn_seed0" / "pretrain" / "model").mkdir(parents=True)
+    assert _resumed(tmp_path, True) == progress
+    assert _resumed(tmp_path / "elsewhere", True)["done"] == []
+
+
 def test_quick_benchmark_writes_tables_with_baselines_and_pictures(tmp_path):
     pytest.importorskip("sergio_rs")
     output = tmp_path / "known_truth"
@@ -82,8 +151,14 @@ def test_quick_benchmark_writes_tables_with_baselines_and_pictures(tmp_path):
     assert {row["start"] for row in results["finetuning"]} == {"pretrained", "scratch"}
     markdown = (output / "known_truth.md").read_text()
     for row in ("logistic_regression (baseline)", "knn (baseline)", "majority_class (baseline)", "| trees |",
-                "Regulation check: true edges"):
+                "Regulation check: true edges", "| PCA of every training cell, 50 components (baseline) | 1 |",
+                "| grn, pretrained embedding | 1 |", "### Embedding metrics by cell type"):
         assert row in markdown
+    # pretrained on 300 further cells, apart from the 600 labelled ones; every pretrained arm read frozen
+    assert results["pretraining_cells"] == 300 and results["cells"] == 600
+    assert {row["features"] for row in results["probes"]} >= {f"{arm}, pretrained embedding" for arm in
+                                                              ("grn", "dense", "random", "unrelated")}
+    assert all(0.0 <= row["silhouette"] + 1 <= 2 and 0.0 <= row["leiden_nmi"] <= 1 for row in results["embeddings"])
     assert 0.0 <= results["edge_recovery"]["pearson"]["auroc"] <= 1.0
 
 

@@ -161,6 +161,65 @@ def recover_edges(data_dir: Path, cells, prior: GeneRegulatoryNetwork, models: d
     return edge_recovery(scores, true_edges(cells), ["pearson", "spearman", "trees", *models])
 
 
+# ---------------------------------------------------------------------------------------------- frozen embeddings
+PROBE, COUNTS = "probe", "counts"  # standardised features + logistic regression; the counts as they are
+
+
+def budget_probe_rows(features: dict, train_labels, test_labels, budgets, *, seed: int) -> list[dict]:
+    """Each of `features` (name -> (train matrix, test matrix, `PROBE` or `COUNTS`)) read by a logistic regression
+    fitted on the labelled training cells of each budget (cells per type, None: all; the cells finetuning gets with
+    the same `seed`, `labelled_indices`) and scored on every test cell; one row per name and budget."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from ..evaluation.label_budget import labelled_indices
+    from ..evaluation.metrics import label_scores
+
+    train_labels, test_labels = np.asarray(train_labels).astype(str), np.asarray(test_labels).astype(str)
+    rows = []
+    for budget in budgets:
+        chosen = np.arange(len(train_labels)) if budget is None else labelled_indices(train_labels, budget, seed)
+        for name, (train_x, test_x, kind) in features.items():
+            reader = LogisticRegression(max_iter=3000)
+            reader = make_pipeline(StandardScaler(), reader) if kind == PROBE else reader
+            predicted = reader.fit(train_x[chosen], train_labels[chosen]).predict(test_x)
+            scores = label_scores(test_labels, predicted, sorted(set(train_labels)))
+            rows.append({"features": name, "seed": seed, "labels_per_type": budget or "all",
+                         "labelled": int(len(chosen)), "macro_f1": scores["macro_f1"],
+                         "accuracy": scores["accuracy"]})
+    return rows
+
+
+def probe_markdown(rows: list[dict]) -> str:
+    """Frozen features read with each label budget: mean +/- sd macro-F1 over seeds."""
+    frame = pd.DataFrame(rows)
+    frame["labels_per_type"] = frame["labels_per_type"].astype(str)
+    budgets = list(pd.unique(frame["labels_per_type"]))
+    summary = _mean_sd(frame, ["features", "labels_per_type"], "macro_f1")
+    seeds = frame.groupby("features", sort=False)["seed"].nunique()
+    lines = ["| frozen features, logistic regression | seeds | " + " | ".join(f"{b} labels/type" for b in budgets)
+             + " |", "| --- | --- |" + " --- |" * len(budgets)]
+    for name in seeds.index:
+        cells = [f"{summary.loc[(name, b), 'mean']:.3f} +/- {summary.loc[(name, b), 'sd']:.3f}"
+                 if (name, b) in summary.index else "-" for b in budgets]
+        lines.append(f"| {name} | {seeds[name]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def embedding_markdown(rows: list[dict]) -> str:
+    """Silhouette and Leiden ARI/NMI by cell type of each embedding of the test cells (mean over seeds)."""
+    frame = pd.DataFrame(rows)
+    columns = ["silhouette", "leiden_ari", "leiden_nmi", "leiden_clusters"]
+    summary = frame.groupby("embedding", sort=False)[columns].mean()
+    seeds = frame.groupby("embedding", sort=False)["seed"].nunique()
+    lines = ["| embedding of the test cells | seeds | silhouette (cosine) | Leiden ARI | Leiden NMI | clusters |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {name} | {seeds[name]} | {row.silhouette:.3f} | {row.leiden_ari:.3f} | {row.leiden_nmi:.3f} | "
+              f"{row.leiden_clusters:.0f} |" for name, row in summary.iterrows()]
+    return "\n".join(lines) + "\n"
+
+
 def _mean_sd(frame: pd.DataFrame, keys, column: str) -> pd.DataFrame:
     grouped = frame.groupby(keys, sort=False)[column]
     return pd.DataFrame({"mean": grouped.mean(), "sd": grouped.std().fillna(0.0)})
@@ -203,8 +262,9 @@ def finetuning_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_label_curves(rows: list[dict], path: Path) -> None:
-    """Macro-F1 against labelled cells per type: one line per mask and start, baselines dashed."""
+def plot_label_curves(rows: list[dict], path: Path, probes: list[dict] = ()) -> None:
+    """Macro-F1 against labelled cells per type: one line per mask and start, baselines dashed, and each frozen
+    embedding's probe (`probes`, rows of `budget_probe_rows`) dash-dotted with open markers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -222,6 +282,12 @@ def plot_label_curves(rows: list[dict], path: Path) -> None:
     for baseline, style in (("logistic_regression", "k--"), ("knn", "k-."), ("majority_class", "k:")):
         mean = frame.groupby("labels")[f"{baseline}_macro_f1"].mean()
         axis.plot(mean.index, mean.values, style, label=baseline, linewidth=1)
+    for name, group in pd.DataFrame(list(probes) or None, columns=["features", "labels_per_type", "macro_f1"]
+                                     ).groupby("features", sort=False):
+        labels = [most if b == "all" else b for b in group["labels_per_type"]]
+        mean = group.assign(labels=labels).groupby("labels")["macro_f1"].mean()
+        axis.plot(mean.index, mean.values, marker="s", markerfacecolor="none", linestyle="-.", linewidth=1,
+                  label=f"{name}")
     axis.set_xscale("log")
     axis.set_xlabel("labelled cells per type (rightmost: all)")
     axis.set_ylabel("held-out macro-F1")

@@ -12,6 +12,16 @@ NEIGHBOURS = "kNN"
 MAJORITY = "majority class"
 
 
+def labelled_indices(labels, per_class: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of at most `per_class` cells of each label in `labels`, drawn with `seed`: the labelled cells
+    of a finetuning run with a label budget (`workflows.finetune.labelled_subset`) and of a frozen embedding read
+    with the same budget and seed."""
+    labels = np.asarray(labels).astype(str)
+    rng = np.random.default_rng(seed)
+    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == label))[:per_class]
+                                   for label in np.unique(labels)]))
+
+
 def labelled_draw(labels, budget: int, rng: np.random.Generator) -> np.ndarray:
     """Indices of `budget` cells per type drawn with `rng`; a type with `budget` cells or fewer gives all but one
     (so that every type keeps a held-out cell), and at least one."""

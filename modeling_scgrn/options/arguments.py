@@ -127,6 +127,11 @@ def count(text: str) -> int:
     return _whole_number(text, 1)
 
 
+def count_or_zero(text: str) -> int:
+    """argparse type of an optional number of things (0: none): a whole number of at least 0."""
+    return _whole_number(text, 0)
+
+
 def seed(text: str) -> int:
     """argparse type of a random seed: a whole number of at least 0 (numpy refuses negative seeds)."""
     return _whole_number(text, 0)

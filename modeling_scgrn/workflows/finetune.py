@@ -16,6 +16,7 @@ import torch
 from ..cells.collators import DataCollatorForCellClassification, WithClassWeights
 from ..cells.prepared import load_prepared
 from ..evaluation.baselines import classification_baselines, classification_table
+from ..evaluation.label_budget import labelled_indices
 from ..evaluation.metrics import classification_metrics, embedding_metrics
 from ..evaluation.plots import plot_confusion_matrix, plot_umap
 from ..grn.attach import attach_grn, check_model_options, new_config
@@ -70,12 +71,9 @@ def _classifier(classes, tokenizer, network, pretrained: str | None, model_optio
 
 
 def labelled_subset(split, label_column: str, per_class: int, seed: int = 0):
-    """At most `per_class` cells of each label of a tokenized split, drawn with `seed`, in their original order."""
-    labels = np.asarray(split[label_column]).astype(str)
-    rng = np.random.default_rng(seed)
-    keep = np.concatenate([rng.permutation(np.flatnonzero(labels == label))[:per_class]
-                           for label in np.unique(labels)])
-    return split.select(np.sort(keep))
+    """At most `per_class` cells of each label of a tokenized split, drawn with `seed`, in their original order
+    (`labelled_indices`: a frozen embedding read with the same budget and seed gets the same cells)."""
+    return split.select(labelled_indices(split[label_column], per_class, seed))
 
 
 def run_finetuning(data, training: TrainingConfig, *, label_column: str, pretrained: str | None = None,
