@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..evaluation.label_budget import COUNTS, PROBE, estimator, labelled_indices  # noqa: F401 (PROBE, COUNTS: the kinds)
 from ..grn.network import GeneRegulatoryNetwork
 from .simulate import abs_correlation, log_normalised
 
@@ -162,18 +163,10 @@ def recover_edges(data_dir: Path, cells, prior: GeneRegulatoryNetwork, models: d
 
 
 # ---------------------------------------------------------------------------------------------- frozen embeddings
-PROBE, COUNTS = "probe", "counts"  # standardised features + logistic regression; the counts as they are
-
-
 def budget_probe_rows(features: dict, train_labels, test_labels, budgets, *, seed: int) -> list[dict]:
     """Each of `features` (name -> (train matrix, test matrix, `PROBE` or `COUNTS`)) read by a logistic regression
     fitted on the labelled training cells of each budget (cells per type, None: all; the cells finetuning gets with
     the same `seed`, `labelled_indices`) and scored on every test cell; one row per name and budget."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from ..evaluation.label_budget import labelled_indices
     from ..evaluation.metrics import label_scores
 
     train_labels, test_labels = np.asarray(train_labels).astype(str), np.asarray(test_labels).astype(str)
@@ -181,9 +174,7 @@ def budget_probe_rows(features: dict, train_labels, test_labels, budgets, *, see
     for budget in budgets:
         chosen = np.arange(len(train_labels)) if budget is None else labelled_indices(train_labels, budget, seed)
         for name, (train_x, test_x, kind) in features.items():
-            reader = LogisticRegression(max_iter=3000)
-            reader = make_pipeline(StandardScaler(), reader) if kind == PROBE else reader
-            predicted = reader.fit(train_x[chosen], train_labels[chosen]).predict(test_x)
+            predicted = estimator(kind, len(chosen)).fit(train_x[chosen], train_labels[chosen]).predict(test_x)
             scores = label_scores(test_labels, predicted, sorted(set(train_labels)))
             rows.append({"features": name, "seed": seed, "labels_per_type": budget or "all",
                          "labelled": int(len(chosen)), "macro_f1": scores["macro_f1"],

@@ -34,7 +34,7 @@ def labelled_draw(labels, budget: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(np.concatenate(chosen))
 
 
-def _estimator(kind: str, fewest: int):
+def estimator(kind: str, fewest: int):
     """The reader of `kind`; kNN asks no more neighbours than the rarest type has labelled cells (`fewest`)."""
     from sklearn.dummy import DummyClassifier
     from sklearn.linear_model import LogisticRegression
@@ -71,7 +71,7 @@ def few_label_scores(features: dict, labels, budgets, *, repeats: int = 10, seed
             test = np.setdiff1d(np.arange(labels.size), train)
             fewest = int(np.unique(labels[train], return_counts=True)[1].min())
             for name, (matrix, kind) in features.items():
-                predicted = _estimator(kind, fewest).fit(matrix[train], labels[train]).predict(matrix[test])
+                predicted = estimator(kind, fewest).fit(matrix[train], labels[train]).predict(matrix[test])
                 rows.append({"features": name, "labels_per_type": int(budget), "draw": draw, "labelled": train.size,
                              "accuracy": float(np.mean(predicted == labels[test])),
                              "macro_f1": float(f1_score(labels[test], predicted, labels=classes, average="macro",

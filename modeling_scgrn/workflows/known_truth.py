@@ -186,13 +186,13 @@ def reference_probes(data_dir: Path, seed: int, budgets) -> tuple[list[dict], di
     train_x = cells_by_genes(dataset["train"], len(tokenizer)).toarray()
     test_x = cells_by_genes(dataset["test"], len(tokenizer)).toarray()
     pca = PCA(min(50, *train_x.shape), random_state=seed).fit(train_x)
+    test_pc = pca.transform(test_x)
     features = {"logistic regression on the log1p values (baseline)": (train_x, test_x, COUNTS),
-                "PCA of every training cell, 50 components (baseline)": (pca.transform(train_x),
-                                                                          pca.transform(test_x), PROBE)}
+                "PCA of every training cell, 50 components (baseline)": (pca.transform(train_x), test_pc, PROBE)}
     rows = budget_probe_rows(features, dataset["train"]["cell_type"], dataset["test"]["cell_type"], budgets,
                              seed=seed)
     metrics = {"embedding": "PCA of every training cell, 50 components (baseline)", "seed": seed,
-               **embedding_metrics(pca.transform(test_x), dataset["test"]["cell_type"], seed=seed)}
+               **embedding_metrics(test_pc, dataset["test"]["cell_type"], seed=seed)}
     return rows, metrics
 
 
