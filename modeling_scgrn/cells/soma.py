@@ -8,7 +8,7 @@ TileDB read about as much as a tile of 2,048); each epoch visits the blocks in a
 endless sequence of epochs to shard `q mod S`, one shard per process and DataLoader worker, `S = processes x
 workers`), so shards never share a cell within an epoch, together they see every cell, and no two shards read the
 same tiles. A shard reads `io_batches` of its units at a time (a window; by default 16 blocks, at most half of its
-share of an epoch), in storage order, on threads that run one window ahead of training; tokenizes them with the
+share of an epoch), in storage order, on threads that run a window ahead of training; tokenizes them with the
 same encoder as `.h5ad` files (`data.encode_chunk`), so the same cell gives the same tokens from either source;
 and shuffles the cells of the window before cutting it into batches, so that a batch mixes the window's blocks.
 (Blocks are smaller than a tile when a shard's window could not hold 16 of them.)
@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from .config import DataConfig
+from .coordinates import csr_from_coordinates
 from .tokenize import table_rows
 
 logger = logging.getLogger(__name__)
@@ -176,53 +177,26 @@ def tile_rows(source: SomaSource) -> int:
         return DEFAULT_TILE_ROWS
 
 
-def _row_positions(joinids: np.ndarray, found: np.ndarray) -> np.ndarray:
-    """Rows of `found` (joinids TileDB returned) among the sorted, unique `joinids`: an offset for a contiguous
-    range, a lookup table for a compact span, a binary search otherwise."""
-    low, span = int(joinids[0]), int(joinids[-1] - joinids[0]) + 1
-    if span == joinids.size:
-        return found - low
-    if span <= 16 * joinids.size:
-        lookup = np.zeros(span, dtype=np.int64)
-        lookup[joinids - low] = np.arange(joinids.size)
-        return lookup[found - low]
-    return np.searchsorted(joinids, found)
-
-
-def _counts_matrix(X, joinids: np.ndarray, var_joinids: np.ndarray, lookup: np.ndarray | None):
+def _counts_matrix(X, joinids: np.ndarray, var_joinids: np.ndarray, lookup: np.ndarray | None, reuse=None):
     """The sorted-CSR counts of the sorted, unique cells `joinids` over the genes `var_joinids`, from one read of
-    the layer `X`. Each of TileDB's result tables is turned into int32 rows and columns and dropped before the
-    next (the read's transient memory, three reads at once in a stream, is most of a stream's footprint)."""
-    import scipy.sparse as sp
-
+    the layer `X`, assembled by `coordinates.csr_from_coordinates` off the GIL (in `reuse`'s buffers if given)."""
     coords = (joinids,) if lookup is None else (joinids, var_joinids)
-    rows, columns, values = [], [], []
-    for table in X.read(coords=coords).tables():
-        rows.append(_row_positions(joinids, table["soma_dim_0"].to_numpy()).astype(np.int32))
-        found = table["soma_dim_1"].to_numpy()
-        columns.append((found if lookup is None else lookup[found]).astype(np.int32))
-        values.append(table["soma_data"].to_numpy())
-        del table, found
-    i, j, data = ((np.concatenate(p) if len(p) > 1 else p[0]) for p in (rows, columns, values)) if rows else (
-        np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32))
-    del rows, columns, values
-    matrix = sp.csr_matrix((data, (i, j)), shape=(len(joinids), len(var_joinids)))
-    matrix.sort_indices()
-    return matrix
+    return csr_from_coordinates(list(X.read(coords=coords).tables()), joinids, len(var_joinids), lookup, reuse)
 
 
-def read_block(cells: SomaCells, joinids: np.ndarray, obs_columns=(), experiment=None):
+def read_block(cells: SomaCells, joinids: np.ndarray, obs_columns=(), experiment=None, reuse: dict | None = None):
     """Raw counts of the cells `joinids`, in that order: a `(cells, genes)` CSR matrix over `cells.gene_names` and
-    their `obs` columns (a DataFrame with `soma_joinid` first; `obs` is read only for `obs_columns`). One TileDB
+    their `obs` columns (a DataFrame with `soma_joinid` first; `obs` is read only for `obs_columns`). With `reuse`
+    (a dict kept by the caller's thread), the matrix lives in its buffers until the next read with it. One TileDB
     read, of the cells only when the measurement's genes are all wanted. (tiledbsoma-ml's `IOBatchIterable` runs a
     full `gc.collect()` per read, 0.16 s each beside torch, and its CSR builder compiles with numba in every
-    process, about 6 s. Here scipy assembles the matrix, and numpy finds rows and columns without TileDB's
+    process, about 6 s. Here a compiled kernel assembles the matrix, finding rows and columns without TileDB's
     re-indexers.)"""
     import pandas as pd
 
     if experiment is None:
         with open_experiment(cells.source) as opened:
-            return read_block(cells, joinids, obs_columns, opened)
+            return read_block(cells, joinids, obs_columns, opened, reuse)
     # astype copies: after a spawn, unpickled arrays carry a dtype object that tiledbsoma's type check refuses
     joinids, var_joinids = np.asarray(joinids).astype("int64"), cells.var_joinids.astype("int64")
     unique, inverse = np.unique(joinids, return_inverse=True)
@@ -232,7 +206,7 @@ def read_block(cells: SomaCells, joinids: np.ndarray, obs_columns=(), experiment
         matrix, obs = read_block(cells, unique, obs_columns, experiment)
         return matrix[inverse], obs.iloc[inverse].reset_index(drop=True)
     X = experiment.ms[cells.source.measurement].X[cells.source.layer]
-    matrix = _counts_matrix(X, joinids, var_joinids, cells.gene_lookup)
+    matrix = _counts_matrix(X, joinids, var_joinids, cells.gene_lookup, reuse)
     columns = [c for c in obs_columns if c != "soma_joinid"]
     if not columns:
         return matrix, pd.DataFrame({"soma_joinid": joinids})
@@ -241,15 +215,17 @@ def read_block(cells: SomaCells, joinids: np.ndarray, obs_columns=(), experiment
     return matrix, obs
 
 
-def tokenize_block(cells: SomaCells, joinids, tokenizer, max_length: int | None, obs_columns=(), experiment=None):
+def tokenize_block(cells: SomaCells, joinids, tokenizer, max_length: int | None, obs_columns=(), experiment=None,
+                   reuse: dict | None = None):
     """The cells `joinids` tokenized as `data.encode_chunk` tokenizes `.h5ad` cells: a `pyarrow.Table` with the
-    token columns, `soma_joinid` and the requested `obs` columns, in the order given."""
+    token columns, `soma_joinid` and the requested `obs` columns, in the order given. With `reuse` (a dict kept by
+    the caller's thread), the read and the tokens live in its buffers: the table is valid until the next call."""
     import pyarrow as pa
 
     from .tokenize import encode_chunk
 
-    matrix, obs = read_block(cells, joinids, obs_columns, experiment)
-    columns, _ = encode_chunk(matrix, tokenizer, cells.gene_names, max_length)
+    matrix, obs = read_block(cells, joinids, obs_columns, experiment, reuse)
+    columns, _ = encode_chunk(matrix, tokenizer, cells.gene_names, max_length, reuse=reuse)
     columns["soma_joinid"] = pa.array(obs["soma_joinid"].to_numpy().astype(np.int64))
     for column in obs_columns:
         if column != "soma_joinid":
@@ -378,34 +354,43 @@ class SomaCellStream(torch.utils.data.IterableDataset):
                 if end is None or u < end]
 
     def units(self):
-        """This process's (and worker's) batches of cells, from the current position on. The next window is read
-        while this one is consumed, by `READ_THREADS` threads with an experiment handle each (TileDB, numpy's
-        large copies and the compiled encoder release the GIL)."""
+        """This process's (and worker's) batches of cells, from the current position on. `READ_THREADS` threads, an
+        experiment handle each (TileDB, numpy's large copies and the compiled kernels release the GIL), read and
+        tokenize a window's reads while the window before is consumed; the next window's reads are queued as soon
+        as a window is awaited, so the threads never wait for the slowest read of a window (at most two windows
+        are held: the one consumed and the one read)."""
         shard, shards, local = self._shard()
         window = local // self.io_batches
         with _ReadPool(self.cells.source) as pool:
             def read(w):
                 units = self._window_units(w, shard, shards)
-                return pool.ahead.submit(self._read_window, units, w, shard, shards, pool) if units else None
+                return self._submit_window(units, w, shard, shards, pool) if units else None
 
-            ahead = read(window)
-            while ahead is not None:
-                batches = ahead.result()
-                ahead = read(window + 1)
+            current = read(window)
+            while current is not None:
+                following = read(window + 1)
+                batches = self._assemble(*current)
                 yield from batches[local - window * self.io_batches:]
-                window += 1
+                del batches  # not held while the next window is awaited
+                current, window = following, window + 1
                 local = window * self.io_batches
 
-    def _read_window(self, units: list[int], window: int, shard: int, shards: int, pool) -> list[list]:
-        """The window's units as lists of cells: read in storage order (contiguous joinids: whole tiles),
-        `READ_CELLS` at a time on the pool's threads, then the window's cells shuffled with a seeded permutation
-        and cut into the units' sizes."""
+    def _submit_window(self, units: list[int], window: int, shard: int, shards: int, pool) -> tuple:
+        """The window's reads queued on the pool's threads: its cells in storage order (contiguous joinids: whole
+        tiles), `READ_CELLS` at a time, each read's Arrow table turned into rows on its thread and dropped there (a
+        window is held once, not twice; the rows are copies, so the thread's buffers serve its next read). Returns
+        what `_assemble` needs."""
         joinids, order, bounds = self._window_plan(units, window, shard, shards)
-        chunks = [joinids[start:start + READ_CELLS] for start in range(0, joinids.size, READ_CELLS)]
-        # each read's Arrow table becomes rows on its thread and is dropped there: a window is held once, not twice
-        parts = pool.map(lambda experiment, chunk: table_rows(tokenize_block(
-            self.cells, chunk, self.tokenizer, self.max_length, self.obs_columns, experiment)), chunks)
-        rows = [row for part in parts for row in part]
+        reads = [pool.submit(lambda experiment, buffers, chunk: table_rows(tokenize_block(
+            self.cells, chunk, self.tokenizer, self.max_length, self.obs_columns, experiment, buffers)),
+            joinids[start:start + READ_CELLS]) for start in range(0, joinids.size, READ_CELLS)]
+        return reads, order, bounds
+
+    @staticmethod
+    def _assemble(reads: list, order: np.ndarray, bounds: np.ndarray) -> list[list]:
+        """A window's units as lists of cells: its reads awaited in order, the cells shuffled with the window's
+        seeded permutation and cut into the units' sizes."""
+        rows = [row for read in reads for row in read.result()]
         rows = [rows[i] for i in order]
         return [rows[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
 
@@ -463,9 +448,10 @@ def shuffle_quality(stream: SomaCellStream, labels, *, n_batches: int = 500, see
 
 
 class _ReadPool:
-    """Threads that read and tokenize for one stream: `ahead` prepares the next window; `map` spreads a window's
-    reads over `READ_THREADS` threads, each with its own open experiment (SOMA handles are not shared between
-    threads). A context manager: leaving it closes every handle."""
+    """Threads that read and tokenize for one stream: `submit` queues one read on `READ_THREADS` threads, each with
+    its own open experiment (SOMA handles are not shared between threads) and buffers that its reads reuse (fresh
+    memory for every read cost about a third of the stream's time in page faults). A context manager: leaving it
+    drops the reads not yet started and closes every handle."""
 
     def __init__(self, source: SomaSource):
         self.source = source
@@ -475,7 +461,6 @@ class _ReadPool:
         from concurrent.futures import ThreadPoolExecutor
 
         self._local, self._opened = threading.local(), []
-        self.ahead = ThreadPoolExecutor(1)
         self._readers = ThreadPoolExecutor(READ_THREADS)
         return self
 
@@ -486,13 +471,13 @@ class _ReadPool:
             self._opened.append(context)
         return self._local.experiment
 
-    def map(self, function, items) -> list:
-        """`function(experiment, item)` for each item, in order, on the reading threads."""
-        return list(self._readers.map(lambda item: function(self._experiment(), item), items))
+    def submit(self, function, item):
+        """A future of `function(experiment, buffers, item)`, run on a reading thread (`buffers`: its dict)."""
+        return self._readers.submit(lambda: function(self._experiment(), self._local.__dict__.setdefault("buffers", {}),
+                                                     item))
 
     def __exit__(self, *exc):
-        self.ahead.shutdown(wait=True, cancel_futures=True)
-        self._readers.shutdown(wait=True)
+        self._readers.shutdown(wait=True, cancel_futures=True)
         for context in self._opened:
             context.__exit__(None, None, None)
         return False

@@ -76,8 +76,8 @@ def _encode_compiled(chunk, tokenizer, gene_names, max_length, reuse: dict | Non
     from .fast_tokenize import encode_rows_flat
 
     column_ids = tokenizer.gene_ids(gene_names)
-    known = column_ids[column_ids >= 0]
-    if known.size == 0 or np.unique(known).size < known.size or not sp.issparse(chunk):
+    applies, unknown = _gene_plan(column_ids, gene_names)
+    if not applies or not sp.issparse(chunk):
         return None
     csr = chunk.tocsr()
     flat = encode_rows_flat(csr, column_ids, target_sum=tokenizer.target_sum, n_bins=tokenizer.n_bins,
@@ -94,7 +94,6 @@ def _encode_compiled(chunk, tokenizer, gene_names, max_length, reuse: dict | Non
     if tokenizer.n_bins:
         columns["expression_bins"] = pa.ListArray.from_arrays(arrow_offsets, pa.array(bins))
     columns["length"] = pa.array(lengths.astype(np.int32))
-    unknown = [str(g) for g, i in zip(gene_names, column_ids) if i < 0]
     limit = None if max_length is None else max_length - 1
     report = {
         "cells": int(csr.shape[0]),
@@ -106,6 +105,24 @@ def _encode_compiled(chunk, tokenizer, gene_names, max_length, reuse: dict | Non
         "mean_genes_per_cell": float((lengths - 1).mean()),
     }
     return columns, report
+
+
+_GENE_PLAN: list = [None]
+
+
+def _gene_plan(column_ids: np.ndarray, gene_names) -> tuple[bool, list]:
+    """Whether the compiled encoder applies to these columns (some known to the vocabulary, none twice) and the
+    names unknown to it. Kept for the last `column_ids`, which the tokenizer returns as one read-only array for
+    as long as the gene list is the same: every chunk of one file or experiment asks for the same plan."""
+    cached = _GENE_PLAN[0]
+    if cached is not None and cached[0] is column_ids:
+        return cached[1]
+    known = column_ids[column_ids >= 0]
+    plan = (known.size > 0 and np.unique(known).size == known.size,
+            [str(g) for g, i in zip(gene_names, column_ids) if i < 0])
+    if not column_ids.flags.writeable:
+        _GENE_PLAN[0] = (column_ids, plan)
+    return plan
 
 
 _WORKER_STATE: dict = {}
