@@ -77,6 +77,8 @@ def test_entries_outside_the_cells_or_genes_are_refused(counts):
     with pytest.raises(ValueError, match="outside"):
         csr_from_coordinates(tables, np.arange(0, 80, 2), 300, None)  # odd joinids fall between the cells
     with pytest.raises(ValueError, match="outside"):
+        csr_from_coordinates(tables, np.arange(40) * 1_000, 300, None)  # a sparse span, found by binary search
+    with pytest.raises(ValueError, match="outside"):
         csr_from_coordinates(tables, np.arange(40), 300, np.arange(100))  # gene joinids beyond the lookup
 
 
