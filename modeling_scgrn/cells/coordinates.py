@@ -4,8 +4,9 @@
 A compiled (numba) kernel buckets the entries by row in three passes over them, without the GIL, finding each
 entry's row and gene column itself: it replaces scipy's COO -> CSR conversion and the int64 -> int32 copies and
 lookups before it (about 30 of the 200-250 ms of CPU a read of 2,048 cells took). With `reuse` it writes into
-buffers that a reading thread keeps, so a read does not fault in fresh memory for its matrix: page faults were about
-40% of a SOMA stream's CPU time (benchmarks/README.md, "`soma_stream.py`"). Without numba, scipy does the same.
+buffers that a reading thread keeps, so a read does not fault in fresh memory for its matrix (page faults, mostly
+TileDB's own, were about 40% of a SOMA stream's CPU time: benchmarks/README.md, "`soma_stream.py`"). Without numba,
+scipy does the same.
 """
 
 from __future__ import annotations
