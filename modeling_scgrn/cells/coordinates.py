@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .fast_tokenize import held_arrays
+
 SORTED, UNSORTED, OUTSIDE = 0, 1, 2  # what the kernel found
 
 try:
@@ -74,22 +76,6 @@ def _row_map(joinids: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, int, n
     return found, low, lookup
 
 
-def _buffers(reuse: dict | None, n_rows: int, entries: int, dtype) -> tuple:
-    """`indptr`, `indices` and `data` for a matrix of `n_rows` rows and `entries` entries: views of the buffers in
-    `reuse` (grown when too small), or new arrays without it."""
-    # 32-bit row offsets where they fit, so that scipy keeps the 32-bit column indices as they are
-    index_type = np.int32 if entries < 2**31 else np.int64
-    held = None if reuse is None else reuse.get("coordinates")
-    if held is None or held[0].size < n_rows + 1 or held[1].size < entries or held[0].dtype != index_type or \
-            held[2].dtype != dtype:
-        grow = 1 if reuse is None else 1.25  # room for the next, slightly larger read
-        held = (np.empty(int((n_rows + 1) * grow), index_type), np.empty(int(entries * grow), np.int32),
-                np.empty(int(entries * grow), dtype))
-        if reuse is not None:
-            reuse["coordinates"] = held
-    return held[0][:n_rows + 1], held[1][:entries], held[2][:entries]
-
-
 def csr_from_coordinates(tables, joinids: np.ndarray, n_columns: int, column_lookup: np.ndarray | None,
                          reuse: dict | None = None):
     """The sorted CSR matrix `(len(joinids), n_columns)` of the entries in `tables` (Arrow tables with
@@ -111,7 +97,10 @@ def csr_from_coordinates(tables, joinids: np.ndarray, n_columns: int, column_loo
         matrix.sum_duplicates()
         return matrix
     keys, offset, row_lookup = _row_map(joinids, found)
-    indptr, indices, data = _buffers(reuse, n_rows, found.size, values.dtype)
+    # 32-bit row offsets where they fit, so that scipy keeps the 32-bit column indices as they are
+    index_type = np.int32 if found.size < 2**31 else np.int64
+    indptr, indices, data = held_arrays(reuse, "coordinates", [(n_rows + 1, index_type), (found.size, np.int32),
+                                                              (found.size, values.dtype)])
     lookup = np.zeros(0, np.int64) if column_lookup is None else column_lookup
     status = _compiled(keys, offset, row_lookup, columns, lookup, values, n_rows, indptr, indices, data)
     if status == OUTSIDE:

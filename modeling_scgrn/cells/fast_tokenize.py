@@ -134,6 +134,20 @@ else:  # pragma: no cover - scanpy requires numba
     _compiled = None
 
 
+def held_arrays(reuse: dict | None, key: str, specs) -> tuple:
+    """Arrays of the `(size, dtype)`s in `specs`: views of those kept in `reuse[key]` (a dict the caller keeps across
+    calls, e.g. one per thread), new ones (a quarter larger, room for the next call's) when any is missing, too
+    small or of another dtype; plain new arrays without `reuse`. Reused memory is not faulted in afresh on every
+    call, which a chunk's or a read's fresh arrays cost (benchmarks/README.md, "`soma_stream.py`")."""
+    held = None if reuse is None else reuse.get(key)
+    if held is None or any(a.size < size or a.dtype != dtype for a, (size, dtype) in zip(held, specs)):
+        grow = 1 if reuse is None else 1.25
+        held = tuple(np.empty(int(size * grow), dtype) for size, dtype in specs)
+        if reuse is not None:
+            reuse[key] = held
+    return tuple(a[:size] for a, (size, _) in zip(held, specs))
+
+
 def encode_rows_flat(csr, column_ids: np.ndarray, *, target_sum: float, n_bins: int, max_length: int | None,
                      cls_token_id: int, vocab_size: int, reuse: dict | None = None):
     """Flat encoding of a CSR chunk of integer counts: `(offsets, ids, values, bins, known_genes_per_cell)`.
@@ -149,12 +163,7 @@ def encode_rows_flat(csr, column_ids: np.ndarray, *, target_sum: float, n_bins: 
     known = column_ids[column_ids >= 0]
     ids_ascending = bool(np.all(np.diff(known) > 0))  # the kernel also checks each row's columns are sorted
     needed = int(csr.nnz) + csr.shape[0]  # at most one token per stored entry, plus [CLS]
-    buffers = None if reuse is None else reuse.get("buffers")
-    if buffers is None or buffers[0].size < needed:
-        size = needed if reuse is None else int(needed * 1.25)  # room for the next, slightly larger chunk
-        buffers = (np.empty(size, np.int32), np.empty(size, np.float32), np.empty(size, np.int32))
-        if reuse is not None:
-            reuse["buffers"] = buffers
+    buffers = held_arrays(reuse, "buffers", [(needed, np.int32), (needed, np.float32), (needed, np.int32)])
     # indices and data keep their dtypes (numba compiles one version per dtype): no copies of the chunk
     status, *flat = _compiled(csr.indptr.astype(np.int64), csr.indices, csr.data,
                               column_ids.astype(np.int64), float(target_sum), int(n_bins or 0), int(limit),
