@@ -10,6 +10,8 @@ from modeling_scgrn import ScGrnConfig, ScGrnTokenizer
 from modeling_scgrn.cells.collators import (
     DataCollatorForCellClassification,
     DataCollatorForMaskedExpression,
+    GeneDropout,
+    WithClassWeights,
 )
 from modeling_scgrn.cells.prepared import save_dataset_atomically, split_cells
 from modeling_scgrn.cells.reading import (
@@ -152,6 +154,49 @@ def test_views_can_leave_out_genes_each_keeping_tokens_with_their_own_values():
     assert (batch["input_ids"][batch["attention_mask"] == 0] == config.pad_token_id).all()
     with pytest.raises(ValueError, match="view_gene_dropout"):
         TrainingConfig(view_gene_dropout=1.0)
+
+
+def test_a_spread_gives_each_view_its_own_share_of_genes_left_out():
+    """`view_dropout_spread`: each view leaves out a share drawn within that distance of `view_gene_dropout`, so
+    views of one cell show different numbers of genes; without it every view shows about the same number."""
+    features = [{"input_ids": [1, *range(5, 105)], "expression_values": [0.0, *np.linspace(0.5, 3, 100)]}] * 200
+    config = ScGrnConfig(vocab_size=128, hidden_size=8, num_attention_heads=2, value_encoding="continuous",
+                         contrastive_weight=1.0)
+
+    def shown_shares(spread):
+        collator = DataCollatorForMaskedExpression.from_config(config, 0.15, seed=0, view_gene_dropout=0.5,
+                                                               view_dropout_spread=spread)
+        return (collator(features)["attention_mask"].sum(1) - 1).numpy() / 100
+
+    spread, fixed = shown_shares(0.4), shown_shares(0.0)
+    assert spread.std() > 0.15 and fixed.std() < 0.08  # uniform on [0.1, 0.9]: sd 0.23; binomial: 0.05
+    assert spread.min() >= 0.05 and spread.max() <= 0.95
+    with pytest.raises(ValueError, match="keep them in"):
+        TrainingConfig(view_gene_dropout=0.5, view_dropout_spread=0.6)
+    with pytest.raises(ValueError, match="keep them in"):
+        DataCollatorForMaskedExpression.from_config(config, view_gene_dropout=0.2, view_dropout_spread=0.3)
+
+
+def test_gene_dropout_leaves_genes_out_of_training_batches_and_keeps_each_cell_with_its_label():
+    """Finetuning's `gene_dropout` (`GeneDropout`, a batch transform): a new random share of each cell's genes left
+    out at every call, kept genes with their own values, `[CLS]` first, per-cell entries untouched."""
+    values = {g: 0.1 * g for g in range(5, 45)}
+    features = [{"input_ids": [1, *values], "expression_values": [0.0, *values.values()], "cell_type": "T"},
+                {"input_ids": [1, 9], "expression_values": [0.0, values[9]], "cell_type": "B"}]
+    batch = WithClassWeights(DataCollatorForCellClassification(0, {"B": 0, "T": 1}, "cell_type"),
+                             torch.tensor([0.5, 2.0]))(features)
+    dropout = GeneDropout(pad_token_id=0, share=0.3)
+    torch.manual_seed(0)
+    first, second = dropout(batch), dropout(batch)
+    for out in (first, second):
+        shown = [ids[mask.bool()].tolist() for ids, mask in zip(out["input_ids"], out["attention_mask"])]
+        assert shown[0][0] == 1 and shown[0] == sorted(shown[0]) and 16 < len(shown[0]) - 1 < 40
+        assert shown[1] == [1, 9]  # a cell's only gene is kept
+        assert out["expression_values"][0, 1:len(shown[0])].tolist() == pytest.approx([values[g] for g in shown[0][1:]])
+        assert out["labels"].tolist() == [1, 0] and out["class_weights"].tolist() == [0.5, 2.0]
+        assert (out["input_ids"][out["attention_mask"] == 0] == 0).all()
+    assert not torch.equal(first["input_ids"], second["input_ids"])  # drawn anew at each step
+    assert torch.equal(GeneDropout(0, 0.0)(batch)["input_ids"], batch["input_ids"])
 
 
 def test_classification_collator_rejects_unseen_labels():

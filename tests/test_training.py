@@ -383,8 +383,38 @@ def test_layer_decay_gives_each_layer_its_learning_rate(tokenizer):
     ("mask_probability", 1.5, "a share in (0, 1)"), ("mask_probability", 0.0, "a share in (0, 1)"),
     ("per_device_batch_size", 0, "at least 1"), ("learning_rate", -1e-3, "above 0"), ("max_steps", 0, "-1"),
     ("warmup_ratio", 1.0, "in [0, 1)"), ("keep_last_checkpoints", 0, "at least 1"), ("seed", -1, "at least 0"),
-    ("mixed_precision", "fp8", "is not one of"),
+    ("mixed_precision", "fp8", "is not one of"), ("gene_dropout", 1.0, "a share in [0, 1)"),
+    ("reinit_layers", -1, "at least 0"),
 ])
 def test_training_options_out_of_range_are_refused_when_the_config_is_built(option, value, words):
     with pytest.raises(ValueError, match=re.escape(words)):
         TrainingConfig.from_dict({option: value})
+
+
+def test_reinit_layers_draws_the_last_layers_of_a_loaded_model_anew_and_keeps_the_rest(tokenizer, tmp_path):
+    """transformers' init functions skip tensors a load marked as initialised: re-initialising must still change
+    every tensor of the last layer (norms back to ones), and nothing else."""
+    from conftest import tiny_config
+
+    from modeling_scgrn import ScGrnForCellClassification
+    from modeling_scgrn.hub.model_folder import load_pretrained
+    from modeling_scgrn.workflows.finetune import reinitialize_last_layers
+
+    trained = ScGrnForCellClassification(tiny_config(tokenizer, num_labels=2))
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.add_(0.5)  # every weight away from what an initialisation draws
+    trained.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model = load_pretrained(ScGrnForCellClassification, str(tmp_path), num_labels=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(0)
+    reinitialize_last_layers(model, 1)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    last = {k for k in before if k.startswith("scgrn.layers.1.")}
+    assert changed == last and last
+    assert torch.equal(after["scgrn.layers.1.input_layernorm.weight"],
+                       torch.ones_like(after["scgrn.layers.1.input_layernorm.weight"]))
+    with pytest.raises(ValueError, match="more than the model's 2 encoder layers"):
+        reinitialize_last_layers(model, 3)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 DEFAULT_MASK_PROBABILITY = 0.15  # share of gene values hidden in pretraining: the collator's and TrainingConfig's
+TOKEN_KEYS = ("input_ids", "attention_mask", "expression_values", "expression_bins")  # a batch's per-token entries
 
 
 def _pad(sequences, value, dtype) -> torch.Tensor:
@@ -29,6 +30,32 @@ def _pad_cells(features: list[dict], pad_token_id: int) -> dict[str, torch.Tenso
     return batch
 
 
+def drop_gene_tokens(batch: dict[str, torch.Tensor], share: float, draw: torch.Tensor,
+                     pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Each row of a padded batch without the gene tokens whose `draw` (uniform, the batch's shape) is below `share`
+    (`[CLS]` and at least one gene, the highest draw, always stay): the kept tokens move up in their order, the
+    freed places become padding and the batch is cut to its longest row. Per-cell entries (labels, class weights,
+    `cell_index`) pass unchanged."""
+    kept = batch["attention_mask"].bool()
+    genes = kept.clone()
+    genes[:, 0] = False
+    dropped = genes & (draw < share)
+    keep_one = torch.where(genes, draw, torch.full_like(draw, -1.0)).argmax(1)
+    dropped[torch.arange(len(dropped), device=kept.device), keep_one] = False
+    kept &= ~dropped
+    positions = torch.arange(kept.shape[1], device=kept.device)
+    order = torch.where(kept, positions, positions + kept.shape[1]).argsort(1)
+    length = int(kept.sum(1).max())
+    out = {key: value.gather(1, order[:, :length]) if key in TOKEN_KEYS else value for key, value in batch.items()}
+    out["attention_mask"] = (positions[:length][None] < kept.sum(1)[:, None]).long()
+    padding = out["attention_mask"] == 0
+    out["input_ids"] = out["input_ids"].masked_fill(padding, pad_token_id)
+    for key in ("expression_values", "expression_bins"):
+        if key in out:
+            out[key] = out[key].masked_fill(padding, 0)
+    return out
+
+
 @dataclass
 class DataCollatorForMaskedExpression:
     """Pads to the batch's longest cell and hides the expression of a random `mask_probability` share of gene
@@ -37,7 +64,9 @@ class DataCollatorForMaskedExpression:
     cell appears twice, masked independently (rows `i` and `i + batch`), and `cell_index` says which cell each row
     is, for the model's contrastive term (`from_config` chooses 2 when the config has one). `view_gene_dropout`
     also removes that share of each view's gene tokens (drawn per view; the rest move up, the row is re-padded), so
-    that two views differ in which genes they show, not only in which values are hidden.
+    that two views differ in which genes they show, not only in which values are hidden; `view_dropout_spread`
+    draws each view's share uniformly within that distance of it, so that they also show different numbers of genes
+    (and the term cannot match views by how many genes a cell has).
 
     Calling it does both (as transformers' collators do, e.g. for `Trainer`). The scgrn training loop calls
     `pad` in the DataLoader and `mask` just before each step instead, so the random draws follow the step order
@@ -52,14 +81,21 @@ class DataCollatorForMaskedExpression:
     generator: torch.Generator | None = None
     views: int = 1
     view_gene_dropout: float = 0.0
+    view_dropout_spread: float = 0.0
+
+    def __post_init__(self):
+        low, high = self.view_gene_dropout - self.view_dropout_spread, self.view_gene_dropout + self.view_dropout_spread
+        if self.view_dropout_spread and (low < 0 or high >= 1):
+            raise ValueError(f"view_dropout_spread={self.view_dropout_spread} around view_gene_dropout="
+                             f"{self.view_gene_dropout} draws shares from {low:g} to {high:g}; keep them in [0, 1).")
 
     @classmethod
     def from_config(cls, config, mask_probability: float = DEFAULT_MASK_PROBABILITY, seed: int | None = None,
-                    views: int | None = None, view_gene_dropout: float = 0.0):
+                    views: int | None = None, view_gene_dropout: float = 0.0, view_dropout_spread: float = 0.0):
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         views = (2 if getattr(config, "contrastive_weight", 0) > 0 else 1) if views is None else views
         return cls(config.pad_token_id, config.value_encoding, config.n_bins, config.mask_value, mask_probability,
-                   generator, views, view_gene_dropout)
+                   generator, views, view_gene_dropout, view_dropout_spread)
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         return self.mask(self.pad(features))
@@ -73,27 +109,11 @@ class DataCollatorForMaskedExpression:
         return torch.rand(shape, generator=self.generator).to(device)
 
     def _drop_genes(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Each row without a random `view_gene_dropout` share of its gene tokens (at least one gene kept): the kept
-        tokens move up in their order, the freed places become padding."""
-        kept = batch["attention_mask"].bool()
-        genes = kept.clone()
-        genes[:, 0] = False
-        draw = self._draw(kept.shape, kept.device)
-        dropped = genes & (draw < self.view_gene_dropout)
-        keep_one = torch.where(genes, draw, torch.full_like(draw, -1.0)).argmax(1)  # the highest draw stays
-        dropped[torch.arange(len(dropped), device=kept.device), keep_one] = False
-        kept &= ~dropped
-        positions = torch.arange(kept.shape[1], device=kept.device)
-        order = torch.where(kept, positions, positions + kept.shape[1]).argsort(1)
-        length = int(kept.sum(1).max())
-        out = {key: value.gather(1, order[:, :length]) if value.dim() == 2 else value for key, value in batch.items()}
-        out["attention_mask"] = (positions[:length][None] < kept.sum(1)[:, None]).long()
-        padding = out["attention_mask"] == 0
-        out["input_ids"] = out["input_ids"].masked_fill(padding, self.pad_token_id)
-        for key in ("expression_values", "expression_bins"):
-            if key in out:
-                out[key] = out[key].masked_fill(padding, 0)
-        return out
+        device, shape = batch["input_ids"].device, batch["attention_mask"].shape
+        share = self.view_gene_dropout
+        if self.view_dropout_spread > 0:  # each view its own share: views of one cell show different gene counts
+            share = share + self.view_dropout_spread * (2 * self._draw((shape[0], 1), device) - 1)
+        return drop_gene_tokens(batch, share, self._draw(shape, device), self.pad_token_id)
 
     def mask(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Mask a padded batch (on any device); draws from `generator` or, without one, torch's global RNG."""
@@ -153,3 +173,18 @@ class WithClassWeights:
         batch = self.collator(features)
         batch["class_weights"] = self.weights
         return batch
+
+
+@dataclass
+class GeneDropout:
+    """A finetuning augmentation (`TrainingConfig.gene_dropout`): called on each padded training batch right before
+    its step (`train`'s `batch_transform`), it leaves out a random `share` of every cell's gene tokens, drawn anew
+    each step from torch's global random state (which checkpoints save, so a resumed run drops the same genes).
+    Evaluation batches never pass through it: the model is scored on every gene a cell shows."""
+
+    pad_token_id: int
+    share: float
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        mask = batch["attention_mask"]
+        return drop_gene_tokens(batch, self.share, torch.rand(mask.shape, device=mask.device), self.pad_token_id)

@@ -58,8 +58,11 @@ TRAINING_RANGES = (
     ("keep_last_checkpoints", _at_least(1), _no_limit, "at least 1"),
     ("mask_probability", _above(0), lambda v: v < 1, "a share in (0, 1): some values hidden, some left to read"),
     ("view_gene_dropout", _at_least(0), lambda v: v < 1, "a share in [0, 1): 0 keeps every gene in both views"),
+    ("view_dropout_spread", _at_least(0), lambda v: v < 1, "in [0, 1): 0 gives every view the same share"),
     ("early_stopping_patience", _at_least(0), _no_limit, "at least 0 (0 turns it off)"),
     ("layer_decay", _above(0), lambda v: v <= 1, "in (0, 1] (1 turns it off)"),
+    ("gene_dropout", _at_least(0), lambda v: v < 1, "a share in [0, 1): 0 shows every gene at every step"),
+    ("reinit_layers", _at_least(0), _no_limit, "at least 0 (0 keeps every pretrained layer)"),
     ("dataloader_num_workers", _at_least(0), _no_limit, "at least 0"),
 )
 
@@ -95,11 +98,19 @@ class TrainingConfig:
     mask_probability: float = field(default=DEFAULT_MASK_PROBABILITY, metadata={"help": "pretraining: share of gene values hidden"})
     view_gene_dropout: float = field(default=0.0, metadata={"help": "pretraining with a contrastive term: share of "
                                                                     "gene tokens each view of a cell leaves out"})
+    view_dropout_spread: float = field(default=0.0, metadata={"help": "pretraining: each view's share of genes left "
+                                                                      "out is drawn uniformly within this distance "
+                                                                      "of view_gene_dropout (0: all the same)"})
     class_weighting: bool = field(default=True, metadata={"help": "finetuning: inverse-frequency class weights"})
     early_stopping_patience: int = field(default=0, metadata={"help": "finetuning: evaluations without macro-F1 gain before stopping; 0 = off"})
     layer_decay: float = field(default=1.0, metadata={"help": "finetuning: layer-wise learning-rate decay; each "
                                                               "layer below the head learns this factor slower (1 = off)"})
     freeze_encoder: bool = field(default=False, metadata={"help": "finetuning: train the classifier only (linear probe)"})
+    gene_dropout: float = field(default=0.0, metadata={"help": "finetuning: share of each training cell's gene tokens "
+                                                               "left out at every step (an augmentation; evaluation "
+                                                               "reads every gene)"})
+    reinit_layers: int = field(default=0, metadata={"help": "finetuning from a pretrained model: re-initialise its "
+                                                            "last N encoder layers before training"})
     dataloader_num_workers: int = field(default=0, metadata={"help": "worker processes of each DataLoader"})
     show_progress: bool = field(default=True, metadata={"help": "tqdm progress bar on the main process"})
 
@@ -108,6 +119,10 @@ class TrainingConfig:
             value = getattr(self, name)
             if not low(value) or not high(value):
                 raise ValueError(f"training option {name}={value!r} must be {text}.")
+        spread, share = self.view_dropout_spread, self.view_gene_dropout
+        if spread and not 0 <= share - spread <= share + spread < 1:
+            raise ValueError(f"view_dropout_spread={spread} around view_gene_dropout={share} draws shares from "
+                             f"{share - spread:g} to {share + spread:g}; keep them in [0, 1).")
         if self.mixed_precision not in ("no", "bf16", "fp16", "auto"):
             raise ValueError(f"mixed_precision={self.mixed_precision!r} is not one of ['no', 'bf16', 'fp16', 'auto'].")
 

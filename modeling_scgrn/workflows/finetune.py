@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cells.collators import DataCollatorForCellClassification, WithClassWeights
+from ..cells.collators import DataCollatorForCellClassification, GeneDropout, WithClassWeights
 from ..cells.prepared import load_prepared
 from ..evaluation.baselines import classification_baselines, classification_table
 from ..evaluation.label_budget import labelled_indices
@@ -21,7 +21,8 @@ from ..evaluation.metrics import classification_metrics, embedding_metrics
 from ..evaluation.plots import plot_confusion_matrix, plot_umap
 from ..grn.attach import attach_grn, check_model_options, new_config
 from ..grn.network import GeneRegulatoryNetwork
-from ..hub.model_folder import check_compatible, load_pretrained, save_model_folder, with_architecture_of
+from ..hub.model_folder import (architecture_of, check_compatible, load_pretrained, save_model_folder,
+                                 with_architecture_of)
 from ..model.configuration_scgrn import SHAPE_FIELDS
 from ..model.modeling_scgrn import ScGrnForCellClassification
 from ..storage.folders import jsonable
@@ -70,6 +71,33 @@ def _classifier(classes, tokenizer, network, pretrained: str | None, model_optio
     return model
 
 
+def check_recipe(training: TrainingConfig, pretrained: str | None) -> None:
+    """Refuse finetuning options that could not do what they say, before any work."""
+    if training.reinit_layers and not pretrained:
+        raise ValueError(f"reinit_layers={training.reinit_layers} re-initialises layers of a pretrained model, but "
+                         "this run trains from scratch, where every layer is new; give --model or drop it.")
+    if training.reinit_layers and training.freeze_encoder:
+        raise ValueError("reinit_layers with freeze_encoder would keep re-initialised layers random and frozen; "
+                         "drop one of them.")
+    layers = architecture_of(pretrained)["num_hidden_layers"] if training.reinit_layers else 0
+    if training.reinit_layers > layers:
+        raise ValueError(f"reinit_layers={training.reinit_layers} is more than the {layers} encoder layers of "
+                         f"{pretrained}; at most {layers}.")
+
+
+def reinitialize_last_layers(model, count: int) -> None:
+    """Draw the last `count` encoder layers of `model` anew, with its own initialisation (the field's recipe for
+    small data: the top layers of a pretrained encoder are the most specific to the pretraining task)."""
+    layers = model.base_model.layers
+    if count > len(layers):
+        raise ValueError(f"reinit_layers={count} is more than the model's {len(layers)} encoder layers.")
+    for layer in layers[len(layers) - count:]:
+        for module in layer.modules():
+            for tensor in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
+                tensor._is_hf_initialized = False  # transformers' init functions skip tensors a load marked
+            model._init_weights(module)
+
+
 def labelled_subset(split, label_column: str, per_class: int, seed: int = 0):
     """At most `per_class` cells of each label of a tokenized split, drawn with `seed`, in their original order
     (`labelled_indices`: a frozen embedding read with the same budget and seed gets the same cells)."""
@@ -98,6 +126,7 @@ def run_finetuning(data, training: TrainingConfig, *, label_column: str, pretrai
                              "pretrained model (--model).")
         model_options = with_architecture_of(architecture_from, model_options)
     check_model_options(model_options)
+    check_recipe(training, pretrained)
     data_dir = prepared_data(data, output_dir, resuming=bool(training.resume_from_checkpoint), model=pretrained)
     dataset, tokenizer, data_network, metadata = load_prepared(data_dir)
     network = data_network if network is None else network
@@ -106,6 +135,8 @@ def run_finetuning(data, training: TrainingConfig, *, label_column: str, pretrai
         dataset["train"] = labelled_subset(dataset["train"], label_column, labels_per_class, training.seed)
     torch.manual_seed(training.seed)
     model = _classifier(classes, tokenizer, network, pretrained, model_options)
+    if training.reinit_layers:
+        reinitialize_last_layers(model, training.reinit_layers)
     coverage = log_prior_coverage(model, dataset["train"])
     if training.freeze_encoder:
         for parameter in model.scgrn.parameters():
@@ -122,8 +153,9 @@ def run_finetuning(data, training: TrainingConfig, *, label_column: str, pretrai
         scores = classification_metrics(unwrapped, dataset["validation"], plain_collator)
         return {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}
 
+    augment = GeneDropout(model.config.pad_token_id, training.gene_dropout) if training.gene_dropout else None
     result = train(model, dataset["train"], collator, training, evaluate=evaluate, metric_for_best="macro_f1",
-                   project_name="finetune")
+                   batch_transform=augment, project_name="finetune")
     test = classification_metrics(result.model, dataset["test"], plain_collator)
     if baselines is None:
         baselines = classification_baselines(dataset["train"], dataset["test"], label_column,

@@ -42,6 +42,10 @@ def run_pretraining(data, training: TrainingConfig, *, model_options: Mapping | 
     of simulated cells) the validation also scores the masked genes whose true regulators the cell shows."""
     model_options, output_dir = dict(model_options or {}), training.output_dir
     check_model_options(model_options)
+    finetuning_only = [f"{k}={getattr(training, k)}" for k in ("gene_dropout", "reinit_layers") if getattr(training, k)]
+    if finetuning_only:
+        raise ValueError(f"{', '.join(finetuning_only)}: finetuning options, which pretraining does not read; drop "
+                         "them (a contrastive term's views leave genes out with view_gene_dropout).")
     data_dir = prepared_data(data, output_dir, resuming=bool(training.resume_from_checkpoint), model=init_from)
     dataset, tokenizer, data_network, metadata = load_prepared(data_dir, streamed=True)
     network = data_network if network is None else network
@@ -58,7 +62,8 @@ def run_pretraining(data, training: TrainingConfig, *, model_options: Mapping | 
                          "the model has none; give it model.contrastive_weight > 0, or set view_gene_dropout to 0.")
     coverage = log_prior_coverage(model, sample)
     collator = DataCollatorForMaskedExpression.from_config(model.config, training.mask_probability,
-                                                           view_gene_dropout=training.view_gene_dropout)
+                                                           view_gene_dropout=training.view_gene_dropout,
+                                                           view_dropout_spread=training.view_dropout_spread)
     statistics = gene_statistics(sample, model.config.vocab_size, model.config.value_encoding, model.config.n_bins)
     if model.config.uses_gene_means and not init_from:
         model.set_gene_means(statistics["means"])
