@@ -418,3 +418,38 @@ def test_reinit_layers_draws_the_last_layers_of_a_loaded_model_anew_and_keeps_th
                        torch.ones_like(after["scgrn.layers.1.input_layernorm.weight"]))
     with pytest.raises(ValueError, match="more than the model's 2 encoder layers"):
         reinitialize_last_layers(model, 3)
+
+
+def test_finetuning_with_gene_dropout_resumes_to_the_uninterrupted_weights(prepared, tmp_path):
+    """`gene_dropout` draws from torch's global random state, which checkpoints save: a run stopped after its
+    checkpoint and resumed drops the same genes and ends with the same weights; and the dropout does change them."""
+    from modeling_scgrn.cells import collators
+
+    options = quiet(max_steps=8, checkpoint_steps=4, per_device_batch_size=16, logging_steps=4, seed=3,
+                    gene_dropout=0.3)
+
+    def finetune(folder, **changes):
+        training = TrainingConfig.from_dict({**options, **changes}, output_dir=tmp_path / folder)
+        run_finetuning(prepared, training, label_column="bulk_labels", model_options=TINY_MODEL, save_outputs=False)
+
+    finetune("straight")
+    finetune("plain", gene_dropout=0.0)
+    original, calls = collators.GeneDropout.__call__, {"n": 0}
+
+    def crashing(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt("killed")
+        return original(self, batch)
+
+    collators.GeneDropout.__call__ = crashing
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            finetune("crashed")
+    finally:
+        collators.GeneDropout.__call__ = original
+    finetune("crashed", resume_from_checkpoint="latest")
+    straight, resumed, plain = (final_weights(tmp_path / f) for f in ("straight", "crashed", "plain"))
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    assert any(not torch.equal(straight[name], plain[name]) for name in straight)
