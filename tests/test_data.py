@@ -177,6 +177,31 @@ def test_a_spread_gives_each_view_its_own_share_of_genes_left_out():
         DataCollatorForMaskedExpression.from_config(config, view_gene_dropout=0.2, view_dropout_spread=0.3)
 
 
+def test_depth_jitter_renormalises_each_view_to_its_own_total():
+    """`view_depth_jitter`: every value of a view is `log1p(expm1(v) * c)` with one `c` per view (within exp(+/-j)),
+    the masked targets in the same units as what the view shows, `[CLS]` and padding untouched."""
+    values = np.linspace(0.2, 3, 30)
+    features = [{"input_ids": [1, *range(5, 35)], "expression_values": [0.0, *values]},
+                {"input_ids": [1, 9, 10], "expression_values": [0.0, 1.5, 2.5]}]
+    config = ScGrnConfig(vocab_size=64, hidden_size=8, num_attention_heads=2, value_encoding="continuous",
+                         contrastive_weight=1.0)
+    batch = DataCollatorForMaskedExpression.from_config(config, 0.3, seed=0, view_depth_jitter=1.0)(features)
+    shown = torch.where(torch.isnan(batch["labels"]), batch["expression_values"], batch["labels"])
+    scales = []
+    for row, original in ((0, values), (2, values), (1, [1.5, 2.5]), (3, [1.5, 2.5])):
+        ratio = torch.expm1(shown[row, 1:len(original) + 1]) / torch.expm1(torch.tensor(original, dtype=torch.float32))
+        assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-4)  # one factor for the whole view
+        assert np.exp(-1.0) - 1e-4 <= ratio[0] <= np.exp(1.0) + 1e-4
+        scales.append(float(ratio[0]))
+    assert scales[0] != pytest.approx(scales[1], rel=1e-3)  # the two views of a cell: two totals
+    assert (batch["expression_values"][:, 0] == 0).all() and (batch["expression_values"][[1, 3], 3:] == 0).all()
+    plain = DataCollatorForMaskedExpression.from_config(config, 0.3, seed=0)(features)
+    unjittered = torch.where(torch.isnan(plain["labels"]), plain["expression_values"], plain["labels"])
+    assert unjittered[0, 1:31].tolist() == pytest.approx(values.tolist())
+    with pytest.raises(ValueError, match="at least 0"):
+        TrainingConfig(view_depth_jitter=-1.0)
+
+
 def test_gene_dropout_leaves_genes_out_of_training_batches_and_keeps_each_cell_with_its_label():
     """Finetuning's `gene_dropout` (`GeneDropout`, a batch transform): a new random share of each cell's genes left
     out at every call, kept genes with their own values, `[CLS]` first, per-cell entries untouched."""

@@ -66,7 +66,8 @@ class DataCollatorForMaskedExpression:
     also removes that share of each view's gene tokens (drawn per view; the rest move up, the row is re-padded), so
     that two views differ in which genes they show, not only in which values are hidden; `view_dropout_spread`
     draws each view's share uniformly within that distance of it, so that they also show different numbers of genes
-    (and the term cannot match views by how many genes a cell has).
+    (and the term cannot match views by how many genes a cell has); `view_depth_jitter` re-normalises each view's
+    values to another total (continuous values only), so that they cannot match views by the values depth sets.
 
     Calling it does both (as transformers' collators do, e.g. for `Trainer`). The scgrn training loop calls
     `pad` in the DataLoader and `mask` just before each step instead, so the random draws follow the step order
@@ -82,6 +83,7 @@ class DataCollatorForMaskedExpression:
     views: int = 1
     view_gene_dropout: float = 0.0
     view_dropout_spread: float = 0.0
+    view_depth_jitter: float = 0.0
 
     def __post_init__(self):
         low, high = self.view_gene_dropout - self.view_dropout_spread, self.view_gene_dropout + self.view_dropout_spread
@@ -91,11 +93,12 @@ class DataCollatorForMaskedExpression:
 
     @classmethod
     def from_config(cls, config, mask_probability: float = DEFAULT_MASK_PROBABILITY, seed: int | None = None,
-                    views: int | None = None, view_gene_dropout: float = 0.0, view_dropout_spread: float = 0.0):
+                    views: int | None = None, view_gene_dropout: float = 0.0, view_dropout_spread: float = 0.0,
+                    view_depth_jitter: float = 0.0):
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         views = (2 if getattr(config, "contrastive_weight", 0) > 0 else 1) if views is None else views
         return cls(config.pad_token_id, config.value_encoding, config.n_bins, config.mask_value, mask_probability,
-                   generator, views, view_gene_dropout, view_dropout_spread)
+                   generator, views, view_gene_dropout, view_dropout_spread, view_depth_jitter)
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         return self.mask(self.pad(features))
@@ -115,6 +118,20 @@ class DataCollatorForMaskedExpression:
             share = share + self.view_dropout_spread * (2 * self._draw((shape[0], 1), device) - 1)
         return drop_gene_tokens(batch, share, self._draw(shape, device), self.pad_token_id)
 
+    def _jitter_depth(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each view's log1p-normalised values as if the cell had been normalised to another total: `log1p(expm1(v)
+        * c)` with `log c` uniform in `[-view_depth_jitter, view_depth_jitter]`, one `c` per view, so that the two
+        views of a cell no longer agree on the values its depth sets (a count of 1 is `log1p(target_sum / total)`)."""
+        if "expression_values" not in batch:
+            raise ValueError("view_depth_jitter rescales continuous values; these cells are binned "
+                             "(value_encoding='binned'): set it to 0.")
+        values = batch["expression_values"]
+        scale = torch.exp(self.view_depth_jitter * (2 * self._draw((len(values), 1), values.device) - 1))
+        genes = batch["attention_mask"].bool().clone()
+        genes[:, 0] = False
+        rescaled = torch.log1p(torch.expm1(values) * scale)
+        return {**batch, "expression_values": torch.where(genes, rescaled, values)}
+
     def mask(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Mask a padded batch (on any device); draws from `generator` or, without one, torch's global RNG."""
         batch = dict(batch)
@@ -124,6 +141,8 @@ class DataCollatorForMaskedExpression:
             batch["cell_index"] = torch.arange(cells, device=batch["input_ids"].device).repeat(self.views)
             if self.view_gene_dropout > 0:
                 batch = self._drop_genes(batch)
+            if self.view_depth_jitter > 0:
+                batch = self._jitter_depth(batch)
         genes = batch["attention_mask"].bool().clone()
         genes[:, 0] = False
         draw = self._draw(genes.shape, genes.device)

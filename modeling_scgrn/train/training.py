@@ -59,6 +59,7 @@ TRAINING_RANGES = (
     ("mask_probability", _above(0), lambda v: v < 1, "a share in (0, 1): some values hidden, some left to read"),
     ("view_gene_dropout", _at_least(0), lambda v: v < 1, "a share in [0, 1): 0 keeps every gene in both views"),
     ("view_dropout_spread", _at_least(0), lambda v: v < 1, "in [0, 1): 0 gives every view the same share"),
+    ("view_depth_jitter", _at_least(0), _no_limit, "at least 0 (0: every view keeps the cell's values)"),
     ("early_stopping_patience", _at_least(0), _no_limit, "at least 0 (0 turns it off)"),
     ("layer_decay", _above(0), lambda v: v <= 1, "in (0, 1] (1 turns it off)"),
     ("gene_dropout", _at_least(0), lambda v: v < 1, "a share in [0, 1): 0 shows every gene at every step"),
@@ -101,6 +102,9 @@ class TrainingConfig:
     view_dropout_spread: float = field(default=0.0, metadata={"help": "pretraining: each view's share of genes left "
                                                                       "out is drawn uniformly within this distance "
                                                                       "of view_gene_dropout (0: all the same)"})
+    view_depth_jitter: float = field(default=0.0, metadata={"help": "pretraining: each view's values re-normalised "
+                                                                    "to another total, log-uniform within "
+                                                                    "exp(+/-this) of the cell's (0: none)"})
     class_weighting: bool = field(default=True, metadata={"help": "finetuning: inverse-frequency class weights"})
     early_stopping_patience: int = field(default=0, metadata={"help": "finetuning: evaluations without macro-F1 gain before stopping; 0 = off"})
     layer_decay: float = field(default=1.0, metadata={"help": "finetuning: layer-wise learning-rate decay; each "
