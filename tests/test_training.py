@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from contextlib import contextmanager
 
 import pandas as pd
 import pytest
@@ -39,6 +40,24 @@ def quiet(**options):
     return {"show_progress": False, "report_to": "none", "mixed_precision": "no", **options}
 
 
+@contextmanager
+def crashing_at(owner, name: str, call: int):
+    """`owner.name` raises KeyboardInterrupt (a killed run) on its `call`-th call, and is restored after."""
+    original, calls = getattr(owner, name), {"n": 0}
+
+    def crashing(self, *args):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt("killed")
+        return original(self, *args)
+
+    setattr(owner, name, crashing)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
 def final_weights(output_dir):
     return load_file(str(sorted((output_dir / "checkpoints").glob("step_*"))[-1] / "model.safetensors"))
 
@@ -49,24 +68,11 @@ def test_resume_after_crash_gives_the_uninterrupted_weights(prepared, tmp_path):
                     model_options=TINY_MODEL)
 
     # Crash during step 7 (after the checkpoint at step 4), then resume from the latest checkpoint.
-    from modeling_scgrn.cells import collators as data_module
+    from modeling_scgrn.cells.collators import DataCollatorForMaskedExpression
 
-    original = data_module.DataCollatorForMaskedExpression.pad
-    calls = {"n": 0}
-
-    def crashing(self, features):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise KeyboardInterrupt("killed")
-        return original(self, features)
-
-    data_module.DataCollatorForMaskedExpression.pad = crashing
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run_pretraining(prepared, TrainingConfig.from_dict(options, output_dir=tmp_path / "crashed"),
-                            model_options=TINY_MODEL)
-    finally:
-        data_module.DataCollatorForMaskedExpression.pad = original
+    with crashing_at(DataCollatorForMaskedExpression, "pad", 7), pytest.raises(KeyboardInterrupt):
+        run_pretraining(prepared, TrainingConfig.from_dict(options, output_dir=tmp_path / "crashed"),
+                        model_options=TINY_MODEL)
     checkpoints = sorted(p.name for p in (tmp_path / "crashed" / "checkpoints").iterdir())
     assert checkpoints == ["step_00000004"]  # nothing half-written is left beside it
     training = TrainingConfig.from_dict(
@@ -423,7 +429,7 @@ def test_reinit_layers_draws_the_last_layers_of_a_loaded_model_anew_and_keeps_th
 def test_finetuning_with_gene_dropout_resumes_to_the_uninterrupted_weights(prepared, tmp_path):
     """`gene_dropout` draws from torch's global random state, which checkpoints save: a run stopped after its
     checkpoint and resumed drops the same genes and ends with the same weights; and the dropout does change them."""
-    from modeling_scgrn.cells import collators
+    from modeling_scgrn.cells.collators import GeneDropout
 
     options = quiet(max_steps=8, checkpoint_steps=4, per_device_batch_size=16, logging_steps=4, seed=3,
                     gene_dropout=0.3)
@@ -434,20 +440,8 @@ def test_finetuning_with_gene_dropout_resumes_to_the_uninterrupted_weights(prepa
 
     finetune("straight")
     finetune("plain", gene_dropout=0.0)
-    original, calls = collators.GeneDropout.__call__, {"n": 0}
-
-    def crashing(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt("killed")
-        return original(self, batch)
-
-    collators.GeneDropout.__call__ = crashing
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            finetune("crashed")
-    finally:
-        collators.GeneDropout.__call__ = original
+    with crashing_at(GeneDropout, "__call__", 6), pytest.raises(KeyboardInterrupt):  # after the step-4 checkpoint
+        finetune("crashed")
     finetune("crashed", resume_from_checkpoint="latest")
     straight, resumed, plain = (final_weights(tmp_path / f) for f in ("straight", "crashed", "plain"))
     for name in straight:
