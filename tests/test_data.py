@@ -200,6 +200,8 @@ def test_depth_jitter_renormalises_each_view_to_its_own_total():
     assert unjittered[0, 1:31].tolist() == pytest.approx(values.tolist())
     with pytest.raises(ValueError, match="at least 0"):
         TrainingConfig(view_depth_jitter=-1.0)
+    with pytest.raises(ValueError, match="rescales continuous values, but these are binned"):
+        DataCollatorForMaskedExpression(0, "binned", 4, views=2, view_depth_jitter=1.0)
 
 
 def test_gene_dropout_leaves_genes_out_of_training_batches_and_keeps_each_cell_with_its_label():

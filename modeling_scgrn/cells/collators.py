@@ -30,6 +30,21 @@ def _pad_cells(features: list[dict], pad_token_id: int) -> dict[str, torch.Tenso
     return batch
 
 
+def gene_tokens(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Where a padded batch holds gene tokens: its attention mask without `[CLS]` (the first place)."""
+    genes = attention_mask.bool().clone()
+    genes[:, 0] = False
+    return genes
+
+
+def check_view_spread(view_gene_dropout: float, view_dropout_spread: float) -> None:
+    """Refuse a spread that would draw a view's share of genes left out below 0 or at 1 or above."""
+    share, spread = view_gene_dropout, view_dropout_spread
+    if spread and not 0 <= share - spread <= share + spread < 1:
+        raise ValueError(f"view_dropout_spread={spread} around view_gene_dropout={share} draws shares from "
+                         f"{share - spread:g} to {share + spread:g}; keep them in [0, 1).")
+
+
 def drop_gene_tokens(batch: dict[str, torch.Tensor], share: float, draw: torch.Tensor,
                      pad_token_id: int) -> dict[str, torch.Tensor]:
     """Each row of a padded batch without the gene tokens whose `draw` (uniform, the batch's shape) is below `share`
@@ -37,8 +52,7 @@ def drop_gene_tokens(batch: dict[str, torch.Tensor], share: float, draw: torch.T
     freed places become padding and the batch is cut to its longest row. Per-cell entries (labels, class weights,
     `cell_index`) pass unchanged."""
     kept = batch["attention_mask"].bool()
-    genes = kept.clone()
-    genes[:, 0] = False
+    genes = gene_tokens(batch["attention_mask"])
     dropped = genes & (draw < share)
     keep_one = torch.where(genes, draw, torch.full_like(draw, -1.0)).argmax(1)
     dropped[torch.arange(len(dropped), device=kept.device), keep_one] = False
@@ -86,10 +100,10 @@ class DataCollatorForMaskedExpression:
     view_depth_jitter: float = 0.0
 
     def __post_init__(self):
-        low, high = self.view_gene_dropout - self.view_dropout_spread, self.view_gene_dropout + self.view_dropout_spread
-        if self.view_dropout_spread and (low < 0 or high >= 1):
-            raise ValueError(f"view_dropout_spread={self.view_dropout_spread} around view_gene_dropout="
-                             f"{self.view_gene_dropout} draws shares from {low:g} to {high:g}; keep them in [0, 1).")
+        check_view_spread(self.view_gene_dropout, self.view_dropout_spread)
+        if self.view_depth_jitter and self.value_encoding != "continuous":
+            raise ValueError(f"view_depth_jitter={self.view_depth_jitter} rescales continuous values, but these are "
+                             f"{self.value_encoding}; set it to 0.")
 
     @classmethod
     def from_config(cls, config, mask_probability: float = DEFAULT_MASK_PROBABILITY, seed: int | None = None,
@@ -122,13 +136,9 @@ class DataCollatorForMaskedExpression:
         """Each view's log1p-normalised values as if the cell had been normalised to another total: `log1p(expm1(v)
         * c)` with `log c` uniform in `[-view_depth_jitter, view_depth_jitter]`, one `c` per view, so that the two
         views of a cell no longer agree on the values its depth sets (a count of 1 is `log1p(target_sum / total)`)."""
-        if "expression_values" not in batch:
-            raise ValueError("view_depth_jitter rescales continuous values; these cells are binned "
-                             "(value_encoding='binned'): set it to 0.")
         values = batch["expression_values"]
         scale = torch.exp(self.view_depth_jitter * (2 * self._draw((len(values), 1), values.device) - 1))
-        genes = batch["attention_mask"].bool().clone()
-        genes[:, 0] = False
+        genes = gene_tokens(batch["attention_mask"])
         rescaled = torch.log1p(torch.expm1(values) * scale)
         return {**batch, "expression_values": torch.where(genes, rescaled, values)}
 
@@ -143,8 +153,7 @@ class DataCollatorForMaskedExpression:
                 batch = self._drop_genes(batch)
             if self.view_depth_jitter > 0:
                 batch = self._jitter_depth(batch)
-        genes = batch["attention_mask"].bool().clone()
-        genes[:, 0] = False
+        genes = gene_tokens(batch["attention_mask"])
         draw = self._draw(genes.shape, genes.device)
         masked = (draw < self.mask_probability) & genes
         # at least one gene per cell (its lowest draw) is masked, so every cell contributes to the loss

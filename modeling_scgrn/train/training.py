@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..cells.collators import DEFAULT_MASK_PROBABILITY
+from ..cells.collators import DEFAULT_MASK_PROBABILITY, check_view_spread
 from ..evaluation.plots import plot_training_curves
 from ..options.typed import checked_dataclass
 from ..storage.folders import checkpoint_folders, jsonable, run_task, write_run_manifest
@@ -123,10 +123,7 @@ class TrainingConfig:
             value = getattr(self, name)
             if not low(value) or not high(value):
                 raise ValueError(f"training option {name}={value!r} must be {text}.")
-        spread, share = self.view_dropout_spread, self.view_gene_dropout
-        if spread and not 0 <= share - spread <= share + spread < 1:
-            raise ValueError(f"view_dropout_spread={spread} around view_gene_dropout={share} draws shares from "
-                             f"{share - spread:g} to {share + spread:g}; keep them in [0, 1).")
+        check_view_spread(self.view_gene_dropout, self.view_dropout_spread)
         if self.mixed_precision not in ("no", "bf16", "fp16", "auto"):
             raise ValueError(f"mixed_precision={self.mixed_precision!r} is not one of ['no', 'bf16', 'fp16', 'auto'].")
 

@@ -62,9 +62,6 @@ def run_pretraining(data, training: TrainingConfig, *, model_options: Mapping | 
     if view_options and not model.config.contrastive_weight > 0:
         raise ValueError(f"{', '.join(view_options)} shapes the contrastive term's views, but the model has none; "
                          "give it model.contrastive_weight > 0, or set those to 0.")
-    if training.view_depth_jitter and model.config.value_encoding != "continuous":
-        raise ValueError(f"view_depth_jitter={training.view_depth_jitter} rescales continuous values, but the model "
-                         f"reads {model.config.value_encoding} values; set it to 0.")
     coverage = log_prior_coverage(model, sample)
     collator = DataCollatorForMaskedExpression.from_config(model.config, training.mask_probability,
                                                            view_gene_dropout=training.view_gene_dropout,
