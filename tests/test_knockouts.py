@@ -24,6 +24,17 @@ def test_scores_reward_the_right_signs_and_ranking():
     assert perfect["downstream_changed"] == 5 and perfect["genes_scored"] == 7  # A itself is left out
     flipped = score_knockout(-truth, truth, EDGES, "A")
     assert flipped["sign_accuracy_direct"] == 0.0 and flipped["pearson"] == pytest.approx(-1.0)
+    assert np.isnan(perfect["sign_accuracy_repressed"])  # A represses nothing here
+
+
+def test_repressed_targets_are_scored_apart():
+    edges = EDGES.assign(sign=[1, -1, 1, 1, 1])  # A activates B and represses C
+    truth = pd.Series({"B": -2.0, "C": 1.5, "D": -0.8, "E": 0.5, "F": -0.3, "G": 0.01})
+    every_target_down = truth.where(truth.index != "C", -1.0)
+    scores = score_knockout(every_target_down, truth, edges, "A")
+    assert scores["sign_accuracy_repressed"] == 0.0 and scores["sign_accuracy_direct"] == 0.5
+    assert score_knockout(truth, truth, edges, "A")["sign_accuracy_repressed"] == 1.0
+    assert np.isnan(score_knockout(truth, truth, edges, "B")["sign_accuracy_repressed"])  # B represses nothing
 
 
 def test_tiny_validation_runs_every_predictor(collectri_prior):
