@@ -123,6 +123,8 @@ CASES = [
     ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--set", "optim.lr=1"], "unknown section"),
     ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--set", "training.view_gene_dropout=0.5"],
      "the model has none; give it model.contrastive_weight > 0"),
+    ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--set", "model.depth_decorrelation_weight=-1"],
+     "depth_decorrelation_weight=-1 must not be negative"),
     ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--set", "training.gene_dropout=0.3"],
      "finetuning options, which pretraining does not read"),
     ("finetune", ["--data", "{data}", "--label_column", "bulk_labels", "--set", "training.reinit_layers=1",

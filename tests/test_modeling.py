@@ -117,6 +117,43 @@ def test_the_contrastive_term_is_nt_xent_between_views_and_trains_the_pooled_sta
         tiny_config(tokenizer, contrastive_weight=1.0, contrastive_temperature=0)
 
 
+def test_depth_correlation_is_the_squared_correlation_with_the_depth_the_tokens_show(tokenizer, edge_tensor, batch):
+    """`depth_decorrelation_weight > 0`: the penalty is the mean squared Pearson correlation between the pooled
+    state's dimensions and (log genes shown, mean visible value), added to `loss` at its weight, with a gradient on the
+    pooled state; masked values, padding and `[CLS]` do not count as depth; negative weights are refused."""
+    from modeling_scgrn.model.heads import depth_correlation, token_depth
+
+    generator = torch.Generator().manual_seed(0)
+    depth = torch.randn(64, 2, generator=generator)
+    assert depth_correlation(torch.cat([depth[:, :1], -3 * depth[:, :1] + 1], 1), depth[:, :1]) == pytest.approx(1.0, abs=1e-5)
+    assert depth_correlation(torch.randn(64, 8, generator=generator), depth) < 0.1
+    assert depth_correlation(torch.ones(64, 8), depth) == 0.0 and depth_correlation(depth[:2], depth[:2]) is None
+    values = torch.tensor([[0.0, 1.0, 3.0, -1.0, 9.0], [0.0, 2.0, 0.0, 0.0, 0.0]])
+    ids = torch.tensor([[tokenizer.cls_token_id, 5, 6, 7, 8], [tokenizer.cls_token_id, 5, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]])
+    shown = token_depth(ids, values, mask, cls_token_id=tokenizer.cls_token_id, mask_value=-1.0)
+    torch.testing.assert_close(shown, torch.tensor([[torch.log(torch.tensor(3.0)), 2.0], [0.0, 2.0]]))
+
+    model = make(ScGrnForMaskedExpressionModeling, tokenizer, edge_tensor, value_encoding="continuous",
+                 depth_decorrelation_weight=2.0).train()
+    labels = torch.full(batch["input_ids"].shape, float("nan"))
+    labels[:, 2] = batch["expression_values"][:, 2]
+    pooled = {}
+    model.scgrn.register_forward_hook(lambda module, args, output: pooled.update(state=output.pooler_output))
+    out = model(**batch, labels=labels)
+    pooled["state"].retain_grad()
+    out.depth_loss.backward(retain_graph=True)
+    assert pooled["state"].grad.abs().sum() > 0 and 0 < out.depth_loss < 1
+    expected = depth_correlation(pooled["state"].detach(), token_depth(
+        batch["input_ids"], batch["expression_values"], batch["attention_mask"], cls_token_id=tokenizer.cls_token_id,
+        mask_value=-1.0))
+    torch.testing.assert_close(out.depth_loss.detach(), expected)
+    torch.testing.assert_close(out.loss, out.token_loss + out.cell_loss + 2.0 * out.depth_loss)
+    assert model(**batch).depth_loss is None  # inference: no labels, no penalty
+    with pytest.raises(ValueError, match="depth_decorrelation_weight=-1"):
+        tiny_config(tokenizer, depth_decorrelation_weight=-1)
+
+
 def test_the_residual_cell_decoder_starts_from_the_trivial_predictor(tokenizer, edge_tensor, batch):
     """`cell_decoder="mvc_residual"`: the decoder's prediction is added to each gene's mean plus the cell's offset
     (the token head's is not), and its loss still trains the pooled state."""

@@ -87,6 +87,11 @@ class ScGrnConfig(PretrainedConfig):
             (SimCLR's NT-Xent between two differently masked views of each cell; the pretraining collator then
             makes two views of every cell); 0 leaves it out.
         contrastive_temperature (`float`, defaults to 0.1): temperature of that term's cosine similarities.
+        depth_decorrelation_weight (`float`, defaults to 0.0): weight of a pretraining penalty on the squared
+            correlation, across the batch, between each dimension of the pooled cell embedding and the cell's depth
+            as its tokens show it (log genes shown; mean visible value); 0 leaves it out. It keeps each dimension
+            apart from depth, not every direction: measured, the embedding still predicts depth jointly
+            (`benchmarks/README.md`, "Pretraining objectives"), so it is an experiment, not shipped.
         grn_mode (`str`, defaults to `"grn"`): which edges form the mask. `"grn"`: the prior network;
             `"dense"`: no constraint (the unconstrained Transformer baseline); `"random"`: uniform random edges
             among the prior's genes, as many as the prior has (seeded by `grn_control_seed`);
@@ -143,6 +148,7 @@ class ScGrnConfig(PretrainedConfig):
         value_baseline: str = "none",
         contrastive_weight: float = 0.0,
         contrastive_temperature: float = 0.1,
+        depth_decorrelation_weight: float = 0.0,
         grn_mode: str = "grn",
         grn_direction: str = "regulator_to_target",
         grn_self_loops: bool = True,
@@ -158,7 +164,7 @@ class ScGrnConfig(PretrainedConfig):
         _check_choice("value_encoding", value_encoding, VALUE_ENCODINGS)
         _check_choice("pooling", pooling, POOLINGS)
         _check_objective(value_encoding, cell_decoder, cell_decoder_weight, value_baseline)
-        _check_contrastive(contrastive_weight, contrastive_temperature)
+        _check_contrastive(contrastive_weight, contrastive_temperature, depth_decorrelation_weight)
         if hidden_size % num_attention_heads != 0:
             raise ValueError(
                 f"hidden_size ({hidden_size}) is not a multiple of num_attention_heads ({num_attention_heads}); "
@@ -196,6 +202,7 @@ class ScGrnConfig(PretrainedConfig):
         self.value_baseline = value_baseline
         self.contrastive_weight = contrastive_weight
         self.contrastive_temperature = contrastive_temperature
+        self.depth_decorrelation_weight = depth_decorrelation_weight
         self.grn_mode = grn_mode
         self.grn_direction = grn_direction
         self.grn_self_loops = grn_self_loops
@@ -254,9 +261,12 @@ def _check_objective(value_encoding: str, cell_decoder: str, cell_decoder_weight
         raise ValueError(f"cell_decoder_weight={cell_decoder_weight} must not be negative.")
 
 
-def _check_contrastive(contrastive_weight: float, contrastive_temperature: float) -> None:
-    if contrastive_weight < 0:
-        raise ValueError(f"contrastive_weight={contrastive_weight} must not be negative (0 leaves the term out).")
+def _check_contrastive(contrastive_weight: float, contrastive_temperature: float,
+                       depth_decorrelation_weight: float = 0.0) -> None:
+    for name, weight in {"contrastive_weight": contrastive_weight,
+                         "depth_decorrelation_weight": depth_decorrelation_weight}.items():
+        if weight < 0:
+            raise ValueError(f"{name}={weight} must not be negative (0 leaves the term out).")
     if not contrastive_temperature > 0:
         raise ValueError(f"contrastive_temperature={contrastive_temperature} must be positive, e.g. 0.1.")
 

@@ -1,5 +1,6 @@
-"""The pretraining heads that read the pooled cell embedding: the cell decoder (scGPT's MVC) and the contrastive
-term between two masked views of one cell (SimCLR's NT-Xent). Shipped with the weights: imports only torch."""
+"""The pretraining heads that read the pooled cell embedding: the cell decoder (scGPT's MVC), the contrastive
+term between two masked views of one cell (SimCLR's NT-Xent), and the depth decorrelation penalty. Shipped with the
+weights: imports only torch."""
 
 from __future__ import annotations
 
@@ -49,4 +50,42 @@ class ScGrnCellContrast(nn.Module):
         return -(log_probability.sum(1)[counted] / positive.sum(1)[counted]).mean()
 
 
-__all__ = ["ScGrnCellContrast", "ScGrnCellDecoder"]
+def token_depth(input_ids: torch.Tensor, expression_values: torch.Tensor | None, attention_mask: torch.Tensor | None,
+                *, cls_token_id: int, mask_value: float) -> torch.Tensor:
+    """`(batch, 1 or 2)` each row's depth as its tokens show it: the log of its gene tokens (not `[CLS]`, not
+    padding) and, for continuous values, the mean of its visible (unmasked) values."""
+    genes = input_ids != cls_token_id
+    if attention_mask is not None:
+        genes &= attention_mask.bool()
+    measures = [genes.sum(1).clamp(min=1).float().log()]
+    if expression_values is not None:
+        visible = genes & (expression_values != mask_value)
+        measures.append((expression_values.float() * visible).sum(1) / visible.sum(1).clamp(min=1))
+    return torch.stack(measures, 1)
+
+
+def depth_correlation(cell_embeddings: torch.Tensor, depth: torch.Tensor) -> torch.Tensor | None:
+    """The mean, over embedding dimensions and depth measures, of their squared Pearson correlation across the batch
+    (0: no linear trace of depth); None for batches of fewer than 3 rows. A measure constant over the batch counts
+    as uncorrelated."""
+    if len(cell_embeddings) < 3:
+        return None
+    x = cell_embeddings.float() - cell_embeddings.float().mean(0)
+    d = depth.float() - depth.float().mean(0)
+    covariance = x.T @ d / len(x)
+    scale = x.pow(2).mean(0).sqrt()[:, None] * d.pow(2).mean(0).sqrt()[None, :]
+    return (covariance / (scale + 1e-6)).pow(2).mean()
+
+
+def depth_penalty(config, cell_embeddings: torch.Tensor, input_ids: torch.Tensor,
+                  expression_values: torch.Tensor | None, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """[`depth_correlation`] of the pooled states with each row's [`token_depth`], or None where the model has no
+    such term (`config.depth_decorrelation_weight` 0) or the batch is too small."""
+    if not config.depth_decorrelation_weight > 0:
+        return None
+    depth = token_depth(input_ids, expression_values, attention_mask, cls_token_id=config.cls_token_id,
+                        mask_value=config.mask_value)
+    return depth_correlation(cell_embeddings, depth)
+
+
+__all__ = ["ScGrnCellContrast", "ScGrnCellDecoder", "depth_correlation", "depth_penalty", "token_depth"]

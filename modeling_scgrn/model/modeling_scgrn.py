@@ -22,7 +22,7 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_scgrn import MASK_RULE_FIELDS, ScGrnConfig
 from .controls import control_edges, not_gene_pairs
-from .heads import ScGrnCellContrast, ScGrnCellDecoder
+from .heads import ScGrnCellContrast, ScGrnCellDecoder, depth_penalty
 from .kernels import (
     AUTO_ATTENTION,
     OWN_KERNELS,
@@ -76,6 +76,8 @@ class ScGrnMaskedExpressionOutput(ModelOutput):
         token_loss, cell_loss: the token head's and the cell decoder's parts of `loss` (with labels and a decoder).
         contrastive_loss: the contrastive term on the pooled embedding (`config.contrastive_weight > 0`, with
             `cell_index`), added to `loss` at that weight.
+        depth_loss: the depth decorrelation penalty on the pooled embedding (`config.depth_decorrelation_weight > 0`,
+            with labels), added to `loss` at that weight.
         hidden_states, attentions: as in [`ScGrnModelOutput`].
     """
 
@@ -85,6 +87,7 @@ class ScGrnMaskedExpressionOutput(ModelOutput):
     token_loss: torch.FloatTensor | None = None
     cell_loss: torch.FloatTensor | None = None
     contrastive_loss: torch.FloatTensor | None = None
+    depth_loss: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
@@ -613,9 +616,12 @@ class ScGrnForMaskedExpressionModeling(ScGrnPreTrainedModel):
         if self.cell_contrast is not None and cell_index is not None:
             contrast = self.cell_contrast(outputs.pooler_output, cell_index)
             loss = loss if contrast is None or loss is None else loss + self.config.contrastive_weight * contrast
+        depth_loss = None if labels is None else depth_penalty(self.config, outputs.pooler_output, input_ids,
+                                                                 expression_values, attention_mask)
+        loss = loss if depth_loss is None else loss + self.config.depth_decorrelation_weight * depth_loss
         output = ScGrnMaskedExpressionOutput(loss=loss, logits=logits, cell_logits=cell_logits,
                                              token_loss=token_loss if cell_loss is not None else None,
-                                             cell_loss=cell_loss, contrastive_loss=contrast)
+                                             cell_loss=cell_loss, contrastive_loss=contrast, depth_loss=depth_loss)
         return self._head_output(output, outputs, return_dict)
 
 
