@@ -47,7 +47,8 @@ def test_script_writes_every_row_beside_pca_and_an_untrained_encoder(tmp_path):
     config.write_text(yaml.safe_dump({"model": TINY, "training": {
         "max_steps": 4, "per_device_batch_size": 16, "eval_steps": 4, "report_to": "none", "show_progress": False}}))
     variants = tmp_path / "variants.yaml"
-    variants.write_text(yaml.safe_dump({"variants": {"decoder": {}, "no decoder": {"model": {"cell_decoder": "none"}},
+    variants.write_text(yaml.safe_dump({"variants": {"decoder": {}, "no decoder, binned": {"model": {
+                                                         "cell_decoder": "none", "value_encoding": "binned"}},
                                                      "contrastive": {"model": {"contrastive_weight": 1.0}},
                                                      "unused": {"training": {"mask_probability": 0.5}}}}))
     spec = importlib.util.spec_from_file_location("objectives_script", ROOT / "benchmarks" / "objectives.py")
@@ -55,10 +56,10 @@ def test_script_writes_every_row_beside_pca_and_an_untrained_encoder(tmp_path):
     spec.loader.exec_module(module)
     out = tmp_path / "out"
     module.main(["--input", "pbmc68k_reduced", "--prior", str(prior), "--config", str(config), "--variants",
-                 str(variants), "--variant", "decoder", "--variant", "no decoder", "--variant", "contrastive",
+                 str(variants), "--variant", "decoder", "--variant", "no decoder, binned", "--variant", "contrastive",
                  "--output_dir", str(out)])
     rows = pd.read_csv(out / "objectives.csv")
-    names = ["decoder", "no decoder", "contrastive"]
+    names = ["decoder", "no decoder, binned", "contrastive"]  # binned: no gene mean + offset loss (it was min'd)
     assert list(rows["variant"]) == [PCA_ROW, *BASELINE_ROWS.values(), RANDOM_ROW, *names]
     pca, counts, knn, majority = (rows.iloc[i] for i in range(4))
     assert pca["bulk_labels_accuracy"] > 0.7 and pca["louvain_accuracy"] > 0.7  # real cells, real labels

@@ -28,6 +28,12 @@ def masked_baseline_table(metrics: dict) -> str:
     return "\n".join(lines) + "\n\n" + verdict + "\n"
 
 
+def best_trivial_loss(baselines: dict) -> float:
+    """The lowest loss among the trivial predictors (`name -> loss`), leaving out those with none in the model's
+    units (binned values: the gene mean plus cell offset gives no bin distribution)."""
+    return min(loss for loss in baselines.values() if loss is not None)
+
+
 def cells_by_genes(dataset, vocab_size: int, column: str = "expression_values"):
     """The tokenized values of a split as a sparse `(cells, vocab_size)` matrix (log1p-normalised values by
     default): exactly what the model was given, so baselines see the same genes of the same cells."""

@@ -116,6 +116,7 @@ def pretrain_arm(data_dir: Path, folder: Path, arm: str, seed: int, network, tru
                  pretraining: dict) -> dict:
     """Pretrain one mask (or wrong prior) on the unlabelled training cells; its validation losses overall and on the
     masked genes whose true regulators the cell shows, beside the trivial predictors."""
+    from ..evaluation.baselines import best_trivial_loss
     from .pretrain import run_pretraining
 
     options = {**model_options, **_arm_mode(arm), "grn_control_seed": seed}
@@ -124,7 +125,7 @@ def pretrain_arm(data_dir: Path, folder: Path, arm: str, seed: int, network, tru
     validation = summary["validation"]
     regulated = validation["regulated_targets"] or {}
     return {"arm": arm, "seed": seed, "validation_loss": summary["validation_loss"],
-            "best_trivial_loss": min(summary["baselines"].values()),
+            "best_trivial_loss": best_trivial_loss(summary["baselines"]),
             "regulated_loss": (regulated.get("scgrn") or {}).get("loss"),
             "regulated_best_trivial_loss": min((e or {}).get("loss") or np.inf for k, e in regulated.items()
                                                if k not in ("scgrn", "masked_values")) if regulated else None,

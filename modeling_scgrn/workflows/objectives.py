@@ -16,6 +16,7 @@ import torch
 
 from ..cells.prepared import load_prepared
 from ..cells.reading import read_cells
+from ..evaluation.baselines import best_trivial_loss
 from ..evaluation.probe import cross_validated_baselines, cross_validated_probe
 from ..grn.attach import attach_grn, new_config
 from ..hub.model_folder import load_pretrained
@@ -121,7 +122,7 @@ def run_objectives(cells, prior, output_dir, variants: dict, *, base: dict | Non
             model = load_pretrained(ScGrnForMaskedExpressionModeling, str(folder / "model"), trained_head=True)
             rows.append(row(name, seed, _embedding(model, tokenizer, adata, max_length),
                             masked_loss=summary["validation_loss"],
-                            best_trivial=min(summary["baselines"].values())))
+                            best_trivial=best_trivial_loss(summary["baselines"])))
     markdown = objectives_markdown(rows, label_columns, len(adata), folds)
     output.mkdir(parents=True, exist_ok=True)
     (output / "objectives.json").write_text(json.dumps(rows, indent=2, default=jsonable))
