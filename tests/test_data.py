@@ -177,6 +177,33 @@ def test_a_spread_gives_each_view_its_own_share_of_genes_left_out():
         DataCollatorForMaskedExpression.from_config(config, view_gene_dropout=0.2, view_dropout_spread=0.3)
 
 
+def test_complementary_views_split_a_cell_into_disjoint_halves():
+    """`view_complementary`: at `view_gene_dropout` 0.5 the two views of a cell show disjoint gene sets that
+    together are the whole cell (each gene keeping its value); it is refused without two views that leave genes out."""
+    features = [{"input_ids": [1, *range(5 + i, 65 + i)], "expression_values": [0.0, *np.linspace(0.5, 3, 60)]}
+                for i in range(8)]
+    config = ScGrnConfig(vocab_size=128, hidden_size=8, num_attention_heads=2, value_encoding="continuous",
+                         contrastive_weight=1.0)
+    collator = DataCollatorForMaskedExpression.from_config(config, 0.15, seed=0, view_gene_dropout=0.5,
+                                                           view_complementary=True)
+    batch = collator(features)
+    for cell, feature in enumerate(features):
+        first, second = (set(batch["input_ids"][row][batch["attention_mask"][row].bool()].tolist()) - {1}
+                         for row in (cell, cell + len(features)))
+        assert not first & second and first | second == set(feature["input_ids"][1:])
+        assert 15 < len(first) < 45
+        shown = batch["expression_values"][cell][batch["attention_mask"][cell].bool()]
+        values = dict(zip(feature["input_ids"], feature["expression_values"]))
+        ids = batch["input_ids"][cell][batch["attention_mask"][cell].bool()].tolist()
+        unmasked = shown != config.mask_value
+        assert torch.allclose(shown[unmasked], torch.tensor([values[i] for i in ids], dtype=shown.dtype)[unmasked])
+    independent = DataCollatorForMaskedExpression.from_config(config, 0.15, seed=0, view_gene_dropout=0.5)(features)
+    overlap = (set(independent["input_ids"][0].tolist()) & set(independent["input_ids"][8].tolist())) - {0, 1}
+    assert len(overlap) > 5  # independent views share about a quarter of the genes
+    with pytest.raises(ValueError, match="view_complementary"):
+        DataCollatorForMaskedExpression.from_config(config, view_complementary=True)
+
+
 def test_depth_jitter_renormalises_each_view_to_its_own_total():
     """`view_depth_jitter`: every value of a view is `log1p(expm1(v) * c)` with one `c` per view (within exp(+/-j)),
     the masked targets in the same units as what the view shows, `[CLS]` and padding untouched."""

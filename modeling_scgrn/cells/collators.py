@@ -81,7 +81,9 @@ class DataCollatorForMaskedExpression:
     that two views differ in which genes they show, not only in which values are hidden; `view_dropout_spread`
     draws each view's share uniformly within that distance of it, so that they also show different numbers of genes
     (and the term cannot match views by how many genes a cell has); `view_depth_jitter` re-normalises each view's
-    values to another total (continuous values only), so that they cannot match views by the values depth sets.
+    values to another total (continuous values only), so that they cannot match views by the values depth sets;
+    `view_complementary` makes the second view leave out the genes the first shows (at `view_gene_dropout` 0.5 the
+    two views are disjoint halves of the cell), so that they cannot match views by the genes they share.
 
     Calling it does both (as transformers' collators do, e.g. for `Trainer`). The scgrn training loop calls
     `pad` in the DataLoader and `mask` just before each step instead, so the random draws follow the step order
@@ -98,9 +100,14 @@ class DataCollatorForMaskedExpression:
     view_gene_dropout: float = 0.0
     view_dropout_spread: float = 0.0
     view_depth_jitter: float = 0.0
+    view_complementary: bool = False
 
     def __post_init__(self):
         check_view_spread(self.view_gene_dropout, self.view_dropout_spread)
+        if self.view_complementary and not (self.views == 2 and self.view_gene_dropout > 0):
+            raise ValueError(f"view_complementary splits the genes that view_gene_dropout leaves out between two "
+                             f"views, but views={self.views} and view_gene_dropout={self.view_gene_dropout}; give "
+                             "the model a contrastive term and view_gene_dropout > 0 (0.5: two disjoint halves).")
         if self.view_depth_jitter and self.value_encoding != "continuous":
             raise ValueError(f"view_depth_jitter={self.view_depth_jitter} rescales continuous values, but these are "
                              f"{self.value_encoding}; set it to 0.")
@@ -108,11 +115,11 @@ class DataCollatorForMaskedExpression:
     @classmethod
     def from_config(cls, config, mask_probability: float = DEFAULT_MASK_PROBABILITY, seed: int | None = None,
                     views: int | None = None, view_gene_dropout: float = 0.0, view_dropout_spread: float = 0.0,
-                    view_depth_jitter: float = 0.0):
+                    view_depth_jitter: float = 0.0, view_complementary: bool = False):
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         views = (2 if getattr(config, "contrastive_weight", 0) > 0 else 1) if views is None else views
         return cls(config.pad_token_id, config.value_encoding, config.n_bins, config.mask_value, mask_probability,
-                   generator, views, view_gene_dropout, view_dropout_spread, view_depth_jitter)
+                   generator, views, view_gene_dropout, view_dropout_spread, view_depth_jitter, view_complementary)
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         return self.mask(self.pad(features))
@@ -130,7 +137,11 @@ class DataCollatorForMaskedExpression:
         share = self.view_gene_dropout
         if self.view_dropout_spread > 0:  # each view its own share: views of one cell show different gene counts
             share = share + self.view_dropout_spread * (2 * self._draw((shape[0], 1), device) - 1)
-        return drop_gene_tokens(batch, share, self._draw(shape, device), self.pad_token_id)
+        draw = self._draw(shape, device)
+        if self.view_complementary:  # the second view's draws mirror the first's: it leaves out what that one shows
+            cells = shape[0] // 2
+            draw = torch.cat([draw[:cells], 1 - draw[:cells]])
+        return drop_gene_tokens(batch, share, draw, self.pad_token_id)
 
     def _jitter_depth(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each view's log1p-normalised values as if the cell had been normalised to another total: `log1p(expm1(v)

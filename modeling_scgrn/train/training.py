@@ -105,6 +105,9 @@ class TrainingConfig:
     view_depth_jitter: float = field(default=0.0, metadata={"help": "pretraining: each view's values re-normalised "
                                                                     "to another total, log-uniform within "
                                                                     "exp(+/-this) of the cell's (0: none)"})
+    view_complementary: bool = field(default=False, metadata={"help": "pretraining: the second view of each cell "
+                                                                      "leaves out the genes the first shows (at "
+                                                                      "view_gene_dropout 0.5: disjoint halves)"})
     class_weighting: bool = field(default=True, metadata={"help": "finetuning: inverse-frequency class weights"})
     early_stopping_patience: int = field(default=0, metadata={"help": "finetuning: evaluations without macro-F1 gain before stopping; 0 = off"})
     layer_decay: float = field(default=1.0, metadata={"help": "finetuning: layer-wise learning-rate decay; each "

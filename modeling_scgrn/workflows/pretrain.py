@@ -57,8 +57,8 @@ def run_pretraining(data, training: TrainingConfig, *, model_options: Mapping | 
     else:
         model = ScGrnForMaskedExpressionModeling(new_config(tokenizer, **model_options))
         attach_grn(model, network, tokenizer)
-    view_options = [f"{k}={getattr(training, k)}" for k in ("view_gene_dropout", "view_depth_jitter")
-                    if getattr(training, k)]
+    view_options = [f"{k}={getattr(training, k)}" for k in ("view_gene_dropout", "view_depth_jitter",
+                                                            "view_complementary") if getattr(training, k)]
     if view_options and not model.config.contrastive_weight > 0:
         raise ValueError(f"{', '.join(view_options)} shapes the contrastive term's views, but the model has none; "
                          "give it model.contrastive_weight > 0, or set those to 0.")
@@ -66,7 +66,8 @@ def run_pretraining(data, training: TrainingConfig, *, model_options: Mapping | 
     collator = DataCollatorForMaskedExpression.from_config(model.config, training.mask_probability,
                                                            view_gene_dropout=training.view_gene_dropout,
                                                            view_dropout_spread=training.view_dropout_spread,
-                                                           view_depth_jitter=training.view_depth_jitter)
+                                                           view_depth_jitter=training.view_depth_jitter,
+                                                           view_complementary=training.view_complementary)
     statistics = gene_statistics(sample, model.config.vocab_size, model.config.value_encoding, model.config.n_bins)
     if model.config.uses_gene_means and not init_from:
         model.set_gene_means(statistics["means"])
