@@ -125,7 +125,8 @@ def test_depth_correlation_is_the_squared_correlation_with_the_depth_the_tokens_
 
     generator = torch.Generator().manual_seed(0)
     depth = torch.randn(64, 2, generator=generator)
-    assert depth_correlation(torch.cat([depth[:, :1], -3 * depth[:, :1] + 1], 1), depth[:, :1]) == pytest.approx(1.0, abs=1e-5)
+    linear = torch.cat([depth[:, :1], -3 * depth[:, :1] + 1], 1)  # both dimensions are depth, up to sign and scale
+    assert depth_correlation(linear, depth[:, :1]) == pytest.approx(1.0, abs=1e-5)
     assert depth_correlation(torch.randn(64, 8, generator=generator), depth) < 0.1
     assert depth_correlation(torch.ones(64, 8), depth) == 0.0 and depth_correlation(depth[:2], depth[:2]) is None
     values = torch.tensor([[0.0, 1.0, 3.0, -1.0, 9.0], [0.0, 2.0, 0.0, 0.0, 0.0]])

@@ -83,7 +83,8 @@ def depth_penalty(config, cell_embeddings: torch.Tensor, input_ids: torch.Tensor
     such term (`config.depth_decorrelation_weight` 0) or the batch is too small."""
     if not config.depth_decorrelation_weight > 0:
         return None
-    depth = token_depth(input_ids, expression_values, attention_mask, cls_token_id=config.cls_token_id,
+    values = expression_values if config.value_encoding == "continuous" else None  # bins mask bins, not values
+    depth = token_depth(input_ids, values, attention_mask, cls_token_id=config.cls_token_id,
                         mask_value=config.mask_value)
     return depth_correlation(cell_embeddings, depth)
 
