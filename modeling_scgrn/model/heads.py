@@ -50,16 +50,27 @@ class ScGrnCellContrast(nn.Module):
         return -(log_probability.sum(1)[counted] / positive.sum(1)[counted]).mean()
 
 
+def gene_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cls_token_id: int) -> torch.Tensor:
+    """`(batch, L)` where a batch holds gene tokens: not `[CLS]`, not padding."""
+    genes = input_ids != cls_token_id
+    return genes if attention_mask is None else genes & attention_mask.bool()
+
+
+def visible_values(input_ids: torch.Tensor, expression_values: torch.Tensor, attention_mask: torch.Tensor | None,
+                   *, cls_token_id: int, mask_value: float) -> torch.Tensor:
+    """`(batch, L)` the gene tokens whose (continuous) value the model is shown: not masked to `mask_value`."""
+    return gene_positions(input_ids, attention_mask, cls_token_id) & (expression_values != mask_value)
+
+
 def token_depth(input_ids: torch.Tensor, expression_values: torch.Tensor | None, attention_mask: torch.Tensor | None,
                 *, cls_token_id: int, mask_value: float) -> torch.Tensor:
     """`(batch, 1 or 2)` each row's depth as its tokens show it: the log of its gene tokens (not `[CLS]`, not
     padding) and, for continuous values, the mean of its visible (unmasked) values."""
-    genes = input_ids != cls_token_id
-    if attention_mask is not None:
-        genes &= attention_mask.bool()
+    genes = gene_positions(input_ids, attention_mask, cls_token_id)
     measures = [genes.sum(1).clamp(min=1).float().log()]
     if expression_values is not None:
-        visible = genes & (expression_values != mask_value)
+        visible = visible_values(input_ids, expression_values, attention_mask, cls_token_id=cls_token_id,
+                                 mask_value=mask_value)
         measures.append((expression_values.float() * visible).sum(1) / visible.sum(1).clamp(min=1))
     return torch.stack(measures, 1)
 
@@ -89,4 +100,5 @@ def depth_penalty(config, cell_embeddings: torch.Tensor, input_ids: torch.Tensor
     return depth_correlation(cell_embeddings, depth)
 
 
-__all__ = ["ScGrnCellContrast", "ScGrnCellDecoder", "depth_correlation", "depth_penalty", "token_depth"]
+__all__ = ["ScGrnCellContrast", "ScGrnCellDecoder", "depth_correlation", "depth_penalty", "gene_positions",
+           "token_depth", "visible_values"]

@@ -22,7 +22,7 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_scgrn import MASK_RULE_FIELDS, ScGrnConfig
 from .controls import control_edges, not_gene_pairs
-from .heads import ScGrnCellContrast, ScGrnCellDecoder, depth_penalty
+from .heads import ScGrnCellContrast, ScGrnCellDecoder, depth_penalty, gene_positions, visible_values
 from .kernels import (
     AUTO_ATTENTION,
     OWN_KERNELS,
@@ -487,7 +487,8 @@ class ScGrnModel(ScGrnPreTrainedModel):
         """Cell embedding `(batch, hidden)`: the `[CLS]` state, or the mean over real gene tokens."""
         if self.config.pooling == "cls":
             return hidden_states[:, 0]
-        genes = (attention_mask.bool() & (input_ids != self.config.cls_token_id)).unsqueeze(-1).to(hidden_states.dtype)
+        genes = gene_positions(input_ids, attention_mask, self.config.cls_token_id)
+        genes = genes.unsqueeze(-1).to(hidden_states.dtype)
         return (hidden_states * genes).sum(1) / genes.sum(1).clamp(min=1.0)
 
 
@@ -557,10 +558,8 @@ class ScGrnForMaskedExpressionModeling(ScGrnPreTrainedModel):
         """`(batch, L)` the trivial prediction of every token's value: the gene's training mean plus the cell's mean
         of (value - gene mean) over its visible genes (real, not `[CLS]`, not masked)."""
         means = self.gene_means.to(expression_values.dtype)[input_ids]
-        visible = expression_values != self.config.mask_value
-        visible &= input_ids != self.config.cls_token_id
-        if attention_mask is not None:
-            visible &= attention_mask.bool()
+        visible = visible_values(input_ids, expression_values, attention_mask, cls_token_id=self.config.cls_token_id,
+                                 mask_value=self.config.mask_value)
         offset = ((expression_values - means) * visible).sum(1) / visible.sum(1).clamp(min=1)
         return means + offset[:, None]
 
