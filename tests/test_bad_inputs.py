@@ -282,6 +282,22 @@ def test_failed_overwrite_brings_the_old_folder_back(world, tmp_path, capsys):
     assert not list(tmp_path.glob(".busy*"))
 
 
+def test_a_failed_benchmark_keeps_the_units_it_finished_and_can_be_resumed(tmp_path):
+    from modeling_scgrn.storage.folders import check_output_folder, output_folder, write_run_manifest
+
+    output = tmp_path / "known_truth"
+    for finished in (False, True):
+        with pytest.raises(RuntimeError), output_folder(output, "known_truth") as folder:
+            write_run_manifest(folder, "known_truth")
+            if finished:  # an hour of pretrained arms, then a crash: resumable, so kept
+                (folder / "progress.json").write_text('{"done": [[0, "grn"]]}')
+            raise RuntimeError("the third arm ran out of memory")
+        assert output.exists() == finished
+    check_output_folder(output, resume=True, task="known_truth")
+    with pytest.raises(ValueError, match="holds a known_truth run, not a pretrain run"):
+        check_output_folder(output, resume=True, task="pretrain")
+
+
 def test_published_folder_holds_no_local_path(world):
     model = Path(world["model"])
     root = str(Path(world["root"]).resolve())

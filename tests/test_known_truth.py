@@ -21,6 +21,7 @@ from modeling_scgrn.bench.known_truth import (
     edge_recovery,
     unrelated_network,
 )
+from modeling_scgrn.storage.folders import check_output_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 TRUE = pd.DataFrame({"source": ["A", "A", "A", "B", "B", "C", "C", "C"],
@@ -160,6 +161,7 @@ def test_quick_benchmark_writes_tables_with_baselines_and_pictures(tmp_path):
                                                               ("grn", "dense", "random", "unrelated")}
     assert all(0.0 <= row["silhouette"] + 1 <= 2 and 0.0 <= row["leiden_nmi"] <= 1 for row in results["embeddings"])
     assert 0.0 <= results["edge_recovery"]["pearson"]["auroc"] <= 1.0
+    check_output_folder(output, resume=True, task="known_truth")  # `--resume` recognises the folder as this run's
 
 
 def test_a_typo_in_an_arm_or_a_repeated_seed_is_refused_before_anything_is_simulated(tmp_path, collectri_prior):

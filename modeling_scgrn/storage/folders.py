@@ -192,13 +192,22 @@ def checkpoint_folders(root: Path) -> list[Path]:
     return sorted(p for p in Path(root).glob("step_*") if p.is_dir())
 
 
+PROGRESS = "progress.json"  # what a benchmark of several units (known_truth) has finished, as it goes
+
+
+def resumable(path: Path) -> bool:
+    """Whether a run folder holds work a resumed run keeps: a training checkpoint, or a benchmark's progress."""
+    return bool(checkpoint_folders(path / "checkpoints")) or (path / PROGRESS).is_file()
+
+
 @contextmanager
 def output_folder(path: str | os.PathLike, task: str, *, overwrite: bool = False, resume: bool = False,
                   inputs: tuple = (), main_process: bool = True):
     """The lifetime of a script's output folder. Checks it (`check_output_folder`); an overwritten folder is moved
-    aside and deleted only when the new run succeeds. A run that fails leaves nothing behind unless it wrote a
-    resumable checkpoint (the old folder then comes back where the new run left nothing). Only the main process
-    touches the disk, and it holds the folder's lock (`folder_lock`) for the whole run."""
+    aside and deleted only when the new run succeeds. A run that fails leaves nothing behind unless it wrote
+    something `resumable` (a checkpoint, a benchmark's progress; the old folder comes back where the new run left
+    nothing). Only the main process touches the disk, and it holds the folder's lock (`folder_lock`) for the whole
+    run."""
     path = folder_path(path)
     with (folder_lock(path) if main_process else nullcontext(),
           _output_folder(path, task, overwrite=overwrite, resume=resume, inputs=inputs, main_process=main_process)):
@@ -216,7 +225,7 @@ def _output_folder(path: Path, task: str, *, overwrite: bool, resume: bool, inpu
     try:
         yield path
     except BaseException:
-        if main_process and fresh and not checkpoint_folders(path / "checkpoints"):
+        if main_process and fresh and not resumable(path):
             shutil.rmtree(path, ignore_errors=True)
             if aside is not None:
                 os.replace(aside / path.name, path)

@@ -25,6 +25,7 @@ from ..bench.known_truth import (
 )
 from ..grn.network import GeneRegulatoryNetwork
 from ..model.configuration_scgrn import GRN_MODES
+from ..storage.folders import PROGRESS, write_run_manifest
 from ..train.training import TrainingConfig
 
 logger = logging.getLogger(__name__)
@@ -223,7 +224,7 @@ def _resumed(output: Path, resume: bool) -> dict:
     import json
 
     empty = {"pretraining": [], "finetuning": [], "probes": [], "embeddings": [], "done": []}
-    path = output / "progress.json"
+    path = output / PROGRESS
     if not resume or not path.exists():
         return empty
     progress = {**empty, **json.loads(path.read_text())}
@@ -256,7 +257,8 @@ def run_known_truth(prior: GeneRegulatoryNetwork, output, *, cells=None, n_genes
 
     check_plan(arms, scratch_arms, single_seed_arms, seeds, budgets)
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        write_run_manifest(output, "known_truth")  # what lets `--resume` recognise the folder as this run's
     model_options = {**MODEL, **(model_options or {})}
     pretraining = {**PRETRAINING, **(pretraining or {})}
     finetuning = {**FINETUNING, **(finetuning or {})}
@@ -290,7 +292,7 @@ def run_known_truth(prior: GeneRegulatoryNetwork, output, *, cells=None, n_genes
                                                    arm_budgets, pretrained=init, network=network,
                                                    model_options=model_options, finetuning=finetuning)
         rows["done"].append([seed, arm])
-        save_json(rows, output / "progress.json")
+        save_json(rows, output / PROGRESS)
     # a GRN model's attention is read on its dense last layer only: its masked layers attend along the prior alone
     layers = model_options["num_hidden_layers"]
     attention = {f"{arm} attention": (str(_unit_folder(output, arm, seeds[0]) / "pretrain" / "model"),
