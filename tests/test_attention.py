@@ -181,6 +181,28 @@ def test_structured_attention_gradients_are_exact():
     torch.testing.assert_close(out, want)
 
 
+@pytest.mark.parametrize("options", [dict(), dict(grn_direction="both"), dict(grn_dense_last_layers=1)],
+                         ids=["default", "both", "dense_last"])
+def test_structured_carries_forward_mode_derivatives_as_eager_does(tokenizer, edge_tensor, batch, options):
+    # tl.regulatory_edges' gradient score runs forward-mode AD through the model's own kernel: the structured
+    # kernel's plain-op path (and eager where it would call sdpa, which has no forward-mode formula)
+    import torch.autograd.forward_ad as forward_ad
+
+    values = batch["expression_values"]
+    direction = torch.zeros_like(values)
+    direction[:, 3] = 1.0  # d / d (gene 3's input value), every cell
+    tangents = []
+    for implementation in ["eager", "grn_structured"]:
+        model = make(ScGrnModel, tokenizer, edge_tensor, value_encoding="continuous",
+                     attn_implementation=implementation, **options)
+        with torch.no_grad(), forward_ad.dual_level():
+            inputs = {**batch, "expression_values": forward_ad.make_dual(values, direction)}
+            tangents.append(forward_ad.unpack_dual(model(**inputs).last_hidden_state).tangent)
+    real = batch["attention_mask"].bool()
+    assert tangents[0][real].abs().max() > 1e-3  # the input moves the states
+    torch.testing.assert_close(tangents[0][real], tangents[1][real], atol=1e-5, rtol=1e-4)
+
+
 def test_structured_trains_with_attention_dropout(tokenizer, edge_tensor, batch):
     model = make(ScGrnModel, tokenizer, edge_tensor, attention_dropout=0.5).train()
     torch.manual_seed(1)

@@ -90,6 +90,24 @@ def test_pairs_the_model_cannot_connect_score_zero(simulated, kernel):
     assert model.config._attn_implementation == kernel  # restored
 
 
+def test_gradients_run_on_the_models_own_kernel_with_eagers_numbers(simulated, monkeypatch):
+    import modeling_scgrn.model.kernels as kernels
+
+    scores = {}
+    for kernel in ["eager", "grn_auto"]:
+        model, tokenizer = model_of(simulated, kernel=kernel, grn_mode="grn")
+        scores[kernel] = regulatory_edges(simulated.copy(), model, tokenizer, method="gradient", progress=False)
+    pd.testing.assert_frame_equal(scores["eager"][COLUMNS[:2]], scores["grn_auto"][COLUMNS[:2]])
+    np.testing.assert_allclose(scores["grn_auto"]["weight"], scores["eager"]["weight"], rtol=1e-4, atol=1e-6)
+    calls = []  # the structured kernel's plain-op path ran (the model was not switched to eager)
+    plain = kernels._structured_attention
+    monkeypatch.setattr(kernels, "_structured_attention", lambda *a: calls.append(1) or plain(*a))
+    model, tokenizer = model_of(simulated, kernel="grn_auto", grn_mode="grn")
+    again = regulatory_edges(simulated.copy(), model, tokenizer, method="gradient", progress=False)
+    pd.testing.assert_frame_equal(again, scores["grn_auto"])
+    assert len(calls) >= model.config.num_hidden_layers
+
+
 def test_perturbation_score_is_minus_the_deletion_effect_of_tl_perturb():
     # G4 -> G0 in the prior; deleting G4 through tl.perturb and through regulatory_edges moves G0 alike
     from modeling_scgrn import ScGrnTokenizer

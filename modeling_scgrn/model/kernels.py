@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Callable
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 from torch import nn
 from torch.autograd.function import once_differentiable
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
@@ -50,6 +51,41 @@ def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype
     return probs.masked_fill(~mask, 0.0)
 
 
+def _structured_attention(query, key, value, pair_query, pair_key, self_allowed, cls_allowed, cls_position,
+                          scaling: float, dropout: float) -> tuple[torch.Tensor, tuple, tuple]:
+    """`_StructuredAttention`'s forward pass in plain differentiable torch ops: the output, the three probability
+    tensors (self, `[CLS]`, pairs) and the dropout keep-masks (empty without dropout). Run directly where
+    forward-mode AD carries tangents (the autograd Function defines no `jvp`)."""
+    batch, length, heads, head_dim = query.shape
+    tokens = batch * length
+    accumulate = torch.promote_types(query.dtype, torch.float32)  # softmax in float32 at least
+    cells = torch.arange(batch, device=query.device)
+    key_cls, value_cls = key[cells, cls_position], value[cells, cls_position]  # (batch, heads, head_dim)
+    flat_query, flat_key, flat_value = (t.view(tokens, heads, head_dim) for t in (query, key, value))
+    score_self = ((query * key).sum(-1).to(accumulate) * scaling).masked_fill(~self_allowed[..., None], -torch.inf)
+    score_cls = ((query * key_cls[:, None]).sum(-1).to(accumulate) * scaling).masked_fill(
+        ~cls_allowed[..., None], -torch.inf)
+    score_pair = (flat_query.index_select(0, pair_query) * flat_key.index_select(0, pair_key)).sum(-1).to(
+        accumulate) * scaling  # (pairs, heads)
+    # the softmax shift: any constant per row gives the same probabilities, so it carries no tangent
+    shift = torch.maximum(score_self, score_cls).detach().view(tokens, heads)
+    shift = shift.scatter_reduce(0, pair_query[:, None].expand_as(score_pair), score_pair.detach(), "amax")
+    shift = torch.where(torch.isinf(shift), torch.zeros_like(shift), shift)  # rows with nothing allowed
+    cell_shift = shift.view(batch, length, heads)
+    weight_self, weight_cls = torch.exp(score_self - cell_shift), torch.exp(score_cls - cell_shift)
+    weight_pair = torch.exp(score_pair - shift.index_select(0, pair_query))
+    total = (weight_self + weight_cls).view(tokens, heads).index_add(0, pair_query, weight_pair)
+    total = torch.where(total > 0, total, torch.ones_like(total))
+    probs = (weight_self / total.view(batch, length, heads), weight_cls / total.view(batch, length, heads),
+             weight_pair / total.index_select(0, pair_query))
+    keeps = tuple(torch.rand_like(p) >= dropout for p in probs) if dropout > 0 else ()
+    used_self, used_cls, used_pair = _dropped(probs, keeps, dropout, query.dtype)
+    output = used_self[..., None] * value + used_cls[..., None] * value_cls[:, None]
+    output.view(tokens, heads, head_dim).index_add_(
+        0, pair_query, used_pair[..., None] * flat_value.index_select(0, pair_key))
+    return output, probs, keeps
+
+
 class _StructuredAttention(torch.autograd.Function):
     """Exact softmax attention over three kinds of allowed keys of `(batch, L, heads, head_dim)` states: each token
     itself (where `self_allowed`), its cell's `[CLS]` (where `cls_allowed`), and an explicit list of (query, key)
@@ -62,32 +98,8 @@ class _StructuredAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, value, pair_query, pair_key, self_allowed, cls_allowed, cls_position,
                 scaling: float, dropout: float):
-        batch, length, heads, head_dim = query.shape
-        tokens = batch * length
-        accumulate = torch.promote_types(query.dtype, torch.float32)  # softmax in float32 at least
-        cells = torch.arange(batch, device=query.device)
-        key_cls, value_cls = key[cells, cls_position], value[cells, cls_position]  # (batch, heads, head_dim)
-        flat_query, flat_key, flat_value = (t.view(tokens, heads, head_dim) for t in (query, key, value))
-        score_self = ((query * key).sum(-1).to(accumulate) * scaling).masked_fill(~self_allowed[..., None], -torch.inf)
-        score_cls = ((query * key_cls[:, None]).sum(-1).to(accumulate) * scaling).masked_fill(
-            ~cls_allowed[..., None], -torch.inf)
-        score_pair = (flat_query.index_select(0, pair_query) * flat_key.index_select(0, pair_key)).sum(-1).to(
-            accumulate) * scaling  # (pairs, heads)
-        shift = torch.maximum(score_self, score_cls).view(tokens, heads)
-        shift = shift.scatter_reduce(0, pair_query[:, None].expand_as(score_pair), score_pair, "amax")
-        shift = torch.where(torch.isinf(shift), torch.zeros_like(shift), shift)  # rows with nothing allowed
-        cell_shift = shift.view(batch, length, heads)
-        weight_self, weight_cls = torch.exp(score_self - cell_shift), torch.exp(score_cls - cell_shift)
-        weight_pair = torch.exp(score_pair - shift.index_select(0, pair_query))
-        total = (weight_self + weight_cls).view(tokens, heads).index_add(0, pair_query, weight_pair)
-        total = torch.where(total > 0, total, torch.ones_like(total))
-        probs = (weight_self / total.view(batch, length, heads), weight_cls / total.view(batch, length, heads),
-                 weight_pair / total.index_select(0, pair_query))
-        keeps = tuple(torch.rand_like(p) >= dropout for p in probs) if dropout > 0 else ()
-        used_self, used_cls, used_pair = _dropped(probs, keeps, dropout, query.dtype)
-        output = used_self[..., None] * value + used_cls[..., None] * value_cls[:, None]
-        output.view(tokens, heads, head_dim).index_add_(
-            0, pair_query, used_pair[..., None] * flat_value.index_select(0, pair_key))
+        output, probs, keeps = _structured_attention(query, key, value, pair_query, pair_key, self_allowed,
+                                                     cls_allowed, cls_position, scaling, dropout)
         ctx.save_for_backward(query, key, value, pair_query, pair_key, cls_position, *probs, *keeps)
         ctx.scaling, ctx.dropout = scaling, dropout
         return output
@@ -155,21 +167,21 @@ def grn_structured_attention_forward(
     pairs; the few rows that may reach any gene (`[CLS]`, and regulators when information flows from targets) are
     computed as full rows. Gives the
     same result as `eager` with the equivalent boolean mask. A boolean tensor mask (dense layers, or mask options
-    the plan does not cover) goes to `sdpa`. Registered as `attn_implementation="grn_structured"`.
+    the plan does not cover) goes to `sdpa`. Under forward-mode AD it runs the same computation in plain torch ops
+    (and `eager` for `sdpa`). Registered as `attn_implementation="grn_structured"`.
     """
+    tangents = any(_carries_tangent(t) for t in (query, key, value))
     if not _is_structured_plan(attention_mask):
-        return ALL_ATTENTION_FUNCTIONS["sdpa"](
-            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
-        )
+        dense = eager_attention_forward if tangents else ALL_ATTENTION_FUNCTIONS["sdpa"]
+        return dense(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)[0], None
     plan = attention_mask
     batch, heads, length, head_dim = query.shape
     training = module.training and dropout > 0
     # (batch, L, heads, head_dim) token-major states; every allowed score is computed once, nothing else is
     token_query, token_key, token_value = (t.transpose(1, 2).contiguous() for t in (query, key, value))
-    output = _StructuredAttention.apply(
-        token_query, token_key, token_value, plan.pair_query, plan.pair_key, plan.self_allowed, plan.cls_allowed,
-        plan.cls_position, scaling, dropout if training else 0.0,
-    )
+    arguments = (token_query, token_key, token_value, plan.pair_query, plan.pair_key, plan.self_allowed,
+                 plan.cls_allowed, plan.cls_position, scaling, dropout if training else 0.0)
+    output = _structured_attention(*arguments)[0] if tangents else _StructuredAttention.apply(*arguments)
     if plan.heavy_valid.any():
         index = plan.heavy_positions[:, None, :, None].expand(batch, heads, plan.heavy_positions.shape[1], head_dim)
         heavy_queries = torch.gather(query, 2, index)
@@ -183,6 +195,12 @@ def grn_structured_attention_forward(
             (rows_b, plan.heavy_positions[rows_b, rows_s]), heavy_output.transpose(1, 2)[rows_b, rows_s]
         )
     return output, None
+
+
+def _carries_tangent(tensor: torch.Tensor) -> bool:
+    """Whether forward-mode AD carries a tangent through `tensor`: then the kernels run on plain torch ops, since
+    `_StructuredAttention` has no `jvp` and torch 2.13's sdpa no forward-mode formula (eager replaces it)."""
+    return forward_ad.unpack_dual(tensor).tangent is not None
 
 
 def _is_structured_plan(mask) -> bool:
@@ -264,6 +282,9 @@ AUTO_ATTENTION = "grn_auto"
 # (2,048-32,768 genes). `benchmarks/gpu_suite.py` prints the fastest exact kernel it measures beside this table.
 DEVICE_ATTENTION = {"cpu": "grn_structured", "cuda": "grn_structured"}
 FALLBACK_ATTENTION = "grn_structured"  # plain torch ops: exact on any device type not in the table
+
+
+FORWARD_AD_ATTENTION = ("eager", "grn_structured")  # the kernels that carry forward-mode AD tangents
 
 
 def attention_on(attn_implementation: str, device: torch.device | str) -> str:

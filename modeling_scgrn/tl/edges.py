@@ -13,7 +13,7 @@ Three scores (`method`), each averaged over the cells holding both genes:
   regulator present in the cell at once.
 - `"gradient"`: input x gradient, `x_r * d y_t / d x_r`, of the target's predicted (masked) value `y_t` with
   respect to the regulator's input value `x_r` (log1p units), by forward-mode differentiation (exact, one pass per
-  regulator); a continuous-value model only.
+  regulator, through the model's own kernel where it carries tangents, else eager); a continuous-value model only.
 - `"attention"`: the attention a target pays its regulator (query = target with the default `grn_direction`),
   averaged over the chosen layers, heads and cells, then balanced (`normalization`): `"sinkhorn"` alternates row and
   column normalisation of the regulator x target matrix (Sinkhorn-Knopp balancing), `"row"` makes each
@@ -39,6 +39,7 @@ import torch
 from ..cells.collators import _pad_cells
 from ..cells.config import DataConfig
 from ..evaluation.inference import run_batch
+from ..model.kernels import FORWARD_AD_ATTENTION, attention_on
 from .fields import CellFields, target
 from .perturb import _cells, masking_groups, model_prior
 
@@ -281,8 +282,8 @@ def regulatory_edges(adata, model, tokenizer, *, method: str = "perturbation", n
     layer_ids = list(range(model.config.num_hidden_layers)) if layers is None else list(layers)
     cells_per_step = batch_size if method == "attention" else max(1, batch_size // 16)
     previous = model.config._attn_implementation
-    if method != "perturbation":  # probabilities (attention) and forward-mode derivatives need the eager kernel
-        model.set_attn_implementation("eager")
+    if method == "attention" or (method == "gradient" and attention_on(previous, device) not in FORWARD_AD_ATTENTION):
+        model.set_attn_implementation("eager")  # probabilities, or forward-mode derivatives (flex and sdpa have none)
     try:
         for start in tqdm(range(0, len(cells), cells_per_step), desc=f"edges ({method})", unit="step",
                           disable=not progress):
