@@ -149,6 +149,21 @@ def test_a_dense_model_needs_regulators_and_a_binned_one_no_gradient(simulated):
         regulatory_edges(simulated, binned.eval(), tokenizer, method="nope", progress=False)
 
 
+@pytest.mark.parametrize("normalization", ["row", "sinkhorn"])
+def test_attention_balanced_from_its_means_equals_a_second_pass(simulated, normalization):
+    from modeling_scgrn.bench.edges import rebalanced
+
+    model, tokenizer = model_of(simulated, grn_mode="grn")
+    means = regulatory_edges(simulated.copy(), model, tokenizer, method="attention", normalization="none",
+                             progress=False)
+    direct = regulatory_edges(simulated.copy(), model, tokenizer, method="attention", normalization=normalization,
+                              progress=False).set_index(["source", "target"])
+    derived = rebalanced(means, normalization).set_index(["source", "target"])
+    assert len(derived) == len(direct) and not np.allclose(derived["weight"], means.set_index(
+        ["source", "target"])["weight"].loc[derived.index])  # balancing changed the numbers
+    np.testing.assert_allclose(derived["weight"], direct["weight"].loc[derived.index], rtol=1e-9, atol=1e-12)
+
+
 def test_rankings_and_questions():
     truth = np.array([True, True, False, False, False])
     perfect = ranking_scores(np.array([0.9, -0.8, 0.1, 0.0, 0.2]), truth)  # |weight| ranks
