@@ -33,3 +33,13 @@ def test_attention_prints_its_row():
                "--head_dim", "8", "--repeats", "1")
     row = next(line.split("|") for line in out.splitlines() if line.startswith("| 64 | grn_structured |"))
     assert float(row[3]) > 0, out  # milliseconds per forward + backward
+
+
+def test_edges_speed_prints_every_method_and_the_gradient_ratio():
+    shared_data_or_skip(CELLTYPIST_SAMPLE), shared_data_or_skip(OMNIPATH_TABLE)
+    out = _run("edges_speed.py", "--n_cells", "6", "--n_genes", "200", "--hidden", "16", "--layers", "1")
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [(row[1].strip(), row[2].strip()) for row in rows] == [
+        ("attention", "grn_auto"), ("perturbation", "grn_auto"), ("gradient", "grn_auto"), ("gradient", "eager")]
+    assert all(float(row[3]) >= 0 and int(row[4].replace(",", "")) > 0 for row in rows), out
+    assert "gradient: structured kernel" in out and "machine: " in out

@@ -282,8 +282,6 @@ AUTO_ATTENTION = "grn_auto"
 # (2,048-32,768 genes). `benchmarks/gpu_suite.py` prints the fastest exact kernel it measures beside this table.
 DEVICE_ATTENTION = {"cpu": "grn_structured", "cuda": "grn_structured"}
 FALLBACK_ATTENTION = "grn_structured"  # plain torch ops: exact on any device type not in the table
-
-
 FORWARD_AD_ATTENTION = ("eager", "grn_structured")  # the kernels that carry forward-mode AD tangents
 
 
