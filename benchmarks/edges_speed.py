@@ -53,8 +53,7 @@ def setting(args):
                         intermediate_size=2 * args.hidden, value_encoding="continuous")
     model = ScGrnForMaskedExpressionModeling(config).eval()
     attach_grn(model, prior, tokenizer)
-    cells = sample[np.arange(args.n_cells) % sample.n_obs].copy()
-    cells.obs_names_make_unique()
+    cells = ad.AnnData(sample.X[np.arange(args.n_cells) % sample.n_obs], var=sample.var)  # repeats, named apart
     panel = [g for g in cells.var_names if g in tokenizer.get_vocab()]
     per_cell = float(np.asarray((cells[:, panel].X > 0).sum(1)).mean())
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
