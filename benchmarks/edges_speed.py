@@ -57,8 +57,9 @@ def setting(args):
     panel = [g for g in cells.var_names if g in tokenizer.get_vocab()]
     per_cell = float(np.asarray((cells[:, panel].X > 0).sum(1)).mean())
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
-          f"{torch.__version__}; {cells.n_obs:,} cells (of the sample's {sample.n_obs}, repeated as needed), {len(panel):,}-gene "
-          f"panel, {per_cell:.0f} genes detected per cell; random-weight model {args.hidden} x {args.layers} layers")
+          f"{torch.__version__}; {cells.n_obs:,} cells (of the sample's {sample.n_obs}, repeated as needed), "
+          f"{len(panel):,}-gene panel, {per_cell:.0f} genes detected per cell; random-weight model {args.hidden} x "
+          f"{args.layers} layers")
     return cells, model, tokenizer, prior
 
 
