@@ -11,7 +11,12 @@ import torch
 from conftest import OMNIPATH_TABLE, shared_data_or_skip
 
 from modeling_scgrn.cells.prepared import load_prepared, prepare_cells
-from modeling_scgrn.evaluation.baselines import classification_baselines, classification_table, masked_baseline_table
+from modeling_scgrn.evaluation.baselines import (
+    best_trivial_loss,
+    classification_baselines,
+    classification_table,
+    masked_baseline_table,
+)
 from modeling_scgrn.evaluation.metrics import _masked_batch_scores, _smoothed
 from modeling_scgrn.grn.coverage import prior_coverage
 from modeling_scgrn.grn.network import GeneRegulatoryNetwork
@@ -116,3 +121,9 @@ def test_training_curves_group_losses_and_scores_and_leave_counts_out(tmp_path):
     assert _metric_groups(evaluations) == (["gene_mean_mse", "masked_loss"], ["pearson_r", "probe_accuracy"])
     plot_training_curves({"step": [50, 100, 150], "loss": [2.0, 1.0, 0.9], "eval": evaluations}, tmp_path / "c.png")
     assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_best_trivial_loss_leaves_out_predictors_without_a_loss():
+    assert best_trivial_loss({"gene_mean": 0.5, "gene_mean_cell_offset": None, "cell_values": 0.3}) == 0.3
+    assert best_trivial_loss({"gene_mean": 0.0, "cell_values": 0.2}) == 0.0  # a perfect predictor counts
+    assert best_trivial_loss({"gene_mean": None}) is None  # nothing of the kind scored (no regulated target masked)

@@ -28,10 +28,11 @@ def masked_baseline_table(metrics: dict) -> str:
     return "\n".join(lines) + "\n\n" + verdict + "\n"
 
 
-def best_trivial_loss(baselines: dict) -> float:
+def best_trivial_loss(baselines: dict) -> float | None:
     """The lowest loss among the trivial predictors (`name -> loss`), leaving out those with none in the model's
-    units (binned values: the gene mean plus cell offset gives no bin distribution)."""
-    return min(loss for loss in baselines.values() if loss is not None)
+    units (binned values: the gene mean plus cell offset gives no bin distribution); None when none has a loss
+    (no masked value of the kind scored)."""
+    return min((loss for loss in baselines.values() if loss is not None), default=None)
 
 
 def cells_by_genes(dataset, vocab_size: int, column: str = "expression_values"):

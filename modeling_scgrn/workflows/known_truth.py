@@ -125,11 +125,11 @@ def pretrain_arm(data_dir: Path, folder: Path, arm: str, seed: int, network, tru
     summary = run_pretraining(data_dir, training, model_options=options, network=network, regulation=truth)
     validation = summary["validation"]
     regulated = validation["regulated_targets"] or {}
+    regulated_trivial = {k: (e or {}).get("loss") for k, e in regulated.items() if k not in ("scgrn", "masked_values")}
     return {"arm": arm, "seed": seed, "validation_loss": summary["validation_loss"],
             "best_trivial_loss": best_trivial_loss(summary["baselines"]),
             "regulated_loss": (regulated.get("scgrn") or {}).get("loss"),
-            "regulated_best_trivial_loss": min((e or {}).get("loss") or np.inf for k, e in regulated.items()
-                                               if k not in ("scgrn", "masked_values")) if regulated else None,
+            "regulated_best_trivial_loss": best_trivial_loss(regulated_trivial),
             "regulated_masked_values": regulated.get("masked_values"),
             "tokens_with_partner": (summary["prior_coverage"] or {}).get("mean_share_of_tokens_with_partner")}
 
