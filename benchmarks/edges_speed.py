@@ -16,22 +16,25 @@ import time
 
 import torch
 
+from modeling_scgrn.options import arguments as shared
 from real_cells import default_paths
 
+METHODS = ["attention", "perturbation", "gradient", "gradient, eager"]
 
-def arguments() -> argparse.Namespace:
+
+def arguments(argv=None) -> argparse.Namespace:
     cells, omnipath = default_paths()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", default=str(cells), help="raw-count cells (.h5ad)")
     parser.add_argument("--omnipath", default=str(omnipath), help="the OmniPath interaction table (CollecTRI)")
-    parser.add_argument("--n_cells", type=int, default=2000)
-    parser.add_argument("--n_genes", type=int, default=1000)
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--methods", nargs="+", default=["attention", "perturbation", "gradient", "gradient, eager"],
-                        choices=["attention", "perturbation", "gradient", "gradient, eager"])
-    parser.add_argument("--batch_size", type=int, default=64)
-    return parser.parse_args()
+    parser.add_argument("--n_cells", type=shared.count, default=2000)
+    parser.add_argument("--n_genes", type=shared.count, default=1000)
+    parser.add_argument("--hidden", type=shared.count, default=64)
+    parser.add_argument("--layers", type=shared.count, default=2)
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--batch_size", type=shared.count, default=64)
+    shared.add_housekeeping(parser, output=None)
+    return parser.parse_args(argv)
 
 
 def setting(args):
@@ -40,11 +43,12 @@ def setting(args):
     import numpy as np
 
     from modeling_scgrn import ScGrnForMaskedExpressionModeling, ScGrnTokenizer
+    from modeling_scgrn.cells.reading import read_cells
     from modeling_scgrn.grn.attach import attach_grn, new_config
     from modeling_scgrn.grn.network import GeneRegulatoryNetwork
     from modeling_scgrn.grn.panel import select_gene_panel
 
-    sample = ad.read_h5ad(args.cells)
+    sample = read_cells(args.cells)
     prior = GeneRegulatoryNetwork.read(args.omnipath, "collectri")
     genes, _ = select_gene_panel(sample, prior, n_top_genes=args.n_genes, strategy="ranked")
     tokenizer = ScGrnTokenizer.from_genes(genes, n_bins=51)
@@ -63,10 +67,16 @@ def setting(args):
     return cells, model, tokenizer, prior
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    from modeling_scgrn.workflows.cli import run_script
+
+    args = arguments(argv)
+    run_script(args, lambda: measure(args))
+
+
+def measure(args) -> None:
     from modeling_scgrn.tl.edges import regulatory_edges
 
-    args = arguments()
     cells, model, tokenizer, prior = setting(args)
     print("| method | kernel | seconds | pairs scored |\n| --- | --- | --- | --- |")
     seconds = {}

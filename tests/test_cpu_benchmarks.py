@@ -43,3 +43,11 @@ def test_edges_speed_prints_every_method_and_the_gradient_ratio():
         ("attention", "grn_auto"), ("perturbation", "grn_auto"), ("gradient", "grn_auto"), ("gradient", "eager")]
     assert all(float(row[3]) >= 0 and int(row[4].replace(",", "")) > 0 for row in rows), out
     assert "gradient: structured kernel" in out and "machine: " in out
+
+
+def test_edges_speed_refuses_a_missing_file_in_one_line():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "edges_speed.py"), "--cells", "nope.h5ad"],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == ["error: nope.h5ad does not exist (give an .h5ad file or "
+                                                  "'pbmc68k_reduced')."]
