@@ -156,6 +156,25 @@ def test_views_can_leave_out_genes_each_keeping_tokens_with_their_own_values():
         TrainingConfig(view_gene_dropout=1.0)
 
 
+def test_a_detection_decoder_gets_each_cell_whole_and_single_views_that_leave_genes_out():
+    """A model with a gene-detection decoder: the collator adds `cell_genes`, each row's cell's full token list
+    before any gene is left out, and `view_gene_dropout` leaves genes out of single views too (without the decoder
+    and with one view, it leaves every gene in)."""
+    features = [{"input_ids": [1, *range(5, 45)], "expression_values": [0.0, *np.linspace(0.5, 3, 40)]},
+                {"input_ids": [1, 9, 10], "expression_values": [0.0, 1.5, 2.5]}]
+    config = ScGrnConfig(vocab_size=64, hidden_size=8, num_attention_heads=2, value_encoding="continuous",
+                         detection_weight=1.0)
+    collator = DataCollatorForMaskedExpression.from_config(config, 0.15, seed=0, view_gene_dropout=0.5)
+    assert collator.views == 1 and collator.cell_genes
+    batch = collator(features)
+    assert batch["cell_genes"].tolist() == collator.pad(features)["input_ids"].tolist()
+    assert 8 < int(batch["attention_mask"][0].sum()) - 1 < 32  # about half of 40 genes shown
+    assert set(batch["input_ids"][0].tolist()) - {0} < set(features[0]["input_ids"])
+    plain = ScGrnConfig(vocab_size=64, hidden_size=8, num_attention_heads=2, value_encoding="continuous")
+    unchanged = DataCollatorForMaskedExpression.from_config(plain, 0.15, seed=0, view_gene_dropout=0.5)(features)
+    assert "cell_genes" not in unchanged and int(unchanged["attention_mask"][0].sum()) == 41
+
+
 def test_a_spread_gives_each_view_its_own_share_of_genes_left_out():
     """`view_dropout_spread`: each view leaves out a share drawn within that distance of `view_gene_dropout`, so
     views of one cell show different numbers of genes; without it every view shows about the same number."""

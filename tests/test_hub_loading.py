@@ -92,7 +92,7 @@ def test_model_folder_contents(hub_cache):
     names = sorted(p.name for p in folder.iterdir())
     assert names == sorted([
         "README.md", "config.json", "configuration_scgrn.py", "controls.py", "grn_edges.parquet", "heads.py", "kernels.py",
-        "masks.py", "grn_provenance.json", "model.safetensors", "modeling_scgrn.py", "prior_report.json",
+        "masks.py", "grn_provenance.json", "model.safetensors", "modeling_scgrn.py", "outputs.py", "prior_report.json",
         "sizing.py", "tokenization_scgrn.py", "tokenizer.json", "tokenizer_config.json",
     ])
     assert all((folder / n).stat().st_size > 0 for n in names)
@@ -106,7 +106,7 @@ def test_model_folder_contents(hub_cache):
     loaded = GeneRegulatoryNetwork.load(folder)
     assert len(loaded) == len(EDGES) and loaded.provenance["resource"] == "hand-made"
     for module in ("modeling_scgrn.py", "configuration_scgrn.py", "controls.py", "heads.py", "kernels.py",
-                   "masks.py", "sizing.py", "tokenization_scgrn.py"):
+                   "masks.py", "outputs.py", "sizing.py", "tokenization_scgrn.py"):
         text = (folder / module).read_text()
         for heavy in ("anndata", "pandas", "scanpy", "scipy"):
             assert f"import {heavy}" not in text, (module, heavy)

@@ -155,6 +155,59 @@ def test_depth_correlation_is_the_squared_correlation_with_the_depth_the_tokens_
         tiny_config(tokenizer, depth_decorrelation_weight=-1)
 
 
+def test_the_gene_detection_decoder_scores_the_genes_an_input_leaves_out(tokenizer, edge_tensor, batch):
+    """`detection_weight > 0`: from the pooled state and the cell's centred log gene count, a logit per panel gene
+    (genes with a training detection share above 0); its binary cross-entropy over the panel genes the input does
+    not show, against whether the cell's full token list (`cell_genes`) holds them (checked against a direct
+    computation), is added to `loss` at its weight and alone gives the pooled state a gradient; shown genes are
+    not scored; without `cell_genes` (inference) it is left out; an empty panel and negative weights are refused."""
+    from modeling_scgrn.cells.collators import drop_gene_tokens
+    from modeling_scgrn.model.heads import cell_gene_targets
+
+    ids = torch.tensor([[1, 7, 9, 0], [1, 8, 0, 0]])
+    genes = torch.tensor([[False, True, True, False], [False, True, False, False]])
+    targets = cell_gene_targets(ids, genes, 12)
+    assert targets.shape == (2, 12) and targets.sum() == 3
+    assert targets[0, [7, 9]].tolist() == [1.0, 1.0] and targets[1, 8] == 1.0 and targets[:, :2].sum() == 0
+
+    model = make(ScGrnForMaskedExpressionModeling, tokenizer, edge_tensor, cell_decoder="none",
+                 detection_weight=0.5).train()
+    draw = torch.rand(batch["input_ids"].shape, generator=torch.Generator().manual_seed(0))
+    view = drop_gene_tokens(dict(batch), 0.5, draw, tokenizer.pad_token_id)  # about half of each cell's genes
+    labels = torch.full(view["input_ids"].shape, -100)
+    labels[:, 1] = view["expression_bins"][:, 1]
+    with pytest.raises(ValueError, match="empty panel"):
+        model(**view, labels=labels, cell_genes=batch["input_ids"])
+    shares = torch.zeros(model.config.vocab_size)
+    panel = torch.tensor(sorted(set(batch["input_ids"][:, 1:].flatten().tolist()) - {tokenizer.pad_token_id}))
+    shares[panel] = torch.linspace(0.2, 0.9, len(panel))
+    shares[panel[0]] = 0.0  # a gene no training cell detected: outside the panel
+    model.gene_detection_decoder.set_panel(shares, 1.0)
+    assert model.gene_detection_decoder.panel_gene_ids.tolist() == panel[1:].tolist()
+    pooled = {}
+    model.scgrn.register_forward_hook(lambda module, args, output: pooled.update(state=output.pooler_output))
+    out = model(**view, labels=labels, cell_genes=batch["input_ids"])
+    pooled["state"].retain_grad()
+    out.detection_loss.backward(retain_graph=True)
+    assert pooled["state"].grad.abs().sum() > 0
+    assert out.detection_logits.shape == (len(batch["input_ids"]), len(panel) - 1)
+
+    def held(tokens, mask):
+        return cell_gene_targets(tokens, mask.bool() & (tokens != tokenizer.cls_token_id), model.config.vocab_size)
+
+    in_cell, shown = held(batch["input_ids"], batch["attention_mask"]), held(view["input_ids"], view["attention_mask"])
+    scored = shown[:, panel[1:]] == 0
+    assert (in_cell - shown)[:, panel[1:]].sum() > 0  # some detected genes are hidden, and so scored
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(out.detection_logits.detach()[scored],
+                                                                    in_cell[:, panel[1:]][scored])
+    torch.testing.assert_close(out.detection_loss.detach(), expected)
+    torch.testing.assert_close(out.loss, model.value_loss(out.logits, labels) + 0.5 * out.detection_loss)
+    assert model(**view, labels=labels).detection_loss is None
+    with pytest.raises(ValueError, match="detection_weight=-1"):
+        tiny_config(tokenizer, detection_weight=-1)
+    assert make(ScGrnForMaskedExpressionModeling, tokenizer, edge_tensor).gene_detection_decoder is None
+
+
 def test_the_residual_cell_decoder_starts_from_the_trivial_predictor(tokenizer, edge_tensor, batch):
     """`cell_decoder="mvc_residual"`: the decoder's prediction is added to each gene's mean plus the cell's offset
     (the token head's is not), and its loss still trains the pooled state."""

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from modeling_scgrn.cells.prepared import load_prepared, prepare_cells
 from modeling_scgrn.grn.network import GeneRegulatoryNetwork
+from modeling_scgrn.model.modeling_scgrn import ScGrnForMaskedExpressionModeling
 from modeling_scgrn.train.training import TrainingConfig
 from modeling_scgrn.workflows.cli import script_options
 from modeling_scgrn.workflows.finetune import run_finetuning
@@ -359,6 +360,29 @@ def test_pretrained_model_finetunes_on_a_new_dataset_with_other_genes(prepared, 
     renamed.write_h5ad(tmp_path / "ensembl.h5ad")
     with pytest.raises(ValueError, match="none of the 765 genes"):
         prepare_cells(str(tmp_path / "ensembl.h5ad"), network, tmp_path / "y", tokenizer=pretrained)
+
+
+def test_a_gene_detection_decoder_pretrains_reports_its_trivial_predictor_and_reloads(prepared, tmp_path):
+    """`detection_weight > 0` with single views that leave out half the genes: pretraining sets each gene's
+    detection share from the training cells, evaluates the decoder beside that share on the same hidden genes, puts
+    both in the summary and the card's table, and the saved model reloads with the same panel and finetunes."""
+    from modeling_scgrn.evaluation.metrics import gene_statistics
+
+    training = TrainingConfig.from_dict(quiet(max_steps=3, view_gene_dropout=0.5), output_dir=tmp_path / "pre")
+    summary = run_pretraining(prepared, training, model_options={**TINY_MODEL, "detection_weight": 1.0})
+    detection = summary["validation"]["detection"]
+    assert 0 < detection["scgrn"] and 0 < detection["gene_share"] and isinstance(detection["beats_gene_share"], bool)
+    assert summary["validation"]["detection_loss"] == detection["scgrn"]
+    assert "Gene detection (which panel genes each validation cell detects" in summary["baseline_table"]
+    model = ScGrnForMaskedExpressionModeling.from_pretrained(tmp_path / "pre" / "model")
+    train = load_prepared(prepared)[0]["train"]
+    shares = gene_statistics(train, model.config.vocab_size, "continuous", model.config.n_bins)["detection"]
+    torch.testing.assert_close(model.gene_detection_decoder.gene_detection, shares)
+    assert len(model.gene_detection_decoder.panel_gene_ids) == int((shares > 0).sum()) > 100
+    evaluation = run_finetuning(prepared, TrainingConfig.from_dict(quiet(max_steps=1), output_dir=tmp_path / "ft"),
+                                label_column="bulk_labels", pretrained=str(tmp_path / "pre" / "model"),
+                                model_options={})
+    assert 0.0 <= evaluation["test_accuracy"] <= 1.0
 
 
 def test_layer_decay_gives_each_layer_its_learning_rate(tokenizer):

@@ -84,6 +84,9 @@ class DataCollatorForMaskedExpression:
     values to another total (continuous values only), so that they cannot match views by the values depth sets;
     `view_complementary` makes the second view leave out the genes the first shows (at `view_gene_dropout` 0.5 the
     two views are disjoint halves of the cell), so that they cannot match views by the genes they share.
+    `cell_genes` (`from_config` sets it for a model with a gene-detection decoder) adds each row's cell's token ids
+    before any view leaves genes out, the decoder's targets; `view_gene_dropout` then leaves genes out of single
+    views too, so that the decoder has hidden genes to find.
 
     Calling it does both (as transformers' collators do, e.g. for `Trainer`). The scgrn training loop calls
     `pad` in the DataLoader and `mask` just before each step instead, so the random draws follow the step order
@@ -101,6 +104,7 @@ class DataCollatorForMaskedExpression:
     view_dropout_spread: float = 0.0
     view_depth_jitter: float = 0.0
     view_complementary: bool = False
+    cell_genes: bool = False
 
     def __post_init__(self):
         check_view_spread(self.view_gene_dropout, self.view_dropout_spread)
@@ -119,7 +123,8 @@ class DataCollatorForMaskedExpression:
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         views = (2 if getattr(config, "contrastive_weight", 0) > 0 else 1) if views is None else views
         return cls(config.pad_token_id, config.value_encoding, config.n_bins, config.mask_value, mask_probability,
-                   generator, views, view_gene_dropout, view_dropout_spread, view_depth_jitter, view_complementary)
+                   generator, views, view_gene_dropout, view_dropout_spread, view_depth_jitter, view_complementary,
+                   cell_genes=getattr(config, "detection_weight", 0) > 0)
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         return self.mask(self.pad(features))
@@ -160,10 +165,12 @@ class DataCollatorForMaskedExpression:
             cells = len(batch["input_ids"])
             batch = {key: value.repeat(self.views, *[1] * (value.dim() - 1)) for key, value in batch.items()}
             batch["cell_index"] = torch.arange(cells, device=batch["input_ids"].device).repeat(self.views)
-            if self.view_gene_dropout > 0:
-                batch = self._drop_genes(batch)
-            if self.view_depth_jitter > 0:
-                batch = self._jitter_depth(batch)
+        if self.cell_genes:
+            batch["cell_genes"] = batch["input_ids"].clone()
+        if self.view_gene_dropout > 0 and (self.views > 1 or self.cell_genes):
+            batch = self._drop_genes(batch)
+        if self.views > 1 and self.view_depth_jitter > 0:
+            batch = self._jitter_depth(batch)
         genes = gene_tokens(batch["attention_mask"])
         draw = self._draw(genes.shape, genes.device)
         masked = (draw < self.mask_probability) & genes

@@ -25,7 +25,17 @@ def masked_baseline_table(metrics: dict) -> str:
     verdict = ("scgrn beats every trivial predictor: " if metrics["beats_every_baseline"] else
                "scgrn does NOT beat every trivial predictor (pretraining has learnt little beyond per-gene and "
                "per-cell averages here): ") + "; ".join(margins) + "."
-    return "\n".join(lines) + "\n\n" + verdict + "\n"
+    return "\n".join(lines) + "\n\n" + verdict + "\n" + _detection_line(metrics.get("detection"))
+
+
+def _detection_line(detection: dict | None) -> str:
+    """The gene-detection decoder's loss beside each gene's detection share, in words; empty without one."""
+    if not detection:
+        return ""
+    ours, share = detection["scgrn"], detection["gene_share"]
+    verb = "beats" if detection["beats_gene_share"] else "does NOT beat"
+    return (f"\nGene detection (which panel genes each validation cell detects, binary cross-entropy): scgrn "
+            f"{ours:.4f} {verb} each gene's training detection share ({share:.4f}, {1 - ours / share:+.1%}).\n")
 
 
 def best_trivial_loss(baselines: dict) -> float | None:

@@ -76,6 +76,31 @@ def masked_expression_metrics(model, dataset, collator, statistics: dict, batch_
     }
 
 
+def detection_metrics(model, dataset, collator, batch_size: int = 64) -> dict:
+    """A gene-detection decoder's binary cross-entropy on `dataset` (over the panel genes each cell's input does
+    not show, with `collator` leaving genes out as in training) beside that of each gene's training detection
+    share on the same cells and genes (`gene_share`): `detection` (None when no batch had a gene to score), and
+    both losses flat, for the trackers."""
+    losses = {"scgrn": [], "gene_share": []}
+    decoder = model.gene_detection_decoder
+    panel = decoder.panel_gene_ids
+    for batch, output in predict_batches(model, dataset, collator, batch_size):
+        if output.detection_loss is None:
+            continue
+        scored = decoder.genes(batch["input_ids"])[:, panel] == 0
+        truth = decoder.genes(batch["cell_genes"])[:, panel][scored]
+        logits = output.detection_logits.float()[scored]
+        shares = decoder.gene_detection[panel].clamp(1e-4, 1 - 1e-4).expand_as(scored)[scored]
+        losses["scgrn"].append(torch.nn.functional.binary_cross_entropy_with_logits(logits, truth, reduction="none"))
+        losses["gene_share"].append(torch.nn.functional.binary_cross_entropy(shares.float(), truth, reduction="none"))
+    if not losses["scgrn"]:
+        return {"detection": None}
+    ours, share = (float(torch.cat(losses[name]).mean()) for name in ("scgrn", "gene_share"))
+    return {"detection": {"loss_name": "binary_cross_entropy", "scgrn": ours, "gene_share": share,
+                          "beats_gene_share": ours < share},
+            "detection_loss": ours, "detection_gene_share_loss": share}
+
+
 def _regulated_masked_tokens(batch, regulation: torch.Tensor, binned: bool) -> torch.Tensor:
     """Per masked token (in `_masked_batch_scores`' order): does a visible gene of the cell regulate its gene?"""
     labels, ids = batch["labels"], batch["input_ids"]
@@ -141,18 +166,24 @@ def _smoothed(counts: torch.Tensor) -> torch.Tensor:
 def gene_statistics(dataset, vocab_size: int, value_encoding: str, n_bins: int) -> dict:
     """Per-gene statistics of a tokenized training split, for the trivial masked-value predictors: `means`
     `(vocab_size,)` of the encoded value (bins or log1p values; genes never seen get the overall mean) and, for
-    binned encoding, `histograms` `(vocab_size, n_bins + 1)` smoothed bin distributions."""
+    binned encoding, `histograms` `(vocab_size, n_bins + 1)` smoothed bin distributions; `detection` `(vocab_size,)`
+    each gene's share of the cells that detect it and `mean_log_genes` the cells' mean log gene count, for the
+    gene-detection decoder."""
     column = "expression_bins" if value_encoding == "binned" else "expression_values"
     sums, counts = np.zeros(vocab_size), np.zeros(vocab_size)
     histograms = np.zeros((vocab_size, n_bins + 1)) if value_encoding == "binned" else None
+    log_genes = []
     for ids, values in zip(dataset["input_ids"], dataset[column]):
         ids, values = np.asarray(ids[1:]), np.asarray(values[1:], dtype=np.float64)
+        log_genes.append(np.log(max(len(ids), 1)))
         np.add.at(sums, ids, values)
         np.add.at(counts, ids, 1)
         if histograms is not None:
             np.add.at(histograms, (ids, values.astype(np.int64)), 1)
     means = np.where(counts > 0, sums / np.maximum(counts, 1), sums.sum() / max(counts.sum(), 1))
-    statistics = {"means": torch.tensor(means, dtype=torch.float32)}
+    statistics = {"means": torch.tensor(means, dtype=torch.float32),
+                   "detection": torch.tensor(counts / max(len(log_genes), 1), dtype=torch.float32),
+                   "mean_log_genes": float(np.mean(log_genes)) if log_genes else 0.0}
     if histograms is not None:
         statistics["histograms"] = _smoothed(torch.tensor(histograms, dtype=torch.float32))
     return statistics

@@ -92,6 +92,14 @@ class ScGrnConfig(PretrainedConfig):
             as its tokens show it (log genes shown; mean visible value); 0 leaves it out. It keeps each dimension
             apart from depth, not every direction: measured, the embedding still predicts depth jointly
             (`benchmarks/README.md`, "Pretraining objectives"), so it is an experiment, not shipped.
+        detection_weight (`float`, defaults to 0.0): weight of a gene-detection decoder on the pooled cell
+            embedding: from it and the cell's depth (the log of how many genes it detects), predict, for every gene
+            of the panel (each gene pretraining saw detected, `gene_detection`) that the input does not show,
+            whether the cell detects it (binary cross-entropy). The masked-value terms score detected genes only,
+            whose values in sparse cells mostly carry depth; this one asks which other genes a cell expresses, what
+            PCA of the counts reads, with depth given to the decoder. It needs inputs that leave genes out
+            (`view_gene_dropout`); the pretraining collator then passes each cell's full gene set (`cell_genes`).
+            0 leaves it out.
         grn_mode (`str`, defaults to `"grn"`): which edges form the mask. `"grn"`: the prior network;
             `"dense"`: no constraint (the unconstrained Transformer baseline); `"random"`: uniform random edges
             among the prior's genes, as many as the prior has (seeded by `grn_control_seed`);
@@ -149,6 +157,7 @@ class ScGrnConfig(PretrainedConfig):
         contrastive_weight: float = 0.0,
         contrastive_temperature: float = 0.1,
         depth_decorrelation_weight: float = 0.0,
+        detection_weight: float = 0.0,
         grn_mode: str = "grn",
         grn_direction: str = "regulator_to_target",
         grn_self_loops: bool = True,
@@ -164,7 +173,7 @@ class ScGrnConfig(PretrainedConfig):
         _check_choice("value_encoding", value_encoding, VALUE_ENCODINGS)
         _check_choice("pooling", pooling, POOLINGS)
         _check_objective(value_encoding, cell_decoder, cell_decoder_weight, value_baseline)
-        _check_contrastive(contrastive_weight, contrastive_temperature, depth_decorrelation_weight)
+        _check_contrastive(contrastive_weight, contrastive_temperature, depth_decorrelation_weight, detection_weight)
         if hidden_size % num_attention_heads != 0:
             raise ValueError(
                 f"hidden_size ({hidden_size}) is not a multiple of num_attention_heads ({num_attention_heads}); "
@@ -203,6 +212,7 @@ class ScGrnConfig(PretrainedConfig):
         self.contrastive_weight = contrastive_weight
         self.contrastive_temperature = contrastive_temperature
         self.depth_decorrelation_weight = depth_decorrelation_weight
+        self.detection_weight = detection_weight
         self.grn_mode = grn_mode
         self.grn_direction = grn_direction
         self.grn_self_loops = grn_self_loops
@@ -262,9 +272,11 @@ def _check_objective(value_encoding: str, cell_decoder: str, cell_decoder_weight
 
 
 def _check_contrastive(contrastive_weight: float, contrastive_temperature: float,
-                       depth_decorrelation_weight: float = 0.0) -> None:
+                       depth_decorrelation_weight: float = 0.0, detection_weight: float = 0.0) -> None:
+    """The weights of the terms on the pooled embedding are not negative; the temperature is positive."""
     for name, weight in {"contrastive_weight": contrastive_weight,
-                         "depth_decorrelation_weight": depth_decorrelation_weight}.items():
+                         "depth_decorrelation_weight": depth_decorrelation_weight,
+                         "detection_weight": detection_weight}.items():
         if weight < 0:
             raise ValueError(f"{name}={weight} must not be negative (0 leaves the term out).")
     if not contrastive_temperature > 0:

@@ -1,5 +1,6 @@
-"""The pretraining heads that read the pooled cell embedding: the cell decoder (scGPT's MVC), the contrastive
-term between two masked views of one cell (SimCLR's NT-Xent), and the depth decorrelation penalty. Shipped with the
+"""The pretraining heads that read the pooled cell embedding: the cell decoder (scGPT's MVC), the gene-detection
+decoder, the contrastive term between two masked views of one cell (SimCLR's NT-Xent), and the depth decorrelation
+penalty. Shipped with the
 weights: imports only torch."""
 
 from __future__ import annotations
@@ -22,6 +23,70 @@ class ScGrnCellDecoder(nn.Module):
     def forward(self, cell_embeddings: torch.Tensor, gene_embeddings: torch.Tensor) -> torch.Tensor:
         keys = self.cell(cell_embeddings).view(cell_embeddings.shape[0], self.out_features, -1)
         return torch.einsum("blh,boh->blo", self.query(gene_embeddings), keys)
+
+
+class ScGrnGeneDetection(nn.Module):
+    """Which genes of the panel a cell detects, from the pooled cell embedding and the cell's depth only:
+    `logits[b, g] = <query(gene_g), cell(c_b)> + base_g + offset(gene_g) + slope(gene_g) * depth_b`, where `base_g`
+    is the logit of the gene's training detection share (`gene_detection`, which also defines the panel: every gene
+    some training cell detects) and `depth_b` the cell's log gene count, centred on the training cells' mean
+    (`detection_depth`). The depth terms let the decoder explain how many genes a cell detects without the
+    embedding, so what the embedding adds is which genes: the cell's state."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.cls_token_id, self.pad_token_id = config.cls_token_id, config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.query = nn.Sequential(nn.Linear(config.hidden_size, config.hidden_size), nn.Sigmoid())
+        self.cell = nn.Linear(config.hidden_size, config.hidden_size)
+        self.depth = nn.Linear(config.hidden_size, 2)  # per gene: an offset and a slope on the cell's depth
+        self.register_buffer("gene_detection", torch.zeros(config.vocab_size), persistent=True)
+        self.register_buffer("detection_depth", torch.zeros(()), persistent=True)
+
+    def set_panel(self, shares: torch.Tensor, mean_log_genes: float) -> None:
+        """Each gene's share of training cells that detect it (`(vocab_size,)`; the panel is where it is above 0)
+        and the training cells' mean log gene count (pretraining sets both)."""
+        self.gene_detection.copy_(torch.as_tensor(shares, dtype=self.gene_detection.dtype).reshape(-1))
+        self.detection_depth.fill_(float(mean_log_genes))
+
+    @property
+    def panel_gene_ids(self) -> torch.Tensor:
+        """The token ids the decoder scores: every gene some training cell detects."""
+        return torch.nonzero(self.gene_detection > 0).squeeze(1)
+
+    def genes(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`(batch, vocab_size)` 1.0 for each gene token of each row (not `[CLS]`, not padding)."""
+        return cell_gene_targets(tokens, (tokens != self.cls_token_id) & (tokens != self.pad_token_id), self.vocab_size)
+
+    def forward(self, cell_embeddings: torch.Tensor, gene_embeddings: torch.Tensor, cell_genes: torch.Tensor,
+                input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The logits `(batch, panel)` (`gene_embeddings`: the model's whole `(vocab_size, hidden)` table) and the
+        binary cross-entropy over the panel genes each row does not show (`input_ids`): detected by its cell
+        (`cell_genes`, the cell's token ids before any view left genes out) or not. Shown genes are not scored (the
+        pooled state could copy them); the loss is None when a batch leaves nothing to score."""
+        panel = self.panel_gene_ids
+        if len(panel) == 0:
+            raise ValueError("the gene-detection decoder has an empty panel: set_panel was never called "
+                             "(pretraining sets it from the training cells).")
+        in_cell = self.genes(cell_genes)
+        depth = (in_cell.sum(1).clamp(min=1).log() - self.detection_depth).to(cell_embeddings.dtype)
+        genes = gene_embeddings[panel]
+        offset, slope = self.depth(genes).unbind(-1)
+        base = torch.logit(self.gene_detection[panel].clamp(1e-4, 1 - 1e-4)).to(cell_embeddings.dtype)
+        logits = self.cell(cell_embeddings) @ self.query(genes).T + (base + offset)[None] + slope[None] * depth[:, None]
+        scored = self.genes(input_ids)[:, panel] == 0
+        if not scored.any():
+            return logits, None
+        targets = in_cell[:, panel][scored]
+        return logits, nn.functional.binary_cross_entropy_with_logits(logits.float()[scored], targets)
+
+
+def cell_gene_targets(cell_genes: torch.Tensor, genes: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """`(batch, vocab_size)` 1.0 where a cell detects a gene: `cell_genes` `(batch, L)` token ids, `genes` where
+    they are gene tokens (not `[CLS]`, not padding; those are parked in an extra column, then dropped)."""
+    targets = torch.zeros(len(cell_genes), vocab_size + 1, device=cell_genes.device)
+    ids = torch.where(genes, cell_genes, torch.full_like(cell_genes, vocab_size))
+    return targets.scatter_(1, ids, 1.0)[:, :vocab_size]
 
 
 class ScGrnCellContrast(nn.Module):
@@ -100,5 +165,5 @@ def depth_penalty(config, cell_embeddings: torch.Tensor, input_ids: torch.Tensor
     return depth_correlation(cell_embeddings, depth)
 
 
-__all__ = ["ScGrnCellContrast", "ScGrnCellDecoder", "depth_correlation", "depth_penalty", "gene_positions",
-           "token_depth", "visible_values"]
+__all__ = ["ScGrnCellContrast", "ScGrnCellDecoder", "ScGrnGeneDetection", "cell_gene_targets", "depth_correlation",
+           "depth_penalty", "gene_positions", "token_depth", "visible_values"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -22,7 +21,14 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_scgrn import MASK_RULE_FIELDS, ScGrnConfig
 from .controls import control_edges, not_gene_pairs
-from .heads import ScGrnCellContrast, ScGrnCellDecoder, depth_penalty, gene_positions, visible_values
+from .heads import (
+    ScGrnCellContrast,
+    ScGrnCellDecoder,
+    ScGrnGeneDetection,
+    depth_penalty,
+    gene_positions,
+    visible_values,
+)
 from .kernels import (
     AUTO_ATTENTION,
     OWN_KERNELS,
@@ -40,73 +46,10 @@ from .masks import (
     mask_form,
     regulators_first_order,
 )
+from .outputs import ScGrnCellClassificationOutput, ScGrnMaskedExpressionOutput, ScGrnModelOutput
 from .sizing import check_model_fits
 
 logger = logging.get_logger(__name__)
-
-
-@dataclass
-class ScGrnModelOutput(ModelOutput):
-    """
-    Args:
-        last_hidden_state: `(batch, L, hidden)` final (LayerNormed) token states, `[CLS]` at position 0.
-        pooler_output: `(batch, hidden)` cell embedding (per `config.pooling`).
-        hidden_states: tuple of `num_hidden_layers + 1` `(batch, L, hidden)` tensors (embeddings, then each block).
-        attentions: tuple of `num_hidden_layers` `(batch, heads, L, L)` attention probabilities (eager only).
-        attention_masks: tuple of `num_hidden_layers` `(batch, 1, L, L)` boolean masks actually applied.
-    """
-
-    last_hidden_state: torch.FloatTensor | None = None
-    pooler_output: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
-    attention_masks: tuple[torch.BoolTensor, ...] | None = None
-
-
-@dataclass
-class ScGrnMaskedExpressionOutput(ModelOutput):
-    """
-    Args:
-        loss: masked-value loss (cross-entropy over bins, or mean squared error of log1p values): the token head's,
-            plus `cell_decoder_weight` times the cell decoder's when the model has one.
-        logits: `(batch, L, n_bins + 1)` bin logits (binned) or `(batch, L)` predicted log1p values (continuous),
-            from each token's final state.
-        cell_logits: the same predictions from the pooled cell embedding and each gene's identity alone (the cell
-            decoder, `config.cell_decoder="mvc"`), or None.
-        token_loss, cell_loss: the token head's and the cell decoder's parts of `loss` (with labels and a decoder).
-        contrastive_loss: the contrastive term on the pooled embedding (`config.contrastive_weight > 0`, with
-            `cell_index`), added to `loss` at that weight.
-        depth_loss: the depth decorrelation penalty on the pooled embedding (`config.depth_decorrelation_weight > 0`,
-            with labels), added to `loss` at that weight.
-        hidden_states, attentions: as in [`ScGrnModelOutput`].
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    cell_logits: torch.FloatTensor | None = None
-    token_loss: torch.FloatTensor | None = None
-    cell_loss: torch.FloatTensor | None = None
-    contrastive_loss: torch.FloatTensor | None = None
-    depth_loss: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
-
-
-@dataclass
-class ScGrnCellClassificationOutput(ModelOutput):
-    """
-    Args:
-        loss: cross-entropy of the cell-type logits (when `labels` are given).
-        logits: `(batch, num_labels)`.
-        cell_embeddings: `(batch, hidden)` pooled embedding the classifier read.
-        hidden_states, attentions: as in [`ScGrnModelOutput`].
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    cell_embeddings: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class ScGrnEmbeddings(nn.Module):
@@ -263,8 +206,11 @@ class ScGrnPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, ScGrnModel):
             init.constant_(module.grn_edges, self.config.pad_token_id)
-        if isinstance(module, ScGrnCellDecoder) and hasattr(module, "gene_means"):
+        if isinstance(module, ScGrnForMaskedExpressionModeling) and hasattr(module, "gene_means"):
             init.zeros_(module.gene_means)
+        if isinstance(module, ScGrnGeneDetection):
+            init.zeros_(module.gene_detection)
+            init.zeros_(module.detection_depth)
 
     def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
                                 mean_resizing: bool = True) -> nn.Embedding:
@@ -544,6 +490,8 @@ class ScGrnForMaskedExpressionModeling(ScGrnPreTrainedModel):
         if self.config.uses_gene_means:
             # each gene's training mean of its log1p value, saved with the weights (set_gene_means)
             self.register_buffer("gene_means", torch.zeros(config.vocab_size), persistent=True)
+        # which genes a cell detects, from the pooled state (pretraining sets its panel: `set_panel`)
+        self.gene_detection_decoder = ScGrnGeneDetection(config) if config.detection_weight > 0 else None
         self.post_init()
 
     def set_gene_means(self, means: torch.Tensor) -> None:
@@ -579,6 +527,7 @@ class ScGrnForMaskedExpressionModeling(ScGrnPreTrainedModel):
         attention_mask: torch.LongTensor | None = None,
         labels: torch.Tensor | None = None,
         cell_index: torch.LongTensor | None = None,
+        cell_genes: torch.LongTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -589,6 +538,8 @@ class ScGrnForMaskedExpressionModeling(ScGrnPreTrainedModel):
                 masked. Continuous: `(batch, L)` float log1p values, NaN where not masked.
             cell_index: `(batch,)` which cell each row is; rows that share one are views of that cell, masked
                 differently (the pretraining collator's `views=2`), for the contrastive term.
+            cell_genes: `(batch, L')` each row's cell's token ids before any view left genes out (padded), for the
+                gene-detection decoder (`config.detection_weight > 0`; the pretraining collator passes them).
         """
         outputs = self.scgrn(input_ids, expression_values=expression_values, expression_bins=expression_bins,
                              attention_mask=attention_mask, output_attentions=output_attentions,
@@ -618,9 +569,16 @@ class ScGrnForMaskedExpressionModeling(ScGrnPreTrainedModel):
         depth_loss = None if labels is None else depth_penalty(self.config, outputs.pooler_output, input_ids,
                                                                  expression_values, attention_mask)
         loss = loss if depth_loss is None else loss + self.config.depth_decorrelation_weight * depth_loss
+        detection_logits = detection_loss = None
+        if self.gene_detection_decoder is not None and cell_genes is not None:
+            detection_logits, detection_loss = self.gene_detection_decoder(
+                outputs.pooler_output, self.scgrn.embeddings.gene_embeddings.weight, cell_genes, input_ids)
+            if loss is not None and detection_loss is not None:
+                loss = loss + self.config.detection_weight * detection_loss
         output = ScGrnMaskedExpressionOutput(loss=loss, logits=logits, cell_logits=cell_logits,
                                              token_loss=token_loss if cell_loss is not None else None,
-                                             cell_loss=cell_loss, contrastive_loss=contrast, depth_loss=depth_loss)
+                                             cell_loss=cell_loss, contrastive_loss=contrast, depth_loss=depth_loss,
+                                             detection_loss=detection_loss, detection_logits=detection_logits)
         return self._head_output(output, outputs, return_dict)
 
 

@@ -14,7 +14,7 @@ import torch
 from ..cells.collators import DataCollatorForMaskedExpression
 from ..cells.prepared import load_prepared
 from ..evaluation.baselines import classification_baselines, masked_baseline_table
-from ..evaluation.metrics import gene_statistics, masked_expression_metrics
+from ..evaluation.metrics import detection_metrics, gene_statistics, masked_expression_metrics
 from ..evaluation.probe import embedding_probe, probe_split, probe_table
 from ..grn.attach import adjacency, attach_grn, check_model_options, new_config
 from ..grn.coverage import coverage_line, prior_coverage
@@ -57,11 +57,7 @@ def run_pretraining(data, training: TrainingConfig, *, model_options: Mapping | 
     else:
         model = ScGrnForMaskedExpressionModeling(new_config(tokenizer, **model_options))
         attach_grn(model, network, tokenizer)
-    view_options = [f"{k}={getattr(training, k)}" for k in ("view_gene_dropout", "view_depth_jitter",
-                                                            "view_complementary") if getattr(training, k)]
-    if view_options and not model.config.contrastive_weight > 0:
-        raise ValueError(f"{', '.join(view_options)} shapes the contrastive term's views, but the model has none; "
-                         "give it model.contrastive_weight > 0, or set those to 0.")
+    _check_views(model.config, training)
     coverage = log_prior_coverage(model, sample)
     collator = DataCollatorForMaskedExpression.from_config(model.config, training.mask_probability,
                                                            view_gene_dropout=training.view_gene_dropout,
@@ -71,16 +67,20 @@ def run_pretraining(data, training: TrainingConfig, *, model_options: Mapping | 
     statistics = gene_statistics(sample, model.config.vocab_size, model.config.value_encoding, model.config.n_bins)
     if model.config.uses_gene_means and not init_from:
         model.set_gene_means(statistics["means"])
+    detection = model.gene_detection_decoder
+    if detection is not None and not bool(detection.gene_detection.any()):  # a start without a panel
+        detection.set_panel(statistics["detection"], statistics["mean_log_genes"])
     evaluation_set = dataset["validation"]
     eval_collator = DataCollatorForMaskedExpression.from_config(model.config, training.mask_probability,
                                                                 seed=training.seed, views=1)
 
     truth = None if regulation is None else adjacency(regulation, tokenizer)
     probe = _probe_setup(sample, evaluation_set, metadata, model.config.vocab_size, training.seed)
+    detection = _detection_setup(model.config, evaluation_set, training)
 
     def evaluate(unwrapped, accelerator):
         scores = masked_expression_metrics(unwrapped, evaluation_set, eval_collator, statistics, regulation=truth)
-        return {**scores, **probe(unwrapped)}
+        return {**scores, **probe(unwrapped), **detection(unwrapped)}
 
     result = train(model, train_cells, collator.pad, training, evaluate=evaluate, batch_transform=collator.mask,
                     project_name="pretrain",
@@ -99,6 +99,31 @@ def run_pretraining(data, training: TrainingConfig, *, model_options: Mapping | 
                           baselines_markdown=table, prior_coverage=coverage)
         (Path(output_dir) / "summary.json").write_text(json.dumps(summary, indent=2, default=jsonable))
     return summary
+
+
+def _check_views(config, training: TrainingConfig) -> None:
+    """View options need a term that reads views: a contrastive term, or (gene dropout only) a gene-detection
+    decoder, which in turn needs genes left out to find."""
+    view_options = [f"{k}={getattr(training, k)}" for k in ("view_gene_dropout", "view_depth_jitter",
+                                                            "view_complementary") if getattr(training, k)]
+    if config.detection_weight > 0 and not training.view_gene_dropout > 0:
+        raise ValueError(f"detection_weight={config.detection_weight} asks the model for the genes its input leaves "
+                         "out, but view_gene_dropout=0 leaves none out; set training.view_gene_dropout (e.g. 0.5).")
+    if config.detection_weight > 0 and not config.contrastive_weight > 0:
+        view_options = [option for option in view_options if not option.startswith("view_gene_dropout")]
+    if view_options and not config.contrastive_weight > 0:
+        raise ValueError(f"{', '.join(view_options)} shapes the contrastive term's views, but the model has none; "
+                         "give it model.contrastive_weight > 0, or set those to 0.")
+
+
+def _detection_setup(config, validation, training: TrainingConfig):
+    """What each evaluation adds about a gene-detection decoder (`detection_metrics` on the validation cells,
+    genes left out as in training, seeded); nothing for a model without one."""
+    if not config.detection_weight > 0:
+        return lambda model: {}
+    collator = DataCollatorForMaskedExpression.from_config(config, training.mask_probability, seed=training.seed,
+                                                           views=1, view_gene_dropout=training.view_gene_dropout)
+    return lambda model: detection_metrics(model, validation, collator)
 
 
 PROBE_CELLS = 2000  # training cells the embedding probe is fitted on (a seeded sample of larger splits)
