@@ -62,6 +62,7 @@ TRAINING_RANGES = (
     ("view_depth_jitter", _at_least(0), _no_limit, "at least 0 (0: every view keeps the cell's values)"),
     ("early_stopping_patience", _at_least(0), _no_limit, "at least 0 (0 turns it off)"),
     ("layer_decay", _above(0), lambda v: v <= 1, "in (0, 1] (1 turns it off)"),
+    ("gene_embedding_lr_ratio", _above(0), _no_limit, "above 0 (1: the gene embeddings learn at learning_rate)"),
     ("gene_dropout", _at_least(0), lambda v: v < 1, "a share in [0, 1): 0 shows every gene at every step"),
     ("reinit_layers", _at_least(0), _no_limit, "at least 0 (0 keeps every pretrained layer)"),
     ("dataloader_num_workers", _at_least(0), _no_limit, "at least 0"),
@@ -97,8 +98,9 @@ class TrainingConfig:
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder or 'latest'"})
     report_to: str = field(default="tensorboard", metadata={"help": "accelerate tracker(s): tensorboard, wandb, mlflow, or none"})
     mask_probability: float = field(default=DEFAULT_MASK_PROBABILITY, metadata={"help": "pretraining: share of gene values hidden"})
-    view_gene_dropout: float = field(default=0.0, metadata={"help": "pretraining with a contrastive term: share of "
-                                                                    "gene tokens each view of a cell leaves out"})
+    view_gene_dropout: float = field(default=0.0, metadata={"help": "pretraining with a contrastive term or a "
+                                                                    "gene-detection decoder: share of gene tokens "
+                                                                    "each view of a cell leaves out"})
     view_dropout_spread: float = field(default=0.0, metadata={"help": "pretraining: each view's share of genes left "
                                                                       "out is drawn uniformly within this distance "
                                                                       "of view_gene_dropout (0: all the same)"})
@@ -112,6 +114,8 @@ class TrainingConfig:
     early_stopping_patience: int = field(default=0, metadata={"help": "finetuning: evaluations without macro-F1 gain before stopping; 0 = off"})
     layer_decay: float = field(default=1.0, metadata={"help": "finetuning: layer-wise learning-rate decay; each "
                                                               "layer below the head learns this factor slower (1 = off)"})
+    gene_embedding_lr_ratio: float = field(default=1.0, metadata={"help": "the gene embeddings' learning rate as a "
+                                                                          "multiple of learning_rate (1: the same)"})
     freeze_encoder: bool = field(default=False, metadata={"help": "finetuning: train the classifier only (linear probe)"})
     gene_dropout: float = field(default=0.0, metadata={"help": "finetuning: share of each training cell's gene tokens "
                                                                "left out at every step (an augmentation; evaluation "
@@ -257,7 +261,7 @@ def layer_depth(name: str, num_layers: int) -> int:
 def _optimizer(model, config: TrainingConfig):
     """AdamW without weight decay on norms, biases and embeddings; with `layer_decay < 1`, each parameter's learning
     rate is `learning_rate x layer_decay ** layer_depth` (BEiT/ELECTRA-style finetuning: the head learns fastest,
-    the embeddings slowest)."""
+    the embeddings slowest); the gene embeddings' is also multiplied by `gene_embedding_lr_ratio`."""
     num_layers = getattr(getattr(model, "config", None), "num_hidden_layers", 0)
     groups: dict[tuple, dict] = {}
     for name, parameter in model.named_parameters():
@@ -265,6 +269,7 @@ def _optimizer(model, config: TrainingConfig):
             continue
         decayed = not (parameter.ndim < 2 or "norm" in name or "embeddings" in name)
         scale = config.layer_decay ** layer_depth(name, num_layers)  # 1 when off
+        scale *= config.gene_embedding_lr_ratio if "gene_embeddings" in name.split(".") else 1.0
         group = groups.setdefault((decayed, scale), {"params": [], "weight_decay": config.weight_decay if decayed
                                                      else 0.0, "lr": config.learning_rate * scale})
         group["params"].append(parameter)
