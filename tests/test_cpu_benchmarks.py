@@ -51,3 +51,21 @@ def test_edges_speed_refuses_a_missing_file_in_one_line():
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == ["error: nope.h5ad does not exist (give an .h5ad file or "
                                                   "'pbmc68k_reduced')."]
+
+
+def test_bag_of_genes_prints_a_row_per_learning_rate_beside_pca():
+    out = _run("bag_of_genes.py", "--input", "pbmc68k_reduced", "--label_column", "louvain", "--steps", "3", "5",
+               "--learning_rates", "0.01", "0.03")
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| 0.0")]
+    assert [row[1].strip() for row in rows] == ["0.01", "0.03"]
+    assert all(0 < float(cell) <= 1 for row in rows for cell in row[2:5]), out
+    assert rows[0][2] == rows[1][2]  # the same random start, read the same way
+    assert "50 principal components of the log-normalised counts read the same way: 0.857" in out
+
+
+def test_bag_of_genes_refuses_a_missing_label_column_in_one_line():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bag_of_genes.py"), "--input",
+                             "pbmc68k_reduced", "--label_column", "nope"], capture_output=True, text=True,
+                            timeout=300, cwd=ROOT)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: the cells have no label column ['nope']")
