@@ -41,6 +41,20 @@ def test_a_variant_lays_its_entries_over_the_base_and_names_a_wrong_section(tmp_
         variant_configs(base, {"data": {}}, tmp_path, seed=0)
 
 
+@pytest.mark.parametrize("variants", ["objectives.yaml", "objectives_simulated.yaml"])
+def test_every_shipped_variant_builds_a_model_config_and_a_training_config(variants, tmp_path):
+    """Each variant of the benchmark's variant files, laid over the quickstart's pretraining, names only options
+    the model and training accept (a renamed option would otherwise fail only when its run starts)."""
+    from modeling_scgrn import ScGrnConfig
+
+    base = yaml.safe_load((ROOT / "pretrain" / "configs" / "pbmc68k.yaml").read_text())
+    entries = yaml.safe_load((ROOT / "benchmarks" / "configs" / variants).read_text())["variants"]
+    for name, variant in entries.items():
+        model, training = variant_configs(base, variant, tmp_path, seed=0)
+        ScGrnConfig(vocab_size=64, **model)
+        assert training.seed == 0, name
+
+
 def test_script_writes_every_row_beside_pca_and_an_untrained_encoder(tmp_path):
     prior = shared_data_or_skip(OMNIPATH_TABLE)
     config = tmp_path / "base.yaml"
