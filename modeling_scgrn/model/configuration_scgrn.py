@@ -94,12 +94,13 @@ class ScGrnConfig(PretrainedConfig):
             (`benchmarks/README.md`, "Pretraining objectives"), so it is an experiment, not shipped.
         detection_weight (`float`, defaults to 0.0): weight of a gene-detection decoder on the pooled cell
             embedding: from it and the cell's depth (the log of how many genes it detects), predict, for every gene
-            of the panel (each gene pretraining saw detected, `gene_detection`) that the input does not show,
+            of the panel (each gene some training cell detects; pretraining sets it) that the input does not show,
             whether the cell detects it (binary cross-entropy). The masked-value terms score detected genes only,
             whose values in sparse cells mostly carry depth; this one asks which other genes a cell expresses, what
             PCA of the counts reads, with depth given to the decoder. It needs inputs that leave genes out
             (`view_gene_dropout`); the pretraining collator then passes each cell's full gene set (`cell_genes`).
-            0 leaves it out.
+            Measured on simulated cells it does not teach the embedding cell type (`benchmarks/README.md`, "Which
+            genes a cell detects"), so it is an experiment, not shipped. 0 leaves it out.
         grn_mode (`str`, defaults to `"grn"`): which edges form the mask. `"grn"`: the prior network;
             `"dense"`: no constraint (the unconstrained Transformer baseline); `"random"`: uniform random edges
             among the prior's genes, as many as the prior has (seeded by `grn_control_seed`);

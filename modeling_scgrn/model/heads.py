@@ -1,7 +1,6 @@
 """The pretraining heads that read the pooled cell embedding: the cell decoder (scGPT's MVC), the gene-detection
 decoder, the contrastive term between two masked views of one cell (SimCLR's NT-Xent), and the depth decorrelation
-penalty. Shipped with the
-weights: imports only torch."""
+penalty. Shipped with the weights: imports only torch."""
 
 from __future__ import annotations
 
