@@ -90,7 +90,7 @@ def detection_metrics(model, dataset, collator, batch_size: int = 64) -> dict:
         scored = decoder.genes(batch["input_ids"])[:, panel] == 0
         truth = decoder.genes(batch["cell_genes"])[:, panel][scored]
         logits = output.detection_logits.float()[scored]
-        shares = decoder.gene_detection[panel].clamp(1e-4, 1 - 1e-4).expand_as(scored)[scored]
+        shares = decoder.panel_shares.expand_as(scored)[scored]
         losses["scgrn"].append(torch.nn.functional.binary_cross_entropy_with_logits(logits, truth, reduction="none"))
         losses["gene_share"].append(torch.nn.functional.binary_cross_entropy(shares.float(), truth, reduction="none"))
     if not losses["scgrn"]:

@@ -53,9 +53,16 @@ class ScGrnGeneDetection(nn.Module):
         """The token ids the decoder scores: every gene some training cell detects."""
         return torch.nonzero(self.gene_detection > 0).squeeze(1)
 
+    @property
+    def panel_shares(self) -> torch.Tensor:
+        """The panel genes' training detection shares, kept inside (0, 1) so that their logits and log-losses are
+        finite: what the decoder starts from, and the trivial predictor it is scored against."""
+        return self.gene_detection[self.panel_gene_ids].clamp(1e-4, 1 - 1e-4)
+
     def genes(self, tokens: torch.Tensor) -> torch.Tensor:
         """`(batch, vocab_size)` 1.0 for each gene token of each row (not `[CLS]`, not padding)."""
-        return cell_gene_targets(tokens, (tokens != self.cls_token_id) & (tokens != self.pad_token_id), self.vocab_size)
+        positions = gene_positions(tokens, tokens != self.pad_token_id, self.cls_token_id)
+        return cell_gene_targets(tokens, positions, self.vocab_size)
 
     def forward(self, cell_embeddings: torch.Tensor, gene_embeddings: torch.Tensor, cell_genes: torch.Tensor,
                 input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -71,7 +78,7 @@ class ScGrnGeneDetection(nn.Module):
         depth = (in_cell.sum(1).clamp(min=1).log() - self.detection_depth).to(cell_embeddings.dtype)
         genes = gene_embeddings[panel]
         offset, slope = self.depth(genes).unbind(-1)
-        base = torch.logit(self.gene_detection[panel].clamp(1e-4, 1 - 1e-4)).to(cell_embeddings.dtype)
+        base = torch.logit(self.panel_shares).to(cell_embeddings.dtype)
         logits = self.cell(cell_embeddings) @ self.query(genes).T + (base + offset)[None] + slope[None] * depth[:, None]
         scored = self.genes(input_ids)[:, panel] == 0
         if not scored.any():
