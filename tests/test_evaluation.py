@@ -17,7 +17,13 @@ from modeling_scgrn.evaluation.baselines import (
     classification_table,
     masked_baseline_table,
 )
-from modeling_scgrn.evaluation.metrics import _masked_batch_scores, _smoothed
+from modeling_scgrn.evaluation.metrics import (
+    DEPTH_BINS,
+    _masked_batch_scores,
+    _smoothed,
+    detected_given_not_shown,
+    gene_statistics,
+)
 from modeling_scgrn.grn.coverage import prior_coverage
 from modeling_scgrn.grn.network import GeneRegulatoryNetwork
 
@@ -36,6 +42,46 @@ def test_trivial_masked_value_predictors_by_hand():
     offset = ((1.0 - 0.5) + (2.0 - 1.0)) / 2  # the cell sits 0.75 above its visible genes' means
     assert float(scores["gene_mean_cell_offset"][0]) == pytest.approx((3.0 + offset - 4.0) ** 2)
     assert float(scores["cell_value_distribution"][0]) == pytest.approx((1.5 - 4.0) ** 2)
+
+
+def test_detection_shares_by_depth_by_hand():
+    """`gene_statistics`' trivial predictor for the gene-detection decoder: each gene's detection share among the
+    training cells of the cell's depth bin (quantiles of the log gene count), shrunk towards its overall share by
+    two pseudo-cells; cells of 1 to 8 genes, where deeper cells detect the later genes."""
+    from datasets import Dataset
+
+    rng = np.random.default_rng(0)
+    cells = [[1, *sorted(rng.choice(np.arange(4, 12), size=n, replace=False, p=np.linspace(1, 3, 8) / 16))]
+             for n in rng.integers(1, 9, size=60)]
+    data = Dataset.from_dict({"input_ids": cells, "expression_values": [[0.0] * len(c) for c in cells]})
+    statistics = gene_statistics(data, 12, "continuous", 4)
+    log_genes = np.log([len(c) - 1 for c in cells])
+    edges = np.quantile(log_genes, np.linspace(0, 1, DEPTH_BINS + 1)[1:-1])
+    np.testing.assert_allclose(statistics["depth_edges"].numpy(), edges, rtol=1e-6)
+    shares = statistics["detection"].numpy()
+    for depth_bin in range(DEPTH_BINS):
+        members = [c for c, b in zip(cells, np.searchsorted(edges, log_genes, side="right")) if b == depth_bin]
+        for gene in range(4, 12):
+            detected = sum(gene in c for c in members)
+            assert statistics["detection_by_depth"][depth_bin, gene].item() == pytest.approx(
+                (detected + 2 * shares[gene]) / (len(members) + 2), rel=1e-6)
+    deep, shallow = statistics["detection_by_depth"][-1, 4:12], statistics["detection_by_depth"][0, 4:12]
+    assert (deep > shallow).all()  # the deepest cells detect every gene more often than the shallowest
+
+
+def test_a_trivial_detection_predictor_scores_only_genes_the_input_does_not_show():
+    """A gene detected in half the cells, in inputs that leave out half of each cell's detected genes: of the cells
+    where it is not shown, a quarter of all cells detect it and a half do not, so the chance is 1/3; inputs that
+    leave out nothing leave a detected gene never unshown (0, kept above it), and a gene always detected and always
+    left out is certainly detected (1, kept below it)."""
+    predicted = detected_given_not_shown(torch.tensor([[0.5, 0.5, 1.0]]), torch.tensor([[0.5], [0.0], [1.0]]))
+    torch.testing.assert_close(predicted, torch.tensor([[1 / 3, 1 / 3, 1 - 1e-4], [1e-4, 1e-4, 1e-4],
+                                                        [0.5, 0.5, 1 - 1e-4]]))
+    rng = np.random.default_rng(0)  # the same by simulation: 200,000 cells, a gene detected in 30% of them
+    detected = rng.random(200_000) < 0.3
+    shown = detected & (rng.random(200_000) >= 0.4)
+    assert detected[~shown].mean() == pytest.approx(float(detected_given_not_shown(torch.tensor(0.3),
+                                                                                     torch.tensor(0.4))), abs=0.003)
 
 
 def test_binned_predictors_use_bin_distributions():

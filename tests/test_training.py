@@ -372,8 +372,10 @@ def test_a_gene_detection_decoder_pretrains_reports_its_trivial_predictor_and_re
     summary = run_pretraining(prepared, training, model_options={**TINY_MODEL, "detection_weight": 1.0})
     detection = summary["validation"]["detection"]
     assert 0 < detection["scgrn"] and 0 < detection["gene_share"] and isinstance(detection["beats_gene_share"], bool)
+    assert 0 < detection["gene_share_at_depth"] and isinstance(detection["beats_gene_share_at_depth"], bool)
     assert summary["validation"]["detection_loss"] == detection["scgrn"]
     assert "Gene detection (which panel genes each validation cell detects" in summary["baseline_table"]
+    assert "among cells of the same depth" in summary["baseline_table"]
     model = ScGrnForMaskedExpressionModeling.from_pretrained(tmp_path / "pre" / "model")
     train = load_prepared(prepared)[0]["train"]
     shares = gene_statistics(train, model.config.vocab_size, "continuous", model.config.n_bins)["detection"]

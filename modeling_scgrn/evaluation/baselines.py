@@ -29,13 +29,15 @@ def masked_baseline_table(metrics: dict) -> str:
 
 
 def _detection_line(detection: dict | None) -> str:
-    """The gene-detection decoder's loss beside each gene's detection share, in words; empty without one."""
+    """The gene-detection decoder's loss beside its two trivial predictors, in words; empty without one."""
     if not detection:
         return ""
-    ours, share = detection["scgrn"], detection["gene_share"]
-    verb = "beats" if detection["beats_gene_share"] else "does NOT beat"
+    ours, share, at_depth = detection["scgrn"], detection["gene_share"], detection["gene_share_at_depth"]
+    verb = "beats" if detection["beats_gene_share_at_depth"] else "does NOT beat"
     return (f"\nGene detection (which panel genes each validation cell detects, binary cross-entropy): scgrn "
-            f"{ours:.4f} {verb} each gene's training detection share ({share:.4f}, {1 - ours / share:+.1%}).\n")
+            f"{ours:.4f} {verb} each gene's training detection share among cells of the same depth "
+            f"({at_depth:.4f}, {1 - ours / at_depth:+.1%}; the decoder is given the depth); each gene's share "
+            f"alone: {share:.4f}.\n")
 
 
 def best_trivial_loss(baselines: dict) -> float | None:

@@ -76,29 +76,52 @@ def masked_expression_metrics(model, dataset, collator, statistics: dict, batch_
     }
 
 
-def detection_metrics(model, dataset, collator, batch_size: int = 64) -> dict:
+def detection_metrics(model, dataset, collator, statistics: dict, batch_size: int = 64) -> dict:
     """A gene-detection decoder's binary cross-entropy on `dataset` (over the panel genes each cell's input does
-    not show, with `collator` leaving genes out as in training) beside that of each gene's training detection
-    share on the same cells and genes (`gene_share`): `detection` (None when no batch had a gene to score), and
-    both losses flat, for the trackers."""
-    losses = {"scgrn": [], "gene_share": []}
+    not show, with `collator` leaving genes out as in training) beside two trivial predictors on the same cells and
+    genes, from the training cells' `gene_statistics`: each gene's detection share (`gene_share`) and its share
+    among training cells of the cell's depth (`gene_share_at_depth`: the decoder is given the cell's log gene count,
+    so this is the one it must beat to have learnt which genes, not how many), each turned by
+    [`detected_given_not_shown`] into the chance that a gene the input does not show is detected. Returns
+    `detection` (None when no batch had a gene to score) and the losses flat, for the trackers."""
+    names = ("scgrn", "gene_share", "gene_share_at_depth")
+    losses = {name: [] for name in names}
     decoder = model.gene_detection_decoder
     panel = decoder.panel_gene_ids
     for batch, output in predict_batches(model, dataset, collator, batch_size):
         if output.detection_loss is None:
             continue
-        scored = decoder.genes(batch["input_ids"])[:, panel] == 0
-        truth = decoder.genes(batch["cell_genes"])[:, panel][scored]
-        logits = output.detection_logits.float()[scored]
-        shares = decoder.panel_shares.expand_as(scored)[scored]
-        losses["scgrn"].append(torch.nn.functional.binary_cross_entropy_with_logits(logits, truth, reduction="none"))
-        losses["gene_share"].append(torch.nn.functional.binary_cross_entropy(shares.float(), truth, reduction="none"))
+        shown = decoder.genes(batch["input_ids"])
+        scored = shown[:, panel] == 0
+        in_cell = decoder.genes(batch["cell_genes"])
+        truth = in_cell[:, panel][scored]
+        genes = in_cell.sum(1, keepdim=True).clamp(min=1)
+        left_out = 1 - (shown * in_cell).sum(1, keepdim=True) / genes
+        depth_bin = torch.searchsorted(statistics["depth_edges"].to(genes.device), genes.log(), right=True).squeeze(1)
+        shares = {"gene_share": statistics["detection"].to(genes.device)[None].expand_as(in_cell),
+                  "gene_share_at_depth": statistics["detection_by_depth"].to(genes.device)[depth_bin]}
+        losses["scgrn"].append(torch.nn.functional.binary_cross_entropy_with_logits(
+            output.detection_logits.float()[scored], truth, reduction="none"))
+        for name, share in shares.items():
+            predicted = detected_given_not_shown(share, left_out)[:, panel][scored]
+            losses[name].append(torch.nn.functional.binary_cross_entropy(predicted, truth, reduction="none"))
     if not losses["scgrn"]:
         return {"detection": None}
-    ours, share = (float(torch.cat(losses[name]).mean()) for name in ("scgrn", "gene_share"))
+    ours, share, at_depth = (float(torch.cat(losses[name]).mean()) for name in names)
     return {"detection": {"loss_name": "binary_cross_entropy", "scgrn": ours, "gene_share": share,
-                          "beats_gene_share": ours < share},
-            "detection_loss": ours, "detection_gene_share_loss": share}
+                          "gene_share_at_depth": at_depth, "beats_gene_share": ours < share,
+                          "beats_gene_share_at_depth": ours < at_depth},
+            "detection_loss": ours, "detection_gene_share_loss": share, "detection_gene_share_at_depth_loss": at_depth}
+
+
+def detected_given_not_shown(share: torch.Tensor, left_out: torch.Tensor) -> torch.Tensor:
+    """The chance that a gene is detected given that the input does not show it, for a gene detected with
+    probability `share` in a cell whose input leaves out the share `left_out` of its detected genes (at random):
+    `share * left_out / (share * left_out + 1 - share)`, kept inside (0, 1) so that its log-loss is finite (a gene
+    every cell detects, in inputs that leave nothing out, is never unshown: 0). Detected genes the input shows are
+    not scored, so the raw share would overstate every unshown gene's chance."""
+    hidden = share.float() * left_out.float()
+    return (hidden / (hidden + 1 - share.float()).clamp(min=1e-12)).clamp(1e-4, 1 - 1e-4)
 
 
 def _regulated_masked_tokens(batch, regulation: torch.Tensor, binned: bool) -> torch.Tensor:
@@ -168,7 +191,8 @@ def gene_statistics(dataset, vocab_size: int, value_encoding: str, n_bins: int) 
     `(vocab_size,)` of the encoded value (bins or log1p values; genes never seen get the overall mean) and, for
     binned encoding, `histograms` `(vocab_size, n_bins + 1)` smoothed bin distributions; `detection` `(vocab_size,)`
     each gene's share of the cells that detect it and `mean_log_genes` the cells' mean log gene count, for the
-    gene-detection decoder."""
+    gene-detection decoder, and `detection_by_depth` `(DEPTH_BINS, vocab_size)` the same shares within bins of the
+    cells' log gene count (`depth_edges`, quantiles), that decoder's trivial predictor given the depth it is given."""
     column = "expression_bins" if value_encoding == "binned" else "expression_values"
     sums, counts = np.zeros(vocab_size), np.zeros(vocab_size)
     histograms = np.zeros((vocab_size, n_bins + 1)) if value_encoding == "binned" else None
@@ -181,12 +205,31 @@ def gene_statistics(dataset, vocab_size: int, value_encoding: str, n_bins: int) 
         if histograms is not None:
             np.add.at(histograms, (ids, values.astype(np.int64)), 1)
     means = np.where(counts > 0, sums / np.maximum(counts, 1), sums.sum() / max(counts.sum(), 1))
+    shares = counts / max(len(log_genes), 1)
     statistics = {"means": torch.tensor(means, dtype=torch.float32),
-                   "detection": torch.tensor(counts / max(len(log_genes), 1), dtype=torch.float32),
-                   "mean_log_genes": float(np.mean(log_genes)) if log_genes else 0.0}
+                   "detection": torch.tensor(shares, dtype=torch.float32),
+                   "mean_log_genes": float(np.mean(log_genes)) if log_genes else 0.0,
+                   **_detection_by_depth(dataset["input_ids"], np.asarray(log_genes), shares)}
     if histograms is not None:
         statistics["histograms"] = _smoothed(torch.tensor(histograms, dtype=torch.float32))
     return statistics
+
+
+DEPTH_BINS = 10
+
+
+def _detection_by_depth(token_ids, log_genes: np.ndarray, shares: np.ndarray) -> dict:
+    """Each gene's detection share among the cells of each depth bin (`DEPTH_BINS` quantile bins of the log gene
+    count, `depth_edges` between them), shrunk towards its overall share by two pseudo-cells."""
+    edges = np.quantile(log_genes, np.linspace(0, 1, DEPTH_BINS + 1)[1:-1]) if len(log_genes) else np.zeros(0)
+    bins = np.searchsorted(edges, log_genes, side="right")
+    detected = np.zeros((DEPTH_BINS, len(shares)))
+    for ids, b in zip(token_ids, bins):
+        detected[b, np.asarray(ids[1:], dtype=np.int64)] += 1
+    cells = np.bincount(bins, minlength=DEPTH_BINS)[:, None]
+    by_depth = (detected + 2 * shares[None]) / (cells + 2)
+    return {"detection_by_depth": torch.tensor(by_depth, dtype=torch.float32),
+            "depth_edges": torch.tensor(edges, dtype=torch.float32)}
 
 
 def classification_metrics(model, dataset, collator, batch_size: int = 64) -> dict:

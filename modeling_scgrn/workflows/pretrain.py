@@ -76,7 +76,7 @@ def run_pretraining(data, training: TrainingConfig, *, model_options: Mapping | 
 
     truth = None if regulation is None else adjacency(regulation, tokenizer)
     probe = _probe_setup(sample, evaluation_set, metadata, model.config.vocab_size, training.seed)
-    detection = _detection_setup(model.config, evaluation_set, training)
+    detection = _detection_setup(model.config, evaluation_set, training, statistics)
 
     def evaluate(unwrapped, accelerator):
         scores = masked_expression_metrics(unwrapped, evaluation_set, eval_collator, statistics, regulation=truth)
@@ -116,14 +116,15 @@ def _check_views(config, training: TrainingConfig) -> None:
                          "give it model.contrastive_weight > 0, or set those to 0.")
 
 
-def _detection_setup(config, validation, training: TrainingConfig):
+def _detection_setup(config, validation, training: TrainingConfig, statistics: dict):
     """What each evaluation adds about a gene-detection decoder (`detection_metrics` on the validation cells,
-    genes left out as in training, seeded); nothing for a model without one."""
+    genes left out as in training, seeded, beside the trivial predictors of the training cells' `statistics`);
+    nothing for a model without one."""
     if not config.detection_weight > 0:
         return lambda model: {}
     collator = DataCollatorForMaskedExpression.from_config(config, training.mask_probability, seed=training.seed,
                                                            views=1, view_gene_dropout=training.view_gene_dropout)
-    return lambda model: detection_metrics(model, validation, collator)
+    return lambda model: detection_metrics(model, validation, collator, statistics)
 
 
 PROBE_CELLS = 2000  # training cells the embedding probe is fitted on (a seeded sample of larger splits)
