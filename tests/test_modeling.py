@@ -244,6 +244,34 @@ def test_save_load_round_trip_keeps_outputs_and_grn(model_class, tokenizer, edge
     assert torch.equal(first[key], second[key])
 
 
+@pytest.mark.parametrize("value_encoding", ["binned", "continuous"])
+def test_embedding_layer_norm_normalises_each_token_and_round_trips(value_encoding, tokenizer, edge_tensor, batch,
+                                                                     tmp_path):
+    """`embedding_layer_norm=True`: each token's summed gene and value embedding leaves the embeddings zero-mean and
+    unit-variance over its features (the LayerNorm starts at weight 1, bias 0), where without it a token keeps the
+    initialisation's small scale; the LayerNorm's weights save and reload with the model; the default is off."""
+    assert ScGrnConfig().embedding_layer_norm is False
+    inputs = dict(input_ids=batch["input_ids"], expression_values=batch["expression_values"],
+                  expression_bins=batch["expression_bins"])
+    plain = make(ScGrnModel, tokenizer, edge_tensor, value_encoding=value_encoding)
+    assert plain.embeddings.layer_norm is None
+    assert plain.embeddings(*inputs.values()).std(-1).max() < 0.1
+    model = make(ScGrnModel, tokenizer, edge_tensor, value_encoding=value_encoding, embedding_layer_norm=True)
+    embedded = model.embeddings(*inputs.values())
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(embedded.mean(-1)[real], torch.zeros(int(real.sum())), atol=1e-5, rtol=0)
+    # unit variance up to the LayerNorm's epsilon (1e-5 beside a token variance of about 4e-4 at initialisation)
+    torch.testing.assert_close(embedded.var(-1, unbiased=False)[real], torch.ones(int(real.sum())), atol=0.05, rtol=0)
+    with torch.no_grad():
+        model.embeddings.layer_norm.weight.uniform_(0.5, 1.5)
+    model.save_pretrained(tmp_path)
+    reloaded = ScGrnModel.from_pretrained(tmp_path).eval()
+    assert reloaded.config.embedding_layer_norm is True
+    torch.testing.assert_close(reloaded.embeddings.layer_norm.weight, model.embeddings.layer_norm.weight)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).last_hidden_state, reloaded(**batch).last_hidden_state)
+
+
 def test_auto_classes_load_saved_folder(tokenizer, edge_tensor, batch, tmp_path):
     model = make(ScGrnForCellClassification, tokenizer, edge_tensor)
     model.save_pretrained(tmp_path)

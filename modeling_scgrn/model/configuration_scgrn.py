@@ -64,6 +64,12 @@ class ScGrnConfig(PretrainedConfig):
         classifier_dropout (`float`, defaults to 0.1): dropout before the cell classification layer.
         layer_norm_eps (`float`, defaults to 1e-5): epsilon of every LayerNorm.
         initializer_range (`float`, defaults to 0.02): standard deviation of the normal weight initialisation.
+        embedding_layer_norm (`bool`, defaults to `False`): a LayerNorm on each token's summed gene and value
+            embedding before the first block, as BERT and scGPT normalise theirs. Without it a token enters at the
+            initialisation's scale (about 0.16 in norm at hidden 64) while every block adds outputs of unit-scale
+            LayerNorm inputs, so within a few hundred steps the blocks' shared, cell-wide terms swamp which genes a
+            cell holds (measured: `benchmarks/README.md`, "Where the encoder loses cell type"). `False` keeps the
+            architecture of models saved before it existed.
         value_encoding (`str`, defaults to `"binned"`): `"binned"` embeds per-cell expression bins
             (`expression_bins`, integers in `[0, n_bins]`, 0 meaning no value, e.g. for `[CLS]`);
             `"continuous"` projects log1p-normalised values (`expression_values`) through a small MLP.
@@ -148,6 +154,7 @@ class ScGrnConfig(PretrainedConfig):
         classifier_dropout: float = 0.1,
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
+        embedding_layer_norm: bool = False,
         value_encoding: str = "binned",
         n_bins: int = DEFAULT_N_BINS,
         mask_value: float = -1.0,
@@ -203,6 +210,7 @@ class ScGrnConfig(PretrainedConfig):
         self.classifier_dropout = classifier_dropout
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
+        self.embedding_layer_norm = embedding_layer_norm
         self.value_encoding = value_encoding
         self.n_bins = n_bins
         self.mask_value = mask_value

@@ -53,7 +53,8 @@ logger = logging.get_logger(__name__)
 
 
 class ScGrnEmbeddings(nn.Module):
-    """Gene identity embedding + expression value embedding; no positions (a cell is a set of genes)."""
+    """Gene identity embedding + expression value embedding, LayerNorm-ed with `config.embedding_layer_norm`; no
+    positions (a cell is a set of genes)."""
 
     def __init__(self, config: ScGrnConfig):
         super().__init__()
@@ -66,6 +67,8 @@ class ScGrnEmbeddings(nn.Module):
             self.value_embeddings = nn.Sequential(
                 nn.Linear(1, config.hidden_size), ACT2FN[config.hidden_act], nn.Linear(config.hidden_size, config.hidden_size)
             )
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.embedding_layer_norm \
+            else None
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(
@@ -79,7 +82,8 @@ class ScGrnEmbeddings(nn.Module):
             if expression_values is None:
                 raise ValueError("value_encoding='continuous' needs `expression_values` (log1p-normalised).")
             values = self.value_embeddings(expression_values.to(self.gene_embeddings.weight.dtype).unsqueeze(-1))
-        return self.dropout(self.gene_embeddings(input_ids) + values)
+        embedded = self.gene_embeddings(input_ids) + values
+        return self.dropout(embedded if self.layer_norm is None else self.layer_norm(embedded))
 
 
 class ScGrnAttention(nn.Module):
