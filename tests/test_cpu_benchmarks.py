@@ -63,6 +63,26 @@ def test_bag_of_genes_prints_a_row_per_learning_rate_beside_pca():
     assert "50 principal components of the log-normalised counts read the same way: 0.857" in out
 
 
+def test_encoder_parts_prints_a_row_per_arm_beside_pca():
+    arms = ["no blocks", "2 blocks, embedding LayerNorm + masked values"]
+    out = _run("encoder_parts.py", "--input", "pbmc68k_reduced", "--label_column", "louvain", "--steps", "2", "4",
+               "--arms", *arms)
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in out.splitlines()
+            if line.startswith(("| no blocks", "| 2 blocks"))]
+    assert [row[0] for row in rows] == arms, out
+    assert all(0 < float(cell) <= 1 for row in rows for cell in row[1:4]), out  # probe accuracies
+    assert all(0 < float(row[4]) < 1 for row in rows), out  # the running detection loss
+    assert "50 principal components of the log-normalised counts read the same way: 0.857" in out
+
+
+def test_encoder_parts_refuses_an_unknown_arm_in_one_line():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "encoder_parts.py"), "--input",
+                             "pbmc68k_reduced", "--label_column", "louvain", "--arms", "3 blocks"],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --arms ['3 blocks']: not an arm")
+
+
 def test_bag_of_genes_refuses_a_missing_label_column_in_one_line():
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bag_of_genes.py"), "--input",
                              "pbmc68k_reduced", "--label_column", "nope"], capture_output=True, text=True,
