@@ -93,17 +93,13 @@ def main(argv=None) -> None:
 
 
 def measure(args) -> None:
-    from modeling_scgrn.evaluation.probe import cross_validated_probe
-    from modeling_scgrn.workflows.objectives import log_normalised, principal_components, read_labelled_cells
+    from modeling_scgrn.workflows.objectives import pca_yardstick
 
     if min(args.learning_rates) <= 0:
         raise ValueError(f"--learning_rates {args.learning_rates}: every learning rate must be above 0.")
-    adata = read_labelled_cells(args.input, [args.label_column])
-    labels = adata.obs[args.label_column].astype(str).to_numpy()
+    adata, labels, _, pca = pca_yardstick(args.input, args.label_column, args.seed)
     matrix = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
     detected = torch.tensor(matrix > 0, dtype=torch.float32)
-    pca = cross_validated_probe(principal_components(log_normalised(adata), seed=args.seed), {"label": labels}, {},
-                                seed=args.seed)["label"]["accuracy"]
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}; {adata.n_obs:,} cells x {adata.n_vars:,} genes, {args.batch_size} cells a step, "
           f"seed {args.seed}")

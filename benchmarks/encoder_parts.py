@@ -146,21 +146,16 @@ def main(argv=None) -> None:
 
 
 def measure(args) -> None:
-    from modeling_scgrn.evaluation.probe import cross_validated_probe
-    from modeling_scgrn.workflows.objectives import log_normalised, principal_components, read_labelled_cells
+    from modeling_scgrn.workflows.objectives import pca_yardstick
 
     unknown = [arm for arm in args.arms if arm not in ARMS]
     if unknown:
         raise ValueError(f"--arms {unknown}: not an arm; choose among {list(ARMS)}.")
     if not args.learning_rate > 0:
         raise ValueError(f"--learning_rate {args.learning_rate}: it must be above 0.")
-    adata = read_labelled_cells(args.input, [args.label_column])
-    labels = adata.obs[args.label_column].astype(str).to_numpy()
-    normalised = log_normalised(adata)
+    adata, labels, normalised, pca = pca_yardstick(args.input, args.label_column, args.seed)
     matrix = normalised.X.toarray() if hasattr(normalised.X, "toarray") else np.asarray(normalised.X)
     values = torch.tensor(matrix, dtype=torch.float32)
-    pca = cross_validated_probe(principal_components(normalised, seed=args.seed), {"label": labels}, {},
-                                seed=args.seed)["label"]["accuracy"]
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}; {adata.n_obs:,} cells x {adata.n_vars:,} genes, 16 cells a step, learning rate "
           f"{args.learning_rate:g}, seed {args.seed}")

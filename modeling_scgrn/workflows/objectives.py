@@ -71,6 +71,18 @@ def principal_components(normalised, n_components: int = 50, seed: int = 0) -> n
     return normalised.obsm["X_pca"]
 
 
+def pca_yardstick(cells, label_column: str, seed: int = 0):
+    """What every embedding benchmark reads beside its own model: the raw-count cells (`read_labelled_cells`),
+    their labels as strings, their `log_normalised` copy, and the 5-fold probe accuracy of its 50 principal
+    components."""
+    adata = read_labelled_cells(cells, [label_column])
+    labels = adata.obs[label_column].astype(str).to_numpy()
+    normalised = log_normalised(adata)
+    pca = cross_validated_probe(principal_components(normalised, seed=seed), {"label": labels}, {},
+                                seed=seed)["label"]["accuracy"]
+    return adata, labels, normalised, pca
+
+
 def variant_configs(base: dict, variant: dict, output_dir: Path, seed: int) -> tuple[dict, TrainingConfig]:
     """The base config's `model` and `training` sections with the variant's entries laid over them."""
     unknown = sorted(set(variant) - {"model", "training"})
