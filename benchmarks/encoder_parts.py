@@ -116,12 +116,14 @@ def train_and_read(arm: str, values: torch.Tensor, labels, checkpoints: list[int
 
     def read() -> float:
         model.eval()
+        embedding = []
         with torch.no_grad():
-            embedding = torch.cat([model.scgrn(**{k: v for k, v in cells.batch(
-                range(start, min(start + 64, len(values))), 1.0, 0.0, model.config.mask_value).items()
-                if k in ("input_ids", "expression_values", "attention_mask")}).pooler_output
-                for start in range(0, len(values), 64)])
+            for start in range(0, len(values), 64):
+                batch = cells.batch(range(start, min(start + 64, len(values))), 1.0, 0.0, model.config.mask_value)
+                embedding.append(model.scgrn(batch["input_ids"], expression_values=batch["expression_values"],
+                                             attention_mask=batch["attention_mask"]).pooler_output)
         model.train()
+        embedding = torch.cat(embedding)
         return cross_validated_probe(embedding.numpy(), {"label": labels}, {}, seed=seed)["label"]["accuracy"]
 
     found, running = {0: (read(), None)}, None

@@ -196,8 +196,8 @@ def gene_statistics(dataset, vocab_size: int, value_encoding: str, n_bins: int) 
     column = "expression_bins" if value_encoding == "binned" else "expression_values"
     sums, counts = np.zeros(vocab_size), np.zeros(vocab_size)
     histograms = np.zeros((vocab_size, n_bins + 1)) if value_encoding == "binned" else None
-    log_genes = []
-    for ids, values in zip(dataset["input_ids"], dataset[column]):
+    log_genes, token_ids = [], dataset["input_ids"]  # read once: the per-depth tally below goes over it again
+    for ids, values in zip(token_ids, dataset[column]):
         ids, values = np.asarray(ids[1:]), np.asarray(values[1:], dtype=np.float64)
         log_genes.append(np.log(max(len(ids), 1)))
         np.add.at(sums, ids, values)
@@ -209,7 +209,7 @@ def gene_statistics(dataset, vocab_size: int, value_encoding: str, n_bins: int) 
     statistics = {"means": torch.tensor(means, dtype=torch.float32),
                    "detection": torch.tensor(shares, dtype=torch.float32),
                    "mean_log_genes": float(np.mean(log_genes)) if log_genes else 0.0,
-                   **_detection_by_depth(dataset["input_ids"], np.asarray(log_genes), shares)}
+                   **_detection_by_depth(token_ids, np.asarray(log_genes), shares)}
     if histograms is not None:
         statistics["histograms"] = _smoothed(torch.tensor(histograms, dtype=torch.float32))
     return statistics

@@ -55,8 +55,9 @@ class ScGrnGeneDetection(nn.Module):
 
     @property
     def panel_shares(self) -> torch.Tensor:
-        """The panel genes' training detection shares, kept inside (0, 1) so that their logits and log-losses are
-        finite: what the decoder starts from, and the trivial predictor it is scored against."""
+        """The panel genes' training detection shares, kept inside (0, 1) so that their logits are finite: what the
+        decoder starts from (`evaluation.metrics.detection_metrics` scores it against trivial predictors of its
+        own, which allow for the genes each input shows)."""
         return self.gene_detection[self.panel_gene_ids].clamp(1e-4, 1 - 1e-4)
 
     def genes(self, tokens: torch.Tensor) -> torch.Tensor:
