@@ -86,6 +86,23 @@ def test_pretraining_loss_trains_the_pooled_cell_embedding(value_encoding, token
     assert gradients["none"] == 0.0 and gradients["mvc"] > 0.0
 
 
+def test_token_loss_weight_scales_the_token_heads_term(tokenizer, edge_tensor, batch):
+    """`token_loss_weight` multiplies the token head's masked-value loss in `loss` (default 1); at 0 the token head
+    gets no gradient while the cell decoder still trains the encoder."""
+    assert ScGrnConfig().token_loss_weight == 1.0
+    labels = torch.full(batch["input_ids"].shape, -100)
+    labels[:, 2:4] = batch["expression_bins"][:, 2:4]
+    for weight in (0.0, 0.25):
+        torch.manual_seed(0)
+        model = make(ScGrnForMaskedExpressionModeling, tokenizer, edge_tensor, token_loss_weight=weight).train()
+        out = model(**batch, labels=labels)
+        torch.testing.assert_close(out.loss, weight * out.token_loss + out.cell_loss)
+        out.loss.backward()
+        head = sum(p.grad.abs().sum().item() for p in model.head.parameters() if p.grad is not None)
+        encoder = model.scgrn.embeddings.gene_embeddings.weight.grad.abs().sum().item()
+        assert (head == 0.0) == (weight == 0.0) and encoder > 0.0
+
+
 def test_the_contrastive_term_is_nt_xent_between_views_and_trains_the_pooled_state(tokenizer, edge_tensor, batch):
     """`contrastive_weight > 0`: rows sharing a `cell_index` are views of one cell; the term is SimCLR's NT-Xent on the
     projected, unit-length pooled states (checked against a direct computation), it is added to `loss` at its
@@ -488,6 +505,8 @@ def test_config_errors():
         ScGrnConfig(value_baseline="gene_mean_cell_offset", value_encoding="binned")
     with pytest.raises(ValueError, match="cell_decoder_weight=-1 must not be negative"):
         ScGrnConfig(cell_decoder_weight=-1)
+    with pytest.raises(ValueError, match="token_loss_weight=-0.5 must not be negative"):
+        ScGrnConfig(token_loss_weight=-0.5)
 
 
 def test_model_without_prior_refuses_grn_mode(tokenizer, batch):

@@ -85,6 +85,9 @@ class ScGrnConfig(PretrainedConfig):
             values only) adds its prediction to the gene's training mean plus the cell's offset over its visible
             genes, so the cell embedding is trained on what distinguishes cells beyond depth; `"none"` drops it.
         cell_decoder_weight (`float`, defaults to 1.0): weight of the cell decoder's loss beside the token head's.
+        token_loss_weight (`float`, defaults to 1.0): weight of the token head's masked-value loss (the head that
+            reads each masked gene's final state); 0 leaves it untrained, so the terms on the pooled embedding (cell
+            decoder, contrastive, detection) alone train the encoder.
         value_baseline (`str`, defaults to `"none"`): with `"gene_mean_cell_offset"` (continuous values only), every
             masked-value prediction is the gene's training mean (`gene_means`, set by pretraining) plus the cell's
             offset over its visible genes, plus what the head adds: the shortcut is given, not learnt, and the cell
@@ -161,6 +164,7 @@ class ScGrnConfig(PretrainedConfig):
         pooling: str = "cls",
         cell_decoder: str = "mvc",
         cell_decoder_weight: float = 1.0,
+        token_loss_weight: float = 1.0,
         value_baseline: str = "none",
         contrastive_weight: float = 0.0,
         contrastive_temperature: float = 0.1,
@@ -180,7 +184,7 @@ class ScGrnConfig(PretrainedConfig):
     ):
         _check_choice("value_encoding", value_encoding, VALUE_ENCODINGS)
         _check_choice("pooling", pooling, POOLINGS)
-        _check_objective(value_encoding, cell_decoder, cell_decoder_weight, value_baseline)
+        _check_objective(value_encoding, cell_decoder, cell_decoder_weight, value_baseline, token_loss_weight)
         _check_contrastive(contrastive_weight, contrastive_temperature, depth_decorrelation_weight, detection_weight)
         if hidden_size % num_attention_heads != 0:
             raise ValueError(
@@ -217,6 +221,7 @@ class ScGrnConfig(PretrainedConfig):
         self.pooling = pooling
         self.cell_decoder = cell_decoder
         self.cell_decoder_weight = cell_decoder_weight
+        self.token_loss_weight = token_loss_weight
         self.value_baseline = value_baseline
         self.contrastive_weight = contrastive_weight
         self.contrastive_temperature = contrastive_temperature
@@ -265,9 +270,10 @@ class ScGrnConfig(PretrainedConfig):
         return {**{name: getattr(self, name) for name in MASK_FIELDS}, "same_mask_for_all_heads": True}
 
 
-def _check_objective(value_encoding: str, cell_decoder: str, cell_decoder_weight: float, value_baseline: str) -> None:
+def _check_objective(value_encoding: str, cell_decoder: str, cell_decoder_weight: float, value_baseline: str,
+                     token_loss_weight: float = 1.0) -> None:
     """The pretraining objective's options: a known cell decoder and value baseline, the baseline on continuous
-    values only, a weight that is not negative."""
+    values only, weights that are not negative."""
     _check_choice("cell_decoder", cell_decoder, CELL_DECODERS)
     _check_choice("value_baseline", value_baseline, VALUE_BASELINES)
     if value_baseline != "none" and value_encoding != "continuous":
@@ -276,8 +282,9 @@ def _check_objective(value_encoding: str, cell_decoder: str, cell_decoder_weight
     if cell_decoder == "mvc_residual" and value_encoding != "continuous":
         raise ValueError("cell_decoder='mvc_residual' needs value_encoding='continuous' (bins are ranks within each "
                          "cell, already free of depth); use 'mvc'.")
-    if cell_decoder_weight < 0:
-        raise ValueError(f"cell_decoder_weight={cell_decoder_weight} must not be negative.")
+    for name, weight in {"cell_decoder_weight": cell_decoder_weight, "token_loss_weight": token_loss_weight}.items():
+        if weight < 0:
+            raise ValueError(f"{name}={weight} must not be negative.")
 
 
 def _check_contrastive(contrastive_weight: float, contrastive_temperature: float,

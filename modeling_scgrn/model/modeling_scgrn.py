@@ -562,10 +562,11 @@ class ScGrnForMaskedExpressionModeling(ScGrnPreTrainedModel):
             cell_logits = cell_logits.squeeze(-1) + cell_start if continuous else cell_logits
         loss = token_loss = cell_loss = None
         if labels is not None:
-            loss = token_loss = self.value_loss(logits, labels)
+            token_loss = self.value_loss(logits, labels)
+            loss = self.config.token_loss_weight * token_loss
             if cell_logits is not None:
                 cell_loss = self.value_loss(cell_logits, labels)
-                loss = token_loss + self.config.cell_decoder_weight * cell_loss
+                loss = loss + self.config.cell_decoder_weight * cell_loss
         contrast = None
         if self.cell_contrast is not None and cell_index is not None:
             contrast = self.cell_contrast(outputs.pooler_output, cell_index)
