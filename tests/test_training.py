@@ -374,6 +374,7 @@ def test_a_gene_detection_decoder_pretrains_reports_its_trivial_predictor_and_re
     assert 0 < detection["scgrn"] and 0 < detection["gene_share"] and isinstance(detection["beats_gene_share"], bool)
     assert 0 < detection["gene_share_at_depth"] and isinstance(detection["beats_gene_share_at_depth"], bool)
     assert summary["validation"]["detection_loss"] == detection["scgrn"]
+    assert summary["validation"]["token_head_trained"] is True
     assert "Gene detection (which panel genes each validation cell detects" in summary["baseline_table"]
     assert "among cells of the same depth" in summary["baseline_table"]
     model = ScGrnForMaskedExpressionModeling.from_pretrained(tmp_path / "pre" / "model")
@@ -385,6 +386,20 @@ def test_a_gene_detection_decoder_pretrains_reports_its_trivial_predictor_and_re
                                 label_column="bulk_labels", pretrained=str(tmp_path / "pre" / "model"),
                                 model_options={})
     assert 0.0 <= evaluation["test_accuracy"] <= 1.0
+
+
+def test_a_pretraining_that_leaves_the_token_head_untrained_says_so(prepared, tmp_path):
+    """With `token_loss_weight=0` (the gene-detection decoder alone) nothing trains the token head: the summary
+    flags it, and the baseline table says its masked-value error is an untrained head's instead of calling it a
+    pretraining that learnt nothing beyond averages."""
+    training = TrainingConfig.from_dict(quiet(max_steps=2, view_gene_dropout=0.5), output_dir=tmp_path / "pre")
+    options = {**TINY_MODEL, "detection_weight": 1.0, "token_loss_weight": 0.0, "cell_decoder": "none",
+               "contrastive_weight": 0.0}
+    summary = run_pretraining(prepared, training, model_options=options)
+    assert summary["validation"]["token_head_trained"] is False
+    assert "The token head was not trained (model.token_loss_weight is 0)" in summary["baseline_table"]
+    assert "does NOT beat every trivial predictor" not in summary["baseline_table"]
+    assert "Gene detection" in summary["baseline_table"]
 
 
 def test_layer_decay_gives_each_layer_its_learning_rate(tokenizer):

@@ -30,7 +30,8 @@ def masked_expression_metrics(model, dataset, collator, statistics: dict, batch_
 
     Distributions are smoothed by one pseudo-observation spread over the bins. `statistics` comes from
     [`gene_statistics`] on the training split. Also the squared error of each prediction (binned: of the expected
-    bin), the model's Pearson r, and `beats_every_baseline`.
+    bin), the model's Pearson r, `beats_every_baseline`, and `token_head_trained` (False when
+    `model.token_loss_weight` is 0: nothing trained the head these values come from).
 
     With `regulation`, a `(vocab_size, vocab_size)` boolean matrix of known regulator -> target edges (by token id),
     `regulated_targets` repeats the model's and the predictors' losses on the masked tokens whose gene has a
@@ -73,6 +74,7 @@ def masked_expression_metrics(model, dataset, collator, statistics: dict, batch_
         "beats_every_baseline": all(losses["scgrn"] < v for k, v in losses.items() if k != "scgrn")
         and all(summary["scgrn"]["mse"] < summary[k]["mse"] for k in MASKED_BASELINES),
         "regulated_targets": regulated,
+        "token_head_trained": model.config.token_loss_weight > 0,
     }
 
 

@@ -132,8 +132,9 @@ def run_objectives(cells, prior, output_dir, variants: dict, *, base: dict | Non
             model_options, training = variant_configs(base, variant, folder, seed)
             summary = run_pretraining(data_dir, training, model_options=model_options)
             model = load_pretrained(ScGrnForMaskedExpressionModeling, str(folder / "model"), trained_head=True)
+            trained_head = summary["validation"].get("token_head_trained", True)  # else an untrained head's error
             rows.append(row(name, seed, _embedding(model, tokenizer, adata, max_length),
-                            masked_loss=summary["validation_loss"],
+                            masked_loss=summary["validation_loss"] if trained_head else None,
                             best_trivial=best_trivial_loss(summary["baselines"])))
     markdown = objectives_markdown(rows, label_columns, len(adata), folds)
     output.mkdir(parents=True, exist_ok=True)
