@@ -23,14 +23,15 @@ def masked_baseline_table(metrics: dict) -> str:
         ours = metrics["masked_loss" if key == "loss" else "masked_mse"]
         margins.append(f"{label} {ours:.4f} against {best[0]:.4f} for {best[1]} ({1 - ours / best[0]:+.1%})")
     if not metrics.get("token_head_trained", True):
-        verdict = ("The token head was not trained (model.token_loss_weight is 0), so scgrn's row is an untrained "
+        opening = ("The token head was not trained (model.token_loss_weight is 0), so scgrn's row is an untrained "
                    "head's error and says nothing about this pretraining; the gene-detection line and the "
-                   "embedding probe do: " + "; ".join(margins) + ".")
+                   "embedding probe do: ")
     elif metrics["beats_every_baseline"]:
-        verdict = "scgrn beats every trivial predictor: " + "; ".join(margins) + "."
+        opening = "scgrn beats every trivial predictor: "
     else:
-        verdict = ("scgrn does NOT beat every trivial predictor (pretraining has learnt little beyond per-gene and "
-                   "per-cell averages here): " + "; ".join(margins) + ".")
+        opening = ("scgrn does NOT beat every trivial predictor (pretraining has learnt little beyond per-gene and "
+                   "per-cell averages here): ")
+    verdict = opening + "; ".join(margins) + "."
     return "\n".join(lines) + "\n\n" + verdict + "\n" + _detection_line(metrics.get("detection"))
 
 

@@ -132,7 +132,7 @@ def run_objectives(cells, prior, output_dir, variants: dict, *, base: dict | Non
             model_options, training = variant_configs(base, variant, folder, seed)
             summary = run_pretraining(data_dir, training, model_options=model_options)
             model = load_pretrained(ScGrnForMaskedExpressionModeling, str(folder / "model"), trained_head=True)
-            trained_head = summary["validation"].get("token_head_trained", True)  # else an untrained head's error
+            trained_head = summary["validation"]["token_head_trained"]  # else an untrained head's error
             rows.append(row(name, seed, _embedding(model, tokenizer, adata, max_length),
                             masked_loss=summary["validation_loss"] if trained_head else None,
                             best_trivial=best_trivial_loss(summary["baselines"])))
