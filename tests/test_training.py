@@ -325,6 +325,26 @@ def test_sharding_that_accelerate_does_not_apply_on_cpu_is_named(prepared, tmp_p
                         model_options=dict(TINY_MODEL))
 
 
+def test_one_thread_of_many_cores_is_named(prepared, tmp_path, monkeypatch):
+    # what `accelerate launch` without --cpu or --num_cpu_threads_per_process gives one process on a CPU machine
+    if (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) < 2:
+        pytest.skip("needs a machine with at least 2 CPU cores")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.warns(UserWarning, match="torch computes on 1 thread of the .* --num_cpu_threads_per_process"):
+            run_pretraining(prepared, TrainingConfig.from_dict(quiet(max_steps=1), output_dir=tmp_path / "one"),
+                            model_options=dict(TINY_MODEL))
+    finally:
+        torch.set_num_threads(threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # with the cores in use, no word
+        warnings.filterwarnings("ignore", message="(?!torch computes on 1 thread)")
+        run_pretraining(prepared, TrainingConfig.from_dict(quiet(max_steps=1), output_dir=tmp_path / "all"),
+                        model_options=dict(TINY_MODEL))
+
+
 def test_pretrained_model_finetunes_on_a_new_dataset_with_other_genes(prepared, tmp_path):
     """The path users take: pretrain on one dataset, finetune on another whose genes differ."""
     from modeling_scgrn.cells.reading import pbmc68k_reduced_counts

@@ -249,6 +249,20 @@ def _warn_unapplied_sharding(accelerator) -> None:
             )
 
 
+def _warn_single_thread(accelerator) -> None:
+    """`accelerate launch` on a machine without a GPU sets OMP_NUM_THREADS=1 unless given `--cpu` or
+    `--num_cpu_threads_per_process`, so one process computes on one core of many without a word (1.4x slower
+    pretraining steps on 2 cores, measured on the quickstart). Say so, and how to use the cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if accelerator.device.type == "cpu" and accelerator.num_processes == 1 and torch.get_num_threads() == 1 < cores:
+        warnings.warn(
+            f"torch computes on 1 thread of the {cores} CPU cores (OMP_NUM_THREADS="
+            f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; `accelerate launch` sets it to 1 on a machine without a "
+            f"GPU): pass `accelerate launch --num_cpu_threads_per_process {cores}`, or run the script with python.",
+            stacklevel=3,
+        )
+
+
 def layer_depth(name: str, num_layers: int) -> int:
     """How far a parameter sits from the output, for layer-wise learning-rate decay: 0 for the head and the final
     norm, `num_layers - i` for Transformer layer `i`, `num_layers + 1` for the embeddings."""
@@ -335,6 +349,7 @@ def _accelerator(config: TrainingConfig):
     )
     set_seed(config.seed, device_specific=True)  # ranks draw different masks and dropout; DDP syncs the weights
     _warn_unapplied_sharding(accelerator)
+    _warn_single_thread(accelerator)
     return accelerator
 
 
