@@ -448,6 +448,10 @@ def test_layer_decay_gives_each_layer_its_learning_rate(tokenizer):
     rate = {id(p): group["lr"] for group in faster.param_groups for p in group["params"]}
     assert rate[id(parameters["scgrn.embeddings.gene_embeddings.weight"])] == pytest.approx(1e-2)
     assert all(rate[id(p)] == pytest.approx(1e-3) for n, p in parameters.items() if "gene_embeddings" not in n)
+    head = _optimizer(model, TrainingConfig(learning_rate=1e-4, head_lr_ratio=100.0))
+    rate = {id(p): group["lr"] for group in head.param_groups for p in group["params"]}
+    assert rate[id(parameters["classifier.weight"])] == rate[id(parameters["classifier.bias"])] == pytest.approx(1e-2)
+    assert all(rate[id(p)] == pytest.approx(1e-4) for n, p in parameters.items() if not n.startswith("classifier."))
 
 
 @pytest.mark.parametrize("option,value,words", [
@@ -455,7 +459,7 @@ def test_layer_decay_gives_each_layer_its_learning_rate(tokenizer):
     ("per_device_batch_size", 0, "at least 1"), ("learning_rate", -1e-3, "above 0"), ("max_steps", 0, "-1"),
     ("warmup_ratio", 1.0, "in [0, 1)"), ("keep_last_checkpoints", 0, "at least 1"), ("seed", -1, "at least 0"),
     ("mixed_precision", "fp8", "is not one of"), ("gene_dropout", 1.0, "a share in [0, 1)"),
-    ("reinit_layers", -1, "at least 0"), ("gene_embedding_lr_ratio", 0.0, "above 0"),
+    ("reinit_layers", -1, "at least 0"), ("gene_embedding_lr_ratio", 0.0, "above 0"), ("head_lr_ratio", -1.0, "above 0"),
 ])
 def test_training_options_out_of_range_are_refused_when_the_config_is_built(option, value, words):
     with pytest.raises(ValueError, match=re.escape(words)):

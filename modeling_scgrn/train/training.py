@@ -63,6 +63,7 @@ TRAINING_RANGES = (
     ("early_stopping_patience", _at_least(0), _no_limit, "at least 0 (0 turns it off)"),
     ("layer_decay", _above(0), lambda v: v <= 1, "in (0, 1] (1 turns it off)"),
     ("gene_embedding_lr_ratio", _above(0), _no_limit, "above 0 (1: the gene embeddings learn at learning_rate)"),
+    ("head_lr_ratio", _above(0), _no_limit, "above 0 (1: the classifier learns at learning_rate)"),
     ("gene_dropout", _at_least(0), lambda v: v < 1, "a share in [0, 1): 0 shows every gene at every step"),
     ("reinit_layers", _at_least(0), _no_limit, "at least 0 (0 keeps every pretrained layer)"),
     ("dataloader_num_workers", _at_least(0), _no_limit, "at least 0"),
@@ -116,6 +117,10 @@ class TrainingConfig:
                                                               "layer below the head learns this factor slower (1 = off)"})
     gene_embedding_lr_ratio: float = field(default=1.0, metadata={"help": "the gene embeddings' learning rate as a "
                                                                           "multiple of learning_rate (1: the same)"})
+    head_lr_ratio: float = field(default=1.0, metadata={"help": "finetuning: the classifier's learning rate as a "
+                                                                "multiple of learning_rate, so that a new head "
+                                                                "learns fast while a pretrained encoder moves little "
+                                                                "(1: the same)"})
     freeze_encoder: bool = field(default=False, metadata={"help": "finetuning: train the classifier only (linear probe)"})
     gene_dropout: float = field(default=0.0, metadata={"help": "finetuning: share of each training cell's gene tokens "
                                                                "left out at every step (an augmentation; evaluation "
@@ -275,7 +280,8 @@ def layer_depth(name: str, num_layers: int) -> int:
 def _optimizer(model, config: TrainingConfig):
     """AdamW without weight decay on norms, biases and embeddings; with `layer_decay < 1`, each parameter's learning
     rate is `learning_rate x layer_decay ** layer_depth` (BEiT/ELECTRA-style finetuning: the head learns fastest,
-    the embeddings slowest); the gene embeddings' is also multiplied by `gene_embedding_lr_ratio`."""
+    the embeddings slowest); the gene embeddings' is also multiplied by `gene_embedding_lr_ratio`, and the
+    classifier's by `head_lr_ratio`."""
     num_layers = getattr(getattr(model, "config", None), "num_hidden_layers", 0)
     groups: dict[tuple, dict] = {}
     for name, parameter in model.named_parameters():
@@ -284,6 +290,7 @@ def _optimizer(model, config: TrainingConfig):
         decayed = not (parameter.ndim < 2 or "norm" in name or "embeddings" in name)
         scale = config.layer_decay ** layer_depth(name, num_layers)  # 1 when off
         scale *= config.gene_embedding_lr_ratio if "gene_embeddings" in name.split(".") else 1.0
+        scale *= config.head_lr_ratio if name.split(".")[0] == "classifier" else 1.0
         group = groups.setdefault((decayed, scale), {"params": [], "weight_decay": config.weight_decay if decayed
                                                      else 0.0, "lr": config.learning_rate * scale})
         group["params"].append(parameter)
