@@ -28,8 +28,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser = shared.new_parser(__doc__)
     shared.add_input(parser, required=True)
     shared.add_prior(parser, required=True)
-    parser.add_argument("--config", default=str(ROOT / "pretrain" / "configs" / "pbmc68k.yaml"),
-                        help="the base pretraining config (default: the quickstart's)")
+    parser.add_argument("--config", help="the base pretraining config the variants are laid over (default: the "
+                        "variants file's `base`, a path beside it; without one, the quickstart's "
+                        "pretrain/configs/pbmc68k.yaml)")
     parser.add_argument("--variants", default=str(ROOT / "benchmarks" / "configs" / "objectives.yaml"),
                         help="YAML/JSON file whose `variants` maps names to `model`/`training` entries")
     parser.add_argument("--variant", action="append", help="run only this variant (repeatable)")
@@ -41,18 +42,30 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def base_config(config: str | None, variants_path: str, entries: dict) -> Path:
+    """The config the variants are laid over: --config, else the variants file's `base` (a path relative to that
+    file, so that its variants keep the meaning they were measured with when the shipped config moves on), else the
+    quickstart's pretraining."""
+    if config:
+        return Path(config)
+    if entries.get("base"):
+        return Path(variants_path).parent / entries["base"]
+    return ROOT / "pretrain" / "configs" / "pbmc68k.yaml"
+
+
 def run(args) -> str:
     from modeling_scgrn.workflows.cli import load_yaml_or_json
     from modeling_scgrn.workflows.objectives import run_objectives
 
-    variants = load_yaml_or_json(args.variants).get("variants")
+    entries = load_yaml_or_json(args.variants)
+    variants = entries.get("variants")
     if not isinstance(variants, dict) or not variants:
         raise ValueError(f"{args.variants} has no `variants` mapping of names to model/training entries.")
     unknown = sorted(set(args.variant or []) - set(variants))
     if unknown:
         raise ValueError(f"no variant {unknown} in {args.variants}; variants are {list(variants)}.")
     chosen = {name: variants[name] or {} for name in (args.variant or variants)}
-    markdown = run_objectives(args.input, args.prior, args.output_dir, chosen, base=load_yaml_or_json(args.config),
+    markdown = run_objectives(args.input, args.prior, args.output_dir, chosen, base=load_yaml_or_json(base_config(args.config, args.variants, entries)),
                               label_columns=args.label_columns, seeds=args.seeds, resource=args.resource)
     print(markdown)
     return markdown

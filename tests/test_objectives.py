@@ -19,6 +19,13 @@ TINY = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "in
         "value_encoding": "continuous"}
 
 
+def load_script():
+    spec = importlib.util.spec_from_file_location("objectives_script", ROOT / "benchmarks" / "objectives.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_the_probe_reads_labels_and_depth_that_an_embedding_holds():
     rng = np.random.default_rng(0)
     labels = np.repeat(["a", "b", "c"], 40)
@@ -43,13 +50,17 @@ def test_a_variant_lays_its_entries_over_the_base_and_names_a_wrong_section(tmp_
 
 @pytest.mark.parametrize("variants", ["objectives.yaml", "objectives_simulated.yaml"])
 def test_every_shipped_variant_builds_a_model_config_and_a_training_config(variants, tmp_path):
-    """Each variant of the benchmark's variant files, laid over the quickstart's pretraining, names only options
-    the model and training accept (a renamed option would otherwise fail only when its run starts)."""
+    """Each variant of the benchmark's variant files, laid over the base that file names (the script's default),
+    names only options the model and training accept (a renamed option would otherwise fail only when its run
+    starts)."""
     from modeling_scgrn import ScGrnConfig
 
-    base = yaml.safe_load((ROOT / "pretrain" / "configs" / "pbmc68k.yaml").read_text())
-    entries = yaml.safe_load((ROOT / "benchmarks" / "configs" / variants).read_text())["variants"]
-    for name, variant in entries.items():
+    path = ROOT / "benchmarks" / "configs" / variants
+    entries = yaml.safe_load(path.read_text())
+    base_path = load_script().base_config(None, str(path), entries)
+    assert base_path.exists() and base_path.parent == path.parent  # measured on a base of their own, kept beside
+    base = yaml.safe_load(base_path.read_text())
+    for name, variant in entries["variants"].items():
         model, training = variant_configs(base, variant, tmp_path, seed=0)
         ScGrnConfig(vocab_size=64, **model)
         assert training.seed == 0, name
@@ -65,9 +76,7 @@ def test_script_writes_every_row_beside_pca_and_an_untrained_encoder(tmp_path):
                                                          "cell_decoder": "none", "value_encoding": "binned"}},
                                                      "contrastive": {"model": {"contrastive_weight": 1.0}},
                                                      "unused": {"training": {"mask_probability": 0.5}}}}))
-    spec = importlib.util.spec_from_file_location("objectives_script", ROOT / "benchmarks" / "objectives.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script()
     out = tmp_path / "out"
     module.main(["--input", "pbmc68k_reduced", "--prior", str(prior), "--config", str(config), "--variants",
                  str(variants), "--variant", "decoder", "--variant", "no decoder, binned", "--variant", "contrastive",
