@@ -263,11 +263,14 @@ def test_cpu_smoke_config_learns_beyond_each_genes_mean(tmp_path):
         assert str(tmp_path).encode() not in log.read_bytes(), log.name
 
 
-def test_shipped_pbmc68k_pretraining_beats_every_trivial_predictor(tmp_path):
-    """pretrain/configs/pbmc68k.yaml, the quickstart's pretraining, on its data: the masked-value error falls below
-    each gene's mean, the gene's mean plus the cell's offset, and the cell's own values, on the same masked
-    validation values (benchmarks/objectives.py measured 0.2581 against 0.2978 for the best of them, seed 0, with the
-    cell decoder and the contrastive term; seed 1 only 0.2992 against 0.3040, which this test's margin would miss)."""
+def test_shipped_pbmc68k_pretraining_beats_its_trivial_predictors_at_a_third_of_its_steps(tmp_path):
+    """pretrain/configs/pbmc68k.yaml, the quickstart's pretraining, on its data, at 40 of its 120 epochs (1,240
+    steps, about a minute on 2 cores; the whole run takes 3.5): the detection decoder beats each gene's detection
+    share and that share at the cell's depth by a clear margin (0.3662 against 0.3985 here, seed 0), and the token
+    head's masked-value error is reported beside its trivial predictors. At this budget the token head (weight 0.1)
+    is still level with each gene's mean (0.3278 against 0.3240); after 3,720 steps it beats every trivial
+    predictor (0.2386 against 0.2839 for each gene's mean plus the cell's offset; benchmarks/objectives.py, 3 seeds:
+    0.2309 against 0.2833), which a test of CI's budget cannot wait for."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
@@ -276,15 +279,18 @@ def test_shipped_pbmc68k_pretraining_beats_every_trivial_predictor(tmp_path):
         network = GeneRegulatoryNetwork.read(shared_data_or_skip(OMNIPATH_TABLE), "collectri")
     prepare_cells("pbmc68k_reduced", network, tmp_path / "data", label_column="bulk_labels")
     options = script_options(str(root / "pretrain" / "configs" / "pbmc68k.yaml"),
-                             ["training.show_progress=false", "training.report_to=none"],
-                             {"model": None, "training": None})
+                             ["training.show_progress=false", "training.report_to=none", "training.num_epochs=40",
+                              "training.eval_steps=620"], {"model": None, "training": None})
+    assert options["model"]["detection_weight"] > 0 and options["model"]["token_loss_weight"] > 0
     training = TrainingConfig.from_dict(options["training"], output_dir=tmp_path / "run")
     summary = run_pretraining(tmp_path / "data", training, model_options=options["model"])
-    assert summary["loss"] == "mse" and summary["beats_every_baseline"]
-    best = min(summary["baselines"].values())
-    assert summary["validation_loss"] < 0.95 * best  # a clear margin, not a tie
+    detection = summary["validation"]["detection"]
+    print("detection", detection, "masked", summary["validation_loss"], summary["baselines"])
+    assert detection["scgrn"] < 0.95 * min(detection["gene_share"], detection["gene_share_at_depth"])  # clear margin
+    assert summary["loss"] == "mse" and summary["validation"]["token_head_trained"]
+    assert summary["validation_loss"] < summary["baselines"]["cell_value_distribution"]
     written = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert written["baselines"] == summary["baselines"] and "scgrn beats every trivial" in written["baseline_table"]
+    assert written["baselines"] == summary["baselines"] and "Gene detection" in written["baseline_table"]
     card = (tmp_path / "run" / "model" / "README.md").read_text()
     assert "| gene_mean_cell_offset |" in card and "active prior pairs per cell" in card
     # the data has labels, so every evaluation also probes the frozen cell embedding, beside the raw-value baselines
