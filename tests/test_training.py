@@ -265,7 +265,7 @@ def test_cpu_smoke_config_learns_beyond_each_genes_mean(tmp_path):
 
 def test_shipped_pbmc68k_pretraining_beats_its_trivial_predictors_at_a_third_of_its_steps(tmp_path):
     """pretrain/configs/pbmc68k.yaml, the quickstart's pretraining, on its data, at 40 of its 120 epochs (1,240
-    steps, about a minute on 2 cores; the whole run takes 3.5): the detection decoder beats each gene's detection
+    steps, about a minute on 2 cores; the whole run takes 3.2): the detection decoder beats each gene's detection
     share and that share at the cell's depth by a clear margin (0.3662 against 0.3985 here, seed 0), and the token
     head's masked-value error is reported beside its trivial predictors. At this budget the token head (weight 0.1)
     is still level with each gene's mean (0.3278 against 0.3240); after 3,720 steps it beats every trivial
