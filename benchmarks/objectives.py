@@ -65,7 +65,8 @@ def run(args) -> str:
     if unknown:
         raise ValueError(f"no variant {unknown} in {args.variants}; variants are {list(variants)}.")
     chosen = {name: variants[name] or {} for name in (args.variant or variants)}
-    markdown = run_objectives(args.input, args.prior, args.output_dir, chosen, base=load_yaml_or_json(base_config(args.config, args.variants, entries)),
+    base = load_yaml_or_json(base_config(args.config, args.variants, entries))
+    markdown = run_objectives(args.input, args.prior, args.output_dir, chosen, base=base,
                               label_columns=args.label_columns, seeds=args.seeds, resource=args.resource)
     print(markdown)
     return markdown
