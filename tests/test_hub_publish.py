@@ -182,7 +182,7 @@ def test_a_classifiers_card_lists_its_labels_and_says_what_it_does_not_record(to
     assert "these weights may be untrained" in card  # no training run and no evaluation recorded
     assert "read the baselines above" not in card and "this card records no baselines" in card
     assert "each attended pair is a prior edge" not in card and "edges at chance" in card.replace("\n  ", " ")
-    assert card.count("Pretraining trains the cell embedding through a cell decoder") == 1
+    assert card.count("Since 2026-12-07 the shipped pretraining puts a") == 1
     assert "- Cite: the source of this network (a custom prior" in card  # a plain edge list names no paper
     assert "- In the training cells: not measured (this folder was saved without them" in card
 
