@@ -75,6 +75,17 @@ def shared_data_or_skip(path: Path) -> Path:
     return path
 
 
+def load_script(path: Path, name: str):
+    """A script of the repository (`benchmarks/`, `data/`, `pretrain/`, `finetune/`) imported by path as module
+    `name`, so that a test calls its `main` in this process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def torchrun(arguments: list, port: int, cwd=None, timeout: int = 600):
     """`torchrun --nproc_per_node 2` (gloo, CPU, one thread a process) of a script and its arguments."""
     import subprocess

@@ -1,7 +1,6 @@
 """Bad input, tried as a user would, through every script and the public API: each case gets one line
 `error: ...` naming the problem, exit status 2, no traceback, and leaves every folder as it was."""
 
-import importlib.util
 import json
 import os
 import socket
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from conftest import OMNIPATH_TABLE, shared_data_or_skip
+from conftest import OMNIPATH_TABLE, load_script, shared_data_or_skip
 
 from modeling_scgrn import ScGrnForCellClassification, ScGrnTokenizer
 from modeling_scgrn.cells.prepared import prepare_cells
@@ -44,10 +43,7 @@ TINY = ["--set", "model.hidden_size=16", "--set", "model.num_hidden_layers=1", "
 
 
 def script(name):
-    spec = importlib.util.spec_from_file_location(f"scgrn_script_{name}", SCRIPTS[name])
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPTS[name], f"scgrn_script_{name}")
 
 
 def snapshot(folder: Path) -> dict:
@@ -525,9 +521,7 @@ def parser_of(name):
     original = argparse.ArgumentParser.parse_args
     argparse.ArgumentParser.parse_args = capture
     try:
-        spec = importlib.util.spec_from_file_location(f"swept_{name}", SWEPT[name])
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = load_script(SWEPT[name], f"swept_{name}")
         module.parse_arguments([])
     except Built as built:
         return built.args[0], module
@@ -574,9 +568,7 @@ def test_every_option_refuses_a_wrong_value_in_one_line_and_writes_nothing(world
     values = {**world, "out": str(tmp_path / "out")}
     arguments = [a.format(**values) for a in with_option(BASE[name], option, value)]
     before = snapshot(world["root"])
-    spec = importlib.util.spec_from_file_location(f"swept_{name}", SWEPT[name])
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SWEPT[name], f"swept_{name}")
     with pytest.raises(SystemExit) as exit_info:
         module.main(arguments)
     err = capsys.readouterr().err

@@ -1,7 +1,6 @@
 """benchmarks/few_labels.py: frozen embeddings read with a few labelled cells per type, beside logistic regression
 on the counts, PCA, kNN and the majority class fitted on the same cells (real pbmc68k cells, tiny models)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import load_script
 
 from modeling_scgrn.evaluation.label_budget import COUNTS, MAJORITY, NEIGHBOURS, PROBE, few_label_scores, labelled_draw
 from modeling_scgrn.grn.attach import attach_grn, new_config
@@ -63,9 +63,7 @@ def test_script_reads_seeds_of_a_model_beside_the_baselines_and_refuses_a_bare_f
 
     adata = read_cells("pbmc68k_reduced")
     folders = [_model_folder(tmp_path / f"m{seed}", adata, collectri_prior, seed) for seed in (0, 1)]
-    spec = importlib.util.spec_from_file_location("few_labels_script", ROOT / "benchmarks" / "few_labels.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(ROOT / "benchmarks" / "few_labels.py", "few_labels_script")
     out = tmp_path / "out"
     module.main(["--input", "pbmc68k_reduced", "--model", f"tiny={folders[0]}", "--model", f"tiny={folders[1]}",
                  "--label_columns", "bulk_labels", "--budgets", "2", "5", "--repeats", "2", "--output_dir", str(out)])

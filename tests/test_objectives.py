@@ -1,7 +1,6 @@
 """benchmarks/objectives.py: pretraining variants read by what their frozen embedding holds, beside PCA and an
 untrained encoder, on real cells (pbmc68k_reduced, tiny models, a few steps)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import OMNIPATH_TABLE, shared_data_or_skip
+from conftest import OMNIPATH_TABLE, load_script, shared_data_or_skip
 
 from modeling_scgrn.evaluation.probe import cross_validated_probe
 from modeling_scgrn.workflows.objectives import BASELINE_ROWS, PCA_ROW, RANDOM_ROW, variant_configs
@@ -19,11 +18,8 @@ TINY = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "in
         "value_encoding": "continuous"}
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("objectives_script", ROOT / "benchmarks" / "objectives.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def objectives_script():
+    return load_script(ROOT / "benchmarks" / "objectives.py", "objectives_script")
 
 
 def test_the_probe_reads_labels_and_depth_that_an_embedding_holds():
@@ -57,7 +53,7 @@ def test_every_shipped_variant_builds_a_model_config_and_a_training_config(varia
 
     path = ROOT / "benchmarks" / "configs" / variants
     entries = yaml.safe_load(path.read_text())
-    base_path = load_script().base_config(None, str(path), entries)
+    base_path = objectives_script().base_config(None, str(path), entries)
     assert base_path.exists() and base_path.parent == path.parent  # measured on a base of their own, kept beside
     base = yaml.safe_load(base_path.read_text())
     for name, variant in entries["variants"].items():
@@ -76,7 +72,7 @@ def test_script_writes_every_row_beside_pca_and_an_untrained_encoder(tmp_path):
                                                          "cell_decoder": "none", "value_encoding": "binned"}},
                                                      "contrastive": {"model": {"contrastive_weight": 1.0}},
                                                      "unused": {"training": {"mask_probability": 0.5}}}}))
-    module = load_script()
+    module = objectives_script()
     out = tmp_path / "out"
     module.main(["--input", "pbmc68k_reduced", "--prior", str(prior), "--config", str(config), "--variants",
                  str(variants), "--variant", "decoder", "--variant", "no decoder, binned", "--variant", "contrastive",

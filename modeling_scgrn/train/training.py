@@ -254,11 +254,16 @@ def _warn_unapplied_sharding(accelerator) -> None:
             )
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the platform has one, else every core)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _warn_single_thread(accelerator) -> None:
     """`accelerate launch` on a machine without a GPU sets OMP_NUM_THREADS=1 unless given `--cpu` or
     `--num_cpu_threads_per_process`, so one process computes on one core of many without a word (1.4x slower
     pretraining steps on 2 cores, measured on the quickstart). Say so, and how to use the cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     if accelerator.device.type == "cpu" and accelerator.num_processes == 1 and torch.get_num_threads() == 1 < cores:
         warnings.warn(
             f"torch computes on 1 thread of the {cores} CPU cores (OMP_NUM_THREADS="
