@@ -12,6 +12,8 @@ GENIE3-style tree ensemble. Writes known_truth.md/.json, label_efficiency.png an
     python benchmarks/known_truth.py --prior ... --output_dir ... --quick     # minutes: 60 genes, 600 cells, 1 seed
     python benchmarks/known_truth.py --prior ... --corpus sim.h5ad --n_cells 10000 --pretraining_cells 90000 \
         --output_dir ... [--resume]    # pretrain on 90,000 unlabelled cells; a resumed run keeps the finished arms
+    python benchmarks/known_truth.py --prior ... --corpus sim.h5ad --pretrain_config pretrain/configs/pbmc68k.yaml \
+        --output_dir ...    # the arms pretrained with the shipped objective instead of the benchmark's own
 """
 
 import argparse
@@ -54,6 +56,13 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--pretrain_steps", type=shared.count, default=400, help="pretraining optimizer steps")
     parser.add_argument("--pretrain_evaluations", type=shared.count, default=5, help="evaluations of the pretraining "
                         "(masked loss, embedding probe) spread over its steps: the curve that shows it flattening")
+    parser.add_argument("--pretrain_config", help="a pretraining config (e.g. pretrain/configs/pbmc68k.yaml, the "
+                        "shipped objective) whose `model` section and objective settings (learning rate and its floor, "
+                        "warmup, masking, views) replace the benchmark's own (benchmarks/configs/contrastive_base.yaml's "
+                        "objective); the steps, batch size, seeds and each arm's mask stay the benchmark's")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.OPTION=VALUE",
+                        help="one pretraining option over --pretrain_config's (or the benchmark's), e.g. "
+                        "model.all_attend_cls=false (repeatable; `training` takes the objective settings only)")
     parser.add_argument("--finetune_steps", type=shared.count, default=1000, help="finetuning optimizer steps, the "
                         "same for every label budget")
     parser.add_argument("--resume", action="store_true", help="continue a run into --output_dir: the (seed, arm) "
@@ -65,6 +74,22 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def options(args) -> dict:
+    chosen = _options(args)
+    if args.pretrain_config or args.overrides:
+        from modeling_scgrn.workflows.cli import script_options
+        from modeling_scgrn.workflows.known_truth import objective_from_config
+
+        if args.pretrain_config and not Path(args.pretrain_config).is_file():
+            raise ValueError(f"--pretrain_config {args.pretrain_config} is not a file; give a pretraining config "
+                             "such as pretrain/configs/pbmc68k.yaml.")
+        values = script_options(args.pretrain_config, args.overrides, {"model": None, "training": None})
+        model, pretraining = objective_from_config(values)
+        chosen["model_options"] = model
+        chosen["pretraining"] = {**pretraining, **chosen["pretraining"]}
+    return chosen
+
+
+def _options(args) -> dict:
     if args.quick:
         return {**QUICK, "resume": args.resume}
     single = ("rewired", "random", "grn_dense_last", "50% removed", "50% false added", "unrelated")
@@ -87,6 +112,7 @@ def benchmark(args) -> dict:
     from modeling_scgrn.workflows.known_truth import run_known_truth
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    chosen = options(args)  # a bad --pretrain_config is refused before the prior is read
     prior = GeneRegulatoryNetwork.read(args.prior, args.resource)
     cells = None
     if args.corpus:
@@ -101,7 +127,7 @@ def benchmark(args) -> dict:
             cells = cells[:wanted].copy()  # (labelled and pretraining cells are then drawn apart at random)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}")
-    results = run_known_truth(prior, args.output_dir, cells=cells, **options(args))
+    results = run_known_truth(prior, args.output_dir, cells=cells, **chosen)
     print((__import__("pathlib").Path(args.output_dir) / "known_truth.md").read_text())
     print(json.dumps({"seconds": results["seconds"]}))
     return results

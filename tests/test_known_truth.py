@@ -173,3 +173,35 @@ def test_a_typo_in_an_arm_or_a_repeated_seed_is_refused_before_anything_is_simul
         with pytest.raises(ValueError, match=re.escape(words)):
             run_known_truth(collectri_prior, tmp_path / "out", n_genes=30, n_cells=50, **options)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_pretraining_config_gives_the_arms_its_objective_not_its_budget(tmp_path):
+    from conftest import load_script
+
+    script = load_script(ROOT / "benchmarks" / "known_truth.py", "known_truth_script")
+    shipped = ROOT / "pretrain" / "configs" / "pbmc68k.yaml"
+    args = script.parse_arguments(["--prior", "p", "--output_dir", "o", "--pretrain_steps", "300",
+                                   "--pretrain_config", str(shipped)])
+    chosen = script.options(args)
+    # the shipped objective: detection decoder, token head at 0.1, LayerNorm, mean pooling, constant rate
+    assert {k: chosen["model_options"][k] for k in ("detection_weight", "token_loss_weight", "embedding_layer_norm",
+                                                    "pooling", "cell_decoder", "contrastive_weight")} == {
+        "detection_weight": 1.0, "token_loss_weight": 0.1, "embedding_layer_norm": True, "pooling": "mean",
+        "cell_decoder": "none", "contrastive_weight": 0.0}
+    assert chosen["pretraining"]["min_learning_rate_ratio"] == 1.0 and chosen["pretraining"]["view_gene_dropout"] == 0.5
+    # the benchmark's budget stays: 300 steps, not the config's 120 epochs; its seeds, not the config's
+    assert chosen["pretraining"]["max_steps"] == 300 and "num_epochs" not in chosen["pretraining"]
+    assert "seed" not in chosen["pretraining"]
+    without = script.options(script.parse_arguments(["--prior", "p", "--output_dir", "o"]))
+    assert "model_options" not in without
+    # --set lays one option over the config's (or over the benchmark's own objective, without a config)
+    over = script.options(script.parse_arguments(["--prior", "p", "--output_dir", "o", "--pretrain_config",
+                                                  str(shipped), "--set", "model.all_attend_cls=false"]))
+    assert over["model_options"]["all_attend_cls"] is False and over["model_options"]["detection_weight"] == 1.0
+    alone = script.options(script.parse_arguments(["--prior", "p", "--output_dir", "o", "--set",
+                                                   "training.mask_probability=0.3"]))
+    assert alone["model_options"] == {} and alone["pretraining"]["mask_probability"] == 0.3
+    odd = tmp_path / "odd.yaml"
+    odd.write_text("model: {hidden_size: 64}\ntraining: {layer_decay: 0.8}\n")
+    with pytest.raises(ValueError, match=re.escape("training option(s) ['layer_decay']")):
+        script.options(script.parse_arguments(["--prior", "p", "--output_dir", "o", "--pretrain_config", str(odd)]))

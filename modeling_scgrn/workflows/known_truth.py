@@ -36,8 +36,8 @@ logger = logging.getLogger(__name__)
 # (benchmarks/configs/contrastive_base.yaml): masked values, the cell decoder (every masked value also predicted
 # from the pooled cell embedding) and a contrastive term between two views of each cell that each leave out half of
 # its genes; without the decoder the loss never reaches the cell embedding (issue 26). pretrain/configs/pbmc68k.yaml
-# has since moved to the embedding LayerNorm with the detection decoder, not yet run here (`model_options` of
-# run_known_truth lays other options over this; the script has no flag for it yet)
+# has since moved to the embedding LayerNorm with the detection decoder: `objective_from_config` reads a pretraining
+# config's objective into `model_options` and `pretraining` (the script's --pretrain_config)
 MODEL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 172,
          "hidden_dropout_prob": 0.0, "value_encoding": "continuous", "grn_direction": "regulator_to_target",
          "cell_decoder": "mvc", "contrastive_weight": 1.0}
@@ -57,6 +57,31 @@ PRETRAINING = {"num_epochs": 3, "per_device_batch_size": 32, "learning_rate": 2e
 FINETUNING = {"max_steps": 1000, "eval_steps": 50, "per_device_batch_size": 32, "learning_rate": 1e-3,
               "warmup_ratio": 0.05, "min_learning_rate_ratio": 0.1, "early_stopping_patience": 10,
               "logging_steps": 50, "mixed_precision": "no", "report_to": "none"}
+
+
+# what a pretraining config's `training` section may change here: the objective and its optimisation, not the
+# benchmark's budget (steps, batch size, evaluations), seeds or logging
+OBJECTIVE_TRAINING_KEYS = ("learning_rate", "weight_decay", "warmup_ratio", "min_learning_rate_ratio",
+                           "max_grad_norm", "mask_probability", "view_gene_dropout", "view_dropout_spread",
+                           "view_depth_jitter", "view_complementary")
+
+
+def objective_from_config(values: dict) -> tuple[dict, dict]:
+    """A pretraining config's (`pretrain/configs/*.yaml`: `model` and `training` sections) objective as this
+    benchmark's `(model_options, pretraining)`: its whole `model` section (each arm still sets its own mask), and
+    from `training` only `OBJECTIVE_TRAINING_KEYS`; a `training` key outside them is refused, naming them, so a
+    config does not silently change the budget the arms are compared at."""
+    unknown = sorted(set(values) - {"model", "training"})
+    if unknown:
+        raise ValueError(f"unknown section(s) {unknown} in the pretraining config; it has `model` and `training`.")
+    model, training = dict(values.get("model") or {}), dict(values.get("training") or {})
+    budget = ("seed", "num_epochs", "max_steps", "per_device_batch_size", "eval_steps", "logging_steps",
+              "mixed_precision", "report_to", "output_dir")
+    other = sorted(set(training) - set(OBJECTIVE_TRAINING_KEYS) - set(budget))
+    if other:
+        raise ValueError(f"training option(s) {other} of the pretraining config are not read by the known-truth "
+                         f"benchmark; it takes {list(OBJECTIVE_TRAINING_KEYS)} (its own steps and seeds stay).")
+    return model, {k: v for k, v in training.items() if k in OBJECTIVE_TRAINING_KEYS}
 
 
 WRONG_PRIORS = {"25% removed": {"removed": 0.25}, "50% removed": {"removed": 0.5}, "75% removed": {"removed": 0.75},
