@@ -94,6 +94,18 @@ def test_genes_out_of_reach_of_the_prior_are_predicted_exactly_as_before(cells, 
     assert sum(after_dense[g] != before_dense[g] for g in after_dense) > 3  # a dense model has no such guarantee
 
 
+
+def test_a_deletion_keeps_the_cells_offset_so_a_value_baseline_moves_no_gene_out_of_reach(cells, tokenizer,
+                                                                                           edge_tensor):
+    # value_baseline starts every prediction at the gene's mean plus the cell's offset over its visible genes;
+    # deleting G4 drops G4 from that offset, which moved every gene until perturb held the control's offset
+    model = masked_model(tokenizer, edge_tensor, value_baseline="gene_mean_cell_offset")
+    model.set_gene_means(torch.linspace(0.5, 3.0, model.config.vocab_size))
+    effects = perturb(cells, model, tokenizer, ["G4"], rounds=2, batch_size=5, progress=False).loc["G4"]
+    assert (effects[["G0", "G1", "G2"]].abs() > 1e-3).all() and abs(effects["G3"]) > 5e-6  # G3 through G1, pass 2
+    out_of_reach = effects.drop(["G0", "G1", "G2", "G3", "G4"])
+    assert (out_of_reach.abs() < 5e-7).all(), out_of_reach.abs().max()
+
 def test_overexpression_sets_the_top_value_or_adds_the_gene(cells, tokenizer):
     encoded = _cells(cells, tokenizer, CellFields(max_length=None))
     gene = tokenizer.convert_tokens_to_ids("G4")

@@ -505,15 +505,21 @@ class ScGrnForMaskedExpressionModeling(ScGrnPreTrainedModel):
             raise ValueError("value_baseline='none' and no residual cell decoder: this model keeps no gene means.")
         self.gene_means.copy_(torch.as_tensor(means, dtype=self.gene_means.dtype).reshape(self.gene_means.shape))
 
-    def value_baseline(self, input_ids: torch.Tensor, expression_values: torch.Tensor,
-                       attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """`(batch, L)` the trivial prediction of every token's value: the gene's training mean plus the cell's mean
-        of (value - gene mean) over its visible genes (real, not `[CLS]`, not masked)."""
+    def cell_offset(self, input_ids: torch.Tensor, expression_values: torch.Tensor,
+                    attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """`(batch,)` how far each row's visible genes (real, not `[CLS]`, not masked) sit above their training
+        means on average: the per-cell part of `value_baseline`."""
         means = self.gene_means.to(expression_values.dtype)[input_ids]
         visible = visible_values(input_ids, expression_values, attention_mask, cls_token_id=self.config.cls_token_id,
                                  mask_value=self.config.mask_value)
-        offset = ((expression_values - means) * visible).sum(1) / visible.sum(1).clamp(min=1)
-        return means + offset[:, None]
+        return ((expression_values - means) * visible).sum(1) / visible.sum(1).clamp(min=1)
+
+    def value_baseline(self, input_ids: torch.Tensor, expression_values: torch.Tensor,
+                       attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """`(batch, L)` the trivial prediction of every token's value: the gene's training mean plus the cell's
+        offset (`cell_offset`)."""
+        means = self.gene_means.to(expression_values.dtype)[input_ids]
+        return means + self.cell_offset(input_ids, expression_values, attention_mask)[:, None]
 
     def value_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The masked-value loss: mean squared error of log1p values (continuous; NaN labels are not scored) or

@@ -9,7 +9,10 @@ How a cell is predicted: its genes (all but `[CLS]` and the perturbed gene) are 
 group's values are masked in turn (the rest stay visible) and the head predicts them, so every gene is predicted
 once from the others, in the perturbed and in the unperturbed cell, with the same groups. A continuous model
 predicts log1p-normalised values: the effect is their difference in log2 units (log2 fold change of 1 + the
-normalised value); a binned model predicts bins: the effect is the change of the expected bin.
+normalised value); a binned model predicts bins: the effect is the change of the expected bin. A model with a
+`value_baseline` starts each prediction from the gene's mean plus the cell's offset over its visible genes; the
+perturbed cell keeps its unperturbed offset (deleting a gene does not change how deeply the cell was sequenced), so
+that a GRN model moves only what its prior reaches.
 
 A cascade (`rounds` > 1): one prediction moves only what the model reaches in one pass from the perturbed gene
 (with a GRN mask and no `[CLS]` channel, at most `num_hidden_layers` prior edges away), and the intermediate
@@ -87,15 +90,35 @@ def _masked_inputs(cells: list[dict], groups: list[dict], n_groups: int, config)
     return _pad_cells(rows, config.pad_token_id), _pad(masks, False, torch.bool)
 
 
+def cell_offsets(model, cells: list[dict], groups: list[dict], n_groups: int) -> torch.Tensor | None:
+    """`(cells * n_groups,)` the `value_baseline` offset of every masked row `predicted_expression` builds (rows in
+    its order); None for a model without one."""
+    if model.config.value_baseline == "none":
+        return None
+    return _row_offsets(model, _masked_inputs(cells, groups, n_groups, model.config)[0])
+
+
+def _row_offsets(model, batch: dict) -> torch.Tensor:
+    device = model.gene_means.device
+    with torch.no_grad():
+        return model.cell_offset(*(batch[k].to(device) for k in ("input_ids", "expression_values",
+                                                                  "attention_mask"))).float().cpu()
+
+
 def predicted_expression(model, cells: list[dict], *, n_groups: int = 7, seed: int = 0, groups=None,
-                         device=None) -> list[dict[int, float]]:
+                         offsets: torch.Tensor | None = None, device=None) -> list[dict[int, float]]:
     """Each gene of each cell predicted by the masked-expression head from the cell's other genes (see the module
-    docstring): per cell, `{gene id: predicted value}` (log1p value, or expected bin for a binned model)."""
+    docstring): per cell, `{gene id: predicted value}` (log1p value, or expected bin for a binned model).
+
+    `offsets` (`cell_offsets` of other cells with the same genes masked, e.g. the unperturbed ones): a model with a
+    `value_baseline` predicts with these cell offsets instead of the rows' own."""
     config = model.config
     device = device or next(model.parameters()).device
     groups = groups or [masking_groups(cell, n_groups, [seed, i]) for i, cell in enumerate(cells)]
     batch, positions = _masked_inputs(cells, groups, n_groups, config)
     logits = run_batch(model, batch, device=device).logits.float().cpu()
+    if offsets is not None and config.value_baseline != "none":
+        logits = logits + (offsets.float() - _row_offsets(model, batch))[:, None]
     if config.value_encoding == "binned":
         logits = (logits.softmax(-1) * torch.arange(logits.shape[-1], dtype=torch.float32)).sum(-1)
     out = []
@@ -121,15 +144,18 @@ def _fed_back(cell: dict, control: dict, predicted: dict, config) -> dict:
 
 
 def cascade_predictions(model, cells: list[dict], control: list[dict], groups: list[dict], *, rounds: int = 1,
-                        tolerance: float = 1e-3, n_groups: int = 7, device=None):
-    """Predictions of the perturbed `cells` (with their unperturbed `control` predictions and masking `groups`),
-    fed back up to `rounds` times (see the module docstring). Returns `(final, first, rounds_run)`: per cell
-    `{gene id: predicted value}` after the last and after the first pass, and the number of passes made."""
-    predicted = predicted_expression(model, cells, n_groups=n_groups, groups=groups, device=device)
+                        tolerance: float = 1e-3, n_groups: int = 7, offsets: torch.Tensor | None = None,
+                        device=None):
+    """Predictions of the perturbed `cells` (with their unperturbed `control` predictions, masking `groups` and,
+    for a model with a `value_baseline`, the control's `cell_offsets`, held in every pass), fed back up to
+    `rounds` times (see the module docstring). Returns `(final, first, rounds_run)`: per cell `{gene id:
+    predicted value}` after the last and after the first pass, and the number of passes made."""
+    predicted = predicted_expression(model, cells, n_groups=n_groups, groups=groups, offsets=offsets, device=device)
     first, passes = predicted, 1
     while passes < rounds:
         moved_cells = [_fed_back(c, before, after, model.config) for c, before, after in zip(cells, control, predicted)]
-        again = predicted_expression(model, moved_cells, n_groups=n_groups, groups=groups, device=device)
+        again = predicted_expression(model, moved_cells, n_groups=n_groups, groups=groups, offsets=offsets,
+                                     device=device)
         moved = max((abs(a[g] - p[g]) for a, p in zip(again, predicted) for g in a), default=0.0)
         predicted, passes = again, passes + 1
         if moved < tolerance:
@@ -249,6 +275,7 @@ def perturb(adata, model, tokenizer, genes, mode: str = "delete", *, classifier=
         chunk = cells[start:start + batch_size]
         groups = [masking_groups(cell, n_groups, [seed, start + i]) for i, cell in enumerate(chunk)]
         control = predicted_expression(model, chunk, n_groups=n_groups, groups=groups, device=device)
+        offsets = cell_offsets(model, chunk, groups, n_groups)  # a deletion does not change the cell's depth
         control_embedding = _embeddings(model.base_model, chunk, device)
         if classifier is not None:
             base_label[start:start + len(chunk)] = _classify(classifier, chunk, device)
@@ -258,9 +285,10 @@ def perturb(adata, model, tokenizer, genes, mode: str = "delete", *, classifier=
             if not changed:
                 continue
             rows, perturbed = [i for i, _ in changed], [p for _, p in changed]
+            held = None if offsets is None else offsets.view(len(chunk), n_groups)[rows].flatten()
             predicted, first, passes = cascade_predictions(
                 model, perturbed, [control[i] for i in rows], [groups[i] for i in rows], rounds=int(rounds),
-                tolerance=tolerance, n_groups=n_groups, device=device)
+                tolerance=tolerance, n_groups=n_groups, offsets=held, device=device)
             tally.rounds_run = max(tally.rounds_run, passes)
             for i, values, once in zip(rows, predicted, first):
                 tally.add(j, gene_id, control[i], values, once)
