@@ -94,7 +94,6 @@ def test_genes_out_of_reach_of_the_prior_are_predicted_exactly_as_before(cells, 
     assert sum(after_dense[g] != before_dense[g] for g in after_dense) > 3  # a dense model has no such guarantee
 
 
-
 def test_a_deletion_keeps_the_cells_offset_so_a_value_baseline_moves_no_gene_out_of_reach(cells, tokenizer,
                                                                                            edge_tensor):
     # value_baseline starts every prediction at the gene's mean plus the cell's offset over its visible genes;
@@ -105,6 +104,7 @@ def test_a_deletion_keeps_the_cells_offset_so_a_value_baseline_moves_no_gene_out
     assert (effects[["G0", "G1", "G2"]].abs() > 1e-3).all() and abs(effects["G3"]) > 5e-6  # G3 through G1, pass 2
     out_of_reach = effects.drop(["G0", "G1", "G2", "G3", "G4"])
     assert (out_of_reach.abs() < 5e-7).all(), out_of_reach.abs().max()
+
 
 def test_overexpression_sets_the_top_value_or_adds_the_gene(cells, tokenizer):
     encoded = _cells(cells, tokenizer, CellFields(max_length=None))
