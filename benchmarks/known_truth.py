@@ -14,6 +14,7 @@ GENIE3-style tree ensemble. Writes known_truth.md/.json, label_efficiency.png an
         --output_dir ... [--resume]    # pretrain on 90,000 unlabelled cells; a resumed run keeps the finished arms
     python benchmarks/known_truth.py --prior ... --corpus sim.h5ad --pretrain_config pretrain/configs/pbmc68k.yaml \
         --output_dir ...    # the arms pretrained with the shipped objective instead of the benchmark's own
+    python benchmarks/known_truth.py ... --finetune_set training.gene_dropout=0.3   # another finetuning recipe
 """
 
 import argparse
@@ -65,6 +66,14 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         "model.all_attend_cls=false (repeatable; `training` takes the objective settings only)")
     parser.add_argument("--finetune_steps", type=shared.count, default=1000, help="finetuning optimizer steps, the "
                         "same for every label budget")
+    parser.add_argument("--finetune_config", help="a finetuning config (e.g. finetune/configs/pbmc68k_pretrained.yaml, "
+                        "the shipped recipe) whose recipe (learning rate and its floor, warmup, weight decay, gene "
+                        "dropout, frozen encoder, layer and head learning rates, re-initialised layers, patience, "
+                        "class weights; the classifier's dropout) replaces the benchmark's own, for pretrained and "
+                        "scratch starts alike; the steps, batch size and seeds stay the benchmark's")
+    parser.add_argument("--finetune_set", dest="finetune_overrides", action="append", default=[],
+                        metavar="SECTION.OPTION=VALUE", help="one finetuning option over --finetune_config's (or the "
+                        "benchmark's), e.g. training.gene_dropout=0.3 (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue a run into --output_dir: the (seed, arm) "
                         "units its progress.json lists are kept, the others run")
     parser.add_argument("--quick", action="store_true", help="a few-minute version (what the tests run)")
@@ -74,19 +83,28 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def options(args) -> dict:
+    from modeling_scgrn.workflows.known_truth import objective_from_config, recipe_from_config
+
     chosen = _options(args)
     if args.pretrain_config or args.overrides:
-        from modeling_scgrn.workflows.cli import script_options
-        from modeling_scgrn.workflows.known_truth import objective_from_config
-
-        if args.pretrain_config and not Path(args.pretrain_config).is_file():
-            raise ValueError(f"--pretrain_config {args.pretrain_config} is not a file; give a pretraining config "
-                             "such as pretrain/configs/pbmc68k.yaml.")
-        values = script_options(args.pretrain_config, args.overrides, {"model": None, "training": None})
-        model, pretraining = objective_from_config(values)
-        chosen["model_options"] = model
-        chosen["pretraining"] = {**pretraining, **chosen["pretraining"]}
+        values = _config(args.pretrain_config, args.overrides, "--pretrain_config", "pretrain/configs/pbmc68k.yaml")
+        chosen["model_options"], objective = objective_from_config(values)
+        chosen["pretraining"] = {**objective, **chosen["pretraining"]}
+    if args.finetune_config or args.finetune_overrides:
+        values = _config(args.finetune_config, args.finetune_overrides, "--finetune_config",
+                         "finetune/configs/pbmc68k_pretrained.yaml")
+        chosen["head_options"], recipe = recipe_from_config(values)
+        chosen["finetuning"] = {**recipe, **chosen["finetuning"]}
     return chosen
+
+
+def _config(path, overrides, flag: str, example: str) -> dict:
+    """A config file's `model` and `training` sections with `section.option=value` overrides laid over them."""
+    from modeling_scgrn.workflows.cli import script_options
+
+    if path and not Path(path).is_file():
+        raise ValueError(f"{flag} {path} is not a file; give a config such as {example}.")
+    return script_options(path, overrides, {"model": None, "training": None})
 
 
 def _options(args) -> dict:

@@ -503,7 +503,7 @@ PATHS = {
     "finetune": ["--data", "--config", "--model", "--architecture_from"],
     "compare": ["--data", "--config", "--pretrain_config"], "interpret": ["--data", "--model", "--dense_model"],
     "perturb": ["--input", "--model", "--classifier", "--prior"], "push": ["--model"], "simulate": ["--prior"],
-    "knockout": ["--corpus"], "known_truth": ["--prior", "--corpus"],
+    "knockout": ["--corpus"], "known_truth": ["--prior", "--corpus", "--pretrain_config", "--finetune_config"],
     "objectives": ["--input", "--prior", "--config", "--variants"],
 }
 

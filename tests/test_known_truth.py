@@ -205,3 +205,30 @@ def test_a_pretraining_config_gives_the_arms_its_objective_not_its_budget(tmp_pa
     odd.write_text("model: {hidden_size: 64}\ntraining: {layer_decay: 0.8}\n")
     with pytest.raises(ValueError, match=re.escape("training option(s) ['layer_decay']")):
         script.options(script.parse_arguments(["--prior", "p", "--output_dir", "o", "--pretrain_config", str(odd)]))
+
+
+def test_a_finetuning_config_gives_every_start_its_recipe_not_its_budget(tmp_path):
+    from conftest import load_script
+
+    script = load_script(ROOT / "benchmarks" / "known_truth.py", "known_truth_script")
+    shipped = ROOT / "finetune" / "configs" / "pbmc68k_pretrained.yaml"
+    chosen = script.options(script.parse_arguments(["--prior", "p", "--output_dir", "o", "--finetune_steps", "200",
+                                                    "--finetune_config", str(shipped), "--finetune_set",
+                                                    "training.freeze_encoder=true"]))
+    # the shipped recipe (gene dropout 0.3, class weights, warmup 0.1) and the classifier's dropout, with one option
+    # laid over it; the benchmark's 200 steps, not the config's 1,000, and neither its batch size nor its seed
+    assert chosen["head_options"] == {"classifier_dropout": 0.1}
+    recipe = chosen["finetuning"]
+    assert (recipe["gene_dropout"], recipe["warmup_ratio"], recipe["class_weighting"]) == (0.3, 0.1, True)
+    assert recipe["freeze_encoder"] is True and recipe["max_steps"] == 200
+    assert not {"per_device_batch_size", "seed", "eval_steps"} & set(recipe)
+    assert "head_options" not in script.options(script.parse_arguments(["--prior", "p", "--output_dir", "o"]))
+    for text, words in (("model: {hidden_size: 32}\n", "model option(s) ['hidden_size']"),
+                        ("training: {mask_probability: 0.3}\n", "training option(s) ['mask_probability']")):
+        odd = tmp_path / "odd.yaml"
+        odd.write_text(text)
+        with pytest.raises(ValueError, match=re.escape(words)):
+            script.options(script.parse_arguments(["--prior", "p", "--output_dir", "o", "--finetune_config",
+                                                   str(odd)]))
+    with pytest.raises(ValueError, match="is not a file"):
+        script.options(script.parse_arguments(["--prior", "p", "--output_dir", "o", "--finetune_config", "nope.yaml"]))

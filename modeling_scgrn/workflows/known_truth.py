@@ -64,6 +64,31 @@ FINETUNING = {"max_steps": 1000, "eval_steps": 50, "per_device_batch_size": 32, 
 OBJECTIVE_TRAINING_KEYS = ("learning_rate", "weight_decay", "warmup_ratio", "min_learning_rate_ratio",
                            "max_grad_norm", "mask_probability", "view_gene_dropout", "view_dropout_spread",
                            "view_depth_jitter", "view_complementary")
+# and what a finetuning config's may change: the recipe (finetune/configs/*.yaml's small-data options)
+RECIPE_TRAINING_KEYS = ("learning_rate", "weight_decay", "warmup_ratio", "min_learning_rate_ratio", "max_grad_norm",
+                        "class_weighting", "early_stopping_patience", "layer_decay", "gene_embedding_lr_ratio",
+                        "head_lr_ratio", "freeze_encoder", "gene_dropout", "reinit_layers")
+# a config's budget: allowed in the file (a shipped config has them), not taken (the benchmark's stay)
+BUDGET_KEYS = ("seed", "num_epochs", "max_steps", "per_device_batch_size", "eval_steps", "logging_steps",
+               "mixed_precision", "report_to", "output_dir")
+# a finetuning config's `model` options a pretrained start takes (its architecture is the pretraining's)
+HEAD_MODEL_KEYS = ("classifier_dropout",)
+
+
+def _sections(values: dict, what: str) -> tuple[dict, dict]:
+    unknown = sorted(set(values) - {"model", "training"})
+    if unknown:
+        raise ValueError(f"unknown section(s) {unknown} in the {what} config; it has `model` and `training`.")
+    return dict(values.get("model") or {}), dict(values.get("training") or {})
+
+
+def _taken(training: dict, keys: tuple, what: str) -> dict:
+    """`training`'s options among `keys`; one outside them and the budget is refused, naming them."""
+    other = sorted(set(training) - set(keys) - set(BUDGET_KEYS))
+    if other:
+        raise ValueError(f"training option(s) {other} of the {what} config are not read by the known-truth "
+                         f"benchmark; it takes {list(keys)} (its own steps and seeds stay).")
+    return {k: v for k, v in training.items() if k in keys}
 
 
 def objective_from_config(values: dict) -> tuple[dict, dict]:
@@ -71,17 +96,22 @@ def objective_from_config(values: dict) -> tuple[dict, dict]:
     benchmark's `(model_options, pretraining)`: its whole `model` section (each arm still sets its own mask), and
     from `training` only `OBJECTIVE_TRAINING_KEYS`; a `training` key outside them is refused, naming them, so a
     config does not silently change the budget the arms are compared at."""
-    unknown = sorted(set(values) - {"model", "training"})
-    if unknown:
-        raise ValueError(f"unknown section(s) {unknown} in the pretraining config; it has `model` and `training`.")
-    model, training = dict(values.get("model") or {}), dict(values.get("training") or {})
-    budget = ("seed", "num_epochs", "max_steps", "per_device_batch_size", "eval_steps", "logging_steps",
-              "mixed_precision", "report_to", "output_dir")
-    other = sorted(set(training) - set(OBJECTIVE_TRAINING_KEYS) - set(budget))
+    model, training = _sections(values, "pretraining")
+    return model, _taken(training, OBJECTIVE_TRAINING_KEYS, "pretraining")
+
+
+def recipe_from_config(values: dict) -> tuple[dict, dict]:
+    """A finetuning config's (`finetune/configs/*.yaml`) recipe as this benchmark's `(head_options, finetuning)`:
+    from `model` only `HEAD_MODEL_KEYS` (the classifier's, for pretrained and scratch starts alike; the
+    architecture is the pretraining's), from `training` only `RECIPE_TRAINING_KEYS`; anything else is refused, so
+    the budget (steps, batch size, evaluations, seeds) stays the benchmark's."""
+    model, training = _sections(values, "finetuning")
+    other = sorted(set(model) - set(HEAD_MODEL_KEYS))
     if other:
-        raise ValueError(f"training option(s) {other} of the pretraining config are not read by the known-truth "
-                         f"benchmark; it takes {list(OBJECTIVE_TRAINING_KEYS)} (its own steps and seeds stay).")
-    return model, {k: v for k, v in training.items() if k in OBJECTIVE_TRAINING_KEYS}
+        raise ValueError(f"model option(s) {other} of the finetuning config are not read by the known-truth benchmark: "
+                         f"each arm's architecture is its pretraining's (--pretrain_config); it takes "
+                         f"{list(HEAD_MODEL_KEYS)}.")
+    return model, _taken(training, RECIPE_TRAINING_KEYS, "finetuning")
 
 
 WRONG_PRIORS = {"25% removed": {"removed": 0.25}, "50% removed": {"removed": 0.5}, "75% removed": {"removed": 0.75},
@@ -163,14 +193,17 @@ def pretrain_arm(data_dir: Path, folder: Path, arm: str, seed: int, network, tru
 
 
 def finetune_budgets(data_dir: Path, folder: Path, arm: str, seed: int, budgets, *, pretrained: str | None,
-                     network, model_options: dict, finetuning: dict) -> list[dict]:
+                     network, model_options: dict, finetuning: dict, head_options=None) -> list[dict]:
     """Finetune cell types with each number of labelled cells per type (None: all), from `pretrained` or from
-    scratch; macro-F1 and accuracy on the held-out cells beside the baselines fitted on the same labelled cells."""
+    scratch (`head_options`, the classifier's, for both); macro-F1 and accuracy on the held-out cells beside the
+    baselines fitted on the same labelled cells."""
     from .finetune import run_finetuning
 
     rows = []
     for budget in budgets:
-        options = {} if pretrained else {**model_options, **_arm_mode(arm), "grn_control_seed": seed}
+        options = dict(head_options or {})
+        if not pretrained:
+            options.update({**model_options, **_arm_mode(arm), "grn_control_seed": seed})
         training = TrainingConfig.from_dict(finetuning, seed=seed, output_dir=folder / f"labels_{budget or 'all'}")
         evaluation = run_finetuning(data_dir, training, label_column="cell_type", pretrained=pretrained,
                                     model_options=options, save_outputs=False, labels_per_class=budget,
@@ -269,7 +302,7 @@ def run_known_truth(prior: GeneRegulatoryNetwork, output, *, cells=None, n_genes
                     arms=("grn", "dense"), scratch_arms=("grn", "dense"),
                     single_seed_arms=("rewired", "random", "grn_dense_last", "50% removed", "50% false added",
                                       "unrelated"),
-                    single_seed_budgets=(50,), model_options=None, pretraining=None, finetuning=None,
+                    single_seed_budgets=(50,), model_options=None, pretraining=None, finetuning=None, head_options=None,
                     simulation_seed: int = 0, pretraining_cells: int = 0, resume: bool = False) -> dict:
     """The whole benchmark into `output`: simulate (or take `cells`), tokenize with the true network, then for each
     seed pretrain every mask in `arms` (on the first `n_cells` cells' unlabelled training split, or, with
@@ -277,8 +310,10 @@ def run_known_truth(prior: GeneRegulatoryNetwork, output, *, cells=None, n_genes
     with `budgets` labelled cells per type (None: all), read its frozen embedding with the same labels, and train
     `scratch_arms` from scratch on them. `single_seed_arms` (the other controls and the wrong priors: names in
     `WRONG_PRIORS`) run on the first seed with `single_seed_budgets`, to bound the time. Edge recovery on the first
-    seed. Each finished (seed, arm) is saved to `progress.json`; `resume` skips those. Writes `known_truth.md`,
-    `known_truth.json`, `label_efficiency.png` and `pretraining.png`; returns the results."""
+    seed. `finetuning` and `head_options` (the classifier's `ScGrnConfig` fields) replace parts of the finetuning
+    recipe (`FINETUNING`), for pretrained and scratch starts alike. Each finished (seed, arm) is saved to
+    `progress.json`; `resume` skips those. Writes `known_truth.md`, `known_truth.json`, `label_efficiency.png` and
+    `pretraining.png`; returns the results."""
     import time
 
     from ..bench.simulate import signal_line, simulate_cells
@@ -318,7 +353,8 @@ def run_known_truth(prior: GeneRegulatoryNetwork, output, *, cells=None, n_genes
         for init in [model] + ([None] if arm in scratch_arms else []):
             rows["finetuning"] += finetune_budgets(data_dir, folder / ("finetune" if init else "scratch"), arm, seed,
                                                    arm_budgets, pretrained=init, network=network,
-                                                   model_options=model_options, finetuning=finetuning)
+                                                   model_options=model_options, finetuning=finetuning,
+                                                   head_options=head_options)
         rows["done"].append([seed, arm])
         save_json(rows, output / PROGRESS)
     # a GRN model's attention is read on its dense last layer only: its masked layers attend along the prior alone
@@ -333,6 +369,7 @@ def run_known_truth(prior: GeneRegulatoryNetwork, output, *, cells=None, n_genes
                **{key: rows[key] for key in ("pretraining", "finetuning", "probes", "embeddings")},
                "edge_recovery": recovery,
                "settings": {"model": model_options, "pretraining": pretraining, "finetuning": finetuning,
+                            "classifier": dict(head_options or {}),
                             "seeds": list(seeds), "budgets": [b or "all" for b in budgets]}}
     write_known_truth(results, output)
     return results
