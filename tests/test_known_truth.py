@@ -169,7 +169,9 @@ def test_a_typo_in_an_arm_or_a_repeated_seed_is_refused_before_anything_is_simul
 
     for options, words in (({"arms": ("grm",)}, "unknown arm(s) ['grm']"),
                            ({"single_seed_arms": ("60% removed",)}, "unknown arm(s) ['60% removed']"),
-                           ({"seeds": (0, 0)}, "each once"), ({"budgets": (0,)}, "at least 1 cell")):
+                           ({"seeds": (0, 0)}, "each once"), ({"budgets": (0,)}, "at least 1 cell"),
+                           ({"finetuning": {"gene_dropout": 1.5}}, "gene_dropout=1.5"),
+                           ({"pretraining": {"mask_probability": 0.0}}, "mask_probability=0.0")):
         with pytest.raises(ValueError, match=re.escape(words)):
             run_known_truth(collectri_prior, tmp_path / "out", n_genes=30, n_cells=50, **options)
     assert not (tmp_path / "out").exists()
@@ -223,8 +225,10 @@ def test_a_finetuning_config_gives_every_start_its_recipe_not_its_budget(tmp_pat
     assert recipe["freeze_encoder"] is True and recipe["max_steps"] == 200
     assert not {"per_device_batch_size", "seed", "eval_steps"} & set(recipe)
     assert "head_options" not in script.options(script.parse_arguments(["--prior", "p", "--output_dir", "o"]))
+    # reinit_layers is refused too: the scratch arms get the recipe, and from scratch every layer is new
     for text, words in (("model: {hidden_size: 32}\n", "model option(s) ['hidden_size']"),
-                        ("training: {mask_probability: 0.3}\n", "training option(s) ['mask_probability']")):
+                        ("training: {mask_probability: 0.3}\n", "training option(s) ['mask_probability']"),
+                        ("training: {reinit_layers: 1}\n", "training option(s) ['reinit_layers']")):
         odd = tmp_path / "odd.yaml"
         odd.write_text(text)
         with pytest.raises(ValueError, match=re.escape(words)):

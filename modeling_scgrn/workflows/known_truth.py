@@ -64,10 +64,11 @@ FINETUNING = {"max_steps": 1000, "eval_steps": 50, "per_device_batch_size": 32, 
 OBJECTIVE_TRAINING_KEYS = ("learning_rate", "weight_decay", "warmup_ratio", "min_learning_rate_ratio",
                            "max_grad_norm", "mask_probability", "view_gene_dropout", "view_dropout_spread",
                            "view_depth_jitter", "view_complementary")
-# and what a finetuning config's may change: the recipe (finetune/configs/*.yaml's small-data options)
+# and what a finetuning config's may change: the recipe (finetune/configs/*.yaml's small-data options), for the
+# scratch arms too (so not `reinit_layers`, which finetuning refuses from scratch)
 RECIPE_TRAINING_KEYS = ("learning_rate", "weight_decay", "warmup_ratio", "min_learning_rate_ratio", "max_grad_norm",
                         "class_weighting", "early_stopping_patience", "layer_decay", "gene_embedding_lr_ratio",
-                        "head_lr_ratio", "freeze_encoder", "gene_dropout", "reinit_layers")
+                        "head_lr_ratio", "freeze_encoder", "gene_dropout")
 # a config's budget: allowed in the file (a shipped config has them), not taken (the benchmark's stay)
 BUDGET_KEYS = ("seed", "num_epochs", "max_steps", "per_device_batch_size", "eval_steps", "logging_steps",
                "mixed_precision", "report_to", "output_dir")
@@ -319,12 +320,14 @@ def run_known_truth(prior: GeneRegulatoryNetwork, output, *, cells=None, n_genes
     from ..bench.simulate import signal_line, simulate_cells
 
     check_plan(arms, scratch_arms, single_seed_arms, seeds, budgets)
-    output = Path(output)
-    if not resume:
-        write_run_manifest(output, "known_truth")  # what lets `--resume` recognise the folder as this run's
     model_options = {**MODEL, **(model_options or {})}
     pretraining = {**PRETRAINING, **(pretraining or {})}
     finetuning = {**FINETUNING, **(finetuning or {})}
+    for recipe in (pretraining, finetuning):  # a bad value is refused now, not after the first arm's pretraining
+        TrainingConfig.from_dict(recipe)
+    output = Path(output)
+    if not resume:
+        write_run_manifest(output, "known_truth")  # what lets `--resume` recognise the folder as this run's
     start = time.perf_counter()
     if cells is None:
         cells = simulate_cells(prior, n_genes, n_cells + pretraining_cells, n_cell_types, seed=simulation_seed)
