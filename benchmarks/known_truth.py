@@ -69,7 +69,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--finetune_config", help="a finetuning config (e.g. finetune/configs/pbmc68k_pretrained.yaml, "
                         "the shipped recipe) whose recipe (learning rate and its floor, warmup, weight decay, gene "
                         "dropout, frozen encoder, layer and head learning rates, patience, class weights; the "
-                        "classifier's dropout) replaces the benchmark's own, for pretrained and "
+                        "classifier's dropout and mixup) replaces the benchmark's own, for pretrained and "
                         "scratch starts alike; the steps, batch size and seeds stay the benchmark's")
     parser.add_argument("--finetune_set", dest="finetune_overrides", action="append", default=[],
                         metavar="SECTION.OPTION=VALUE", help="one finetuning option over --finetune_config's (or the "

@@ -216,10 +216,11 @@ def test_a_finetuning_config_gives_every_start_its_recipe_not_its_budget(tmp_pat
     shipped = ROOT / "finetune" / "configs" / "pbmc68k_pretrained.yaml"
     chosen = script.options(script.parse_arguments(["--prior", "p", "--output_dir", "o", "--finetune_steps", "200",
                                                     "--finetune_config", str(shipped), "--finetune_set",
-                                                    "training.freeze_encoder=true"]))
-    # the shipped recipe (gene dropout 0.3, class weights, warmup 0.1) and the classifier's dropout, with one option
-    # laid over it; the benchmark's 200 steps, not the config's 1,000, and neither its batch size nor its seed
-    assert chosen["head_options"] == {"classifier_dropout": 0.1}
+                                                    "training.freeze_encoder=true", "--finetune_set",
+                                                    "model.classifier_mixup_alpha=0.4"]))
+    # the shipped recipe (gene dropout 0.3, class weights, warmup 0.1) and the classifier's dropout, with a training
+    # option and the classifier's mixup laid over it; the benchmark's 200 steps, not the config's 1,000, and neither its batch size nor its seed
+    assert chosen["head_options"] == {"classifier_dropout": 0.1, "classifier_mixup_alpha": 0.4}
     recipe = chosen["finetuning"]
     assert (recipe["gene_dropout"], recipe["warmup_ratio"], recipe["class_weighting"]) == (0.3, 0.1, True)
     assert recipe["freeze_encoder"] is True and recipe["max_steps"] == 200

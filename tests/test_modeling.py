@@ -246,6 +246,37 @@ def test_the_residual_cell_decoder_starts_from_the_trivial_predictor(tokenizer, 
         plain.set_gene_means(torch.zeros(plain.config.vocab_size))
 
 
+def test_classifier_mixup_mixes_embeddings_and_losses_in_training_only(tokenizer, edge_tensor, batch):
+    """`classifier_mixup_alpha`: in training the logits are the classifier's of `lam * e + (1 - lam) * e[perm]` and
+    the loss `lam * loss(y) + (1 - lam) * loss(y[perm])`, with lam and perm drawn from torch's generator in that
+    order; in evaluation the output is the plain model's; alpha 0 is the plain model in training too."""
+    mixed = make(ScGrnForCellClassification, tokenizer, edge_tensor, classifier_mixup_alpha=0.4)
+    plain = make(ScGrnForCellClassification, tokenizer, edge_tensor)
+    labels, weights = torch.tensor([0, 1, 2]), torch.tensor([1.0, 2.0, 0.5])
+    with torch.no_grad():
+        evaluated, reference = mixed(**batch, labels=labels), plain(**batch, labels=labels)
+        torch.testing.assert_close(evaluated.logits, reference.logits)
+        torch.testing.assert_close(evaluated.loss, reference.loss)
+    torch.manual_seed(5)
+    out = mixed.train()(**batch, labels=labels, class_weights=weights)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        lam = torch.distributions.Beta(torch.tensor(0.4), torch.tensor(0.4)).sample()
+        partner = torch.randperm(3)
+        embedding = reference.cell_embeddings
+        logits = plain.classifier(lam * embedding + (1 - lam) * embedding[partner])
+        expected = (lam * torch.nn.functional.cross_entropy(logits, labels, weight=weights)
+                    + (1 - lam) * torch.nn.functional.cross_entropy(logits, labels[partner], weight=weights))
+        assert 0 < lam < 1 and not torch.equal(partner, torch.arange(3))  # the seed mixes cells, so the check bites
+        torch.testing.assert_close(out.logits.detach(), logits)
+        torch.testing.assert_close(out.loss.detach(), expected)
+        torch.testing.assert_close(out.cell_embeddings.detach(), embedding)  # the unmixed embedding is what is returned
+        trained = plain.train()(**batch, labels=labels)
+        torch.testing.assert_close(trained.loss, reference.loss)
+    out.loss.backward()
+    assert mixed.scgrn.embeddings.gene_embeddings.weight.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("model_class", HEADS)
 def test_save_load_round_trip_keeps_outputs_and_grn(model_class, tokenizer, edge_tensor, batch, tmp_path):
     model = make(model_class, tokenizer, edge_tensor)
@@ -507,6 +538,8 @@ def test_config_errors():
         ScGrnConfig(cell_decoder_weight=-1)
     with pytest.raises(ValueError, match="token_loss_weight=-0.5 must not be negative"):
         ScGrnConfig(token_loss_weight=-0.5)
+    with pytest.raises(ValueError, match="classifier_mixup_alpha=-0.2 must not be negative"):
+        ScGrnConfig(classifier_mixup_alpha=-0.2)
 
 
 def test_model_without_prior_refuses_grn_mode(tokenizer, batch):

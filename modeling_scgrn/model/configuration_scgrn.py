@@ -62,6 +62,11 @@ class ScGrnConfig(PretrainedConfig):
         hidden_dropout_prob (`float`, defaults to 0.1): dropout on embeddings and on each residual branch.
         attention_dropout (`float`, defaults to 0.0): dropout on attention probabilities.
         classifier_dropout (`float`, defaults to 0.1): dropout before the cell classification layer.
+        classifier_mixup_alpha (`float`, defaults to 0.0): finetuning with mixup on the pooled cell embedding
+            (manifold mixup, Verma et al. 2019): in training, each batch's embeddings are mixed with those of a
+            shuffled copy of the batch, `lam * e_i + (1 - lam) * e_j` with one `lam ~ Beta(alpha, alpha)` per
+            batch, and the loss is `lam * loss(y_i) + (1 - lam) * loss(y_j)`; 0 turns it off, 0.2-0.4 is usual.
+            Evaluation and inference are unchanged.
         layer_norm_eps (`float`, defaults to 1e-5): epsilon of every LayerNorm.
         initializer_range (`float`, defaults to 0.02): standard deviation of the normal weight initialisation.
         embedding_layer_norm (`bool`, defaults to `False`): a LayerNorm on each token's summed gene and value
@@ -155,6 +160,7 @@ class ScGrnConfig(PretrainedConfig):
         hidden_dropout_prob: float = 0.1,
         attention_dropout: float = 0.0,
         classifier_dropout: float = 0.1,
+        classifier_mixup_alpha: float = 0.0,
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
         embedding_layer_norm: bool = False,
@@ -196,6 +202,9 @@ class ScGrnConfig(PretrainedConfig):
         _check_mask_schedule(grn_dense_last_layers, num_hidden_layers, grn_hops)
         if n_bins < 1:
             raise ValueError(f"n_bins={n_bins} must be at least 1.")
+        if classifier_mixup_alpha < 0:
+            raise ValueError(f"classifier_mixup_alpha={classifier_mixup_alpha} must not be negative (0 turns mixup "
+                             "off; 0.2-0.4 is usual).")
         special = {"pad": pad_token_id, "cls": cls_token_id, "mask": mask_token_id, "unk": unk_token_id}
         if len(set(special.values())) != 4 or max(special.values()) >= vocab_size or min(special.values()) < 0:
             raise ValueError(f"special token ids {special} must be distinct and lie in [0, vocab_size={vocab_size}).")
@@ -212,6 +221,7 @@ class ScGrnConfig(PretrainedConfig):
         self.hidden_dropout_prob = hidden_dropout_prob
         self.attention_dropout = attention_dropout
         self.classifier_dropout = classifier_dropout
+        self.classifier_mixup_alpha = classifier_mixup_alpha
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
         self.embedding_layer_norm = embedding_layer_norm

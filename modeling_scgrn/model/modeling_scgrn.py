@@ -628,10 +628,26 @@ class ScGrnForCellClassification(ScGrnPreTrainedModel):
         outputs = self.scgrn(input_ids, expression_values=expression_values, expression_bins=expression_bins,
                              attention_mask=attention_mask, output_attentions=output_attentions,
                              output_hidden_states=output_hidden_states, return_dict=True)
-        logits = self.classifier(self.dropout(outputs.pooler_output))
-        loss = None if labels is None else self.loss(logits, labels, class_weights)
-        output = ScGrnCellClassificationOutput(loss=loss, logits=logits, cell_embeddings=outputs.pooler_output)
+        pooled = outputs.pooler_output
+        if self.training and labels is not None and self.config.classifier_mixup_alpha > 0:
+            logits, loss = self._mixup_loss(pooled, labels, class_weights)
+        else:
+            logits = self.classifier(self.dropout(pooled))
+            loss = None if labels is None else self.loss(logits, labels, class_weights)
+        output = ScGrnCellClassificationOutput(loss=loss, logits=logits, cell_embeddings=pooled)
         return self._head_output(output, outputs, return_dict)
+
+    def _mixup_loss(self, pooled: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None):
+        """Manifold mixup (`config.classifier_mixup_alpha`): the logits of the batch's embeddings mixed with a
+        shuffled copy's, one `lam ~ Beta(alpha, alpha)` per batch drawn from torch's generator (so seeded runs and
+        resumes repeat it), and the loss mixed the same way."""
+        alpha = torch.tensor(float(self.config.classifier_mixup_alpha))
+        lam = torch.distributions.Beta(alpha, alpha).sample().to(pooled.device, pooled.dtype)
+        partner = torch.randperm(pooled.shape[0], device=pooled.device)
+        logits = self.classifier(self.dropout(lam * pooled + (1 - lam) * pooled[partner]))
+        loss = lam * self.loss(logits, labels, class_weights) + (1 - lam) * self.loss(logits, labels[partner],
+                                                                                      class_weights)
+        return logits, loss
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None):
         """The loss of `config.problem_type`, chosen as transformers' sequence-classification heads choose it when

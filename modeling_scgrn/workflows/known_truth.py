@@ -73,7 +73,7 @@ RECIPE_TRAINING_KEYS = ("learning_rate", "weight_decay", "warmup_ratio", "min_le
 BUDGET_KEYS = ("seed", "num_epochs", "max_steps", "per_device_batch_size", "eval_steps", "logging_steps",
                "mixed_precision", "report_to", "output_dir")
 # a finetuning config's `model` options a pretrained start takes (its architecture is the pretraining's)
-HEAD_MODEL_KEYS = ("classifier_dropout",)
+HEAD_MODEL_KEYS = ("classifier_dropout", "classifier_mixup_alpha")
 
 
 def _sections(values: dict, what: str) -> tuple[dict, dict]:
