@@ -192,22 +192,10 @@ class ScGrnConfig(PretrainedConfig):
         _check_choice("pooling", pooling, POOLINGS)
         _check_objective(value_encoding, cell_decoder, cell_decoder_weight, value_baseline, token_loss_weight)
         _check_contrastive(contrastive_weight, contrastive_temperature, depth_decorrelation_weight, detection_weight)
-        if hidden_size % num_attention_heads != 0:
-            raise ValueError(
-                f"hidden_size ({hidden_size}) is not a multiple of num_attention_heads ({num_attention_heads}); "
-                f"choose heads that divide the hidden size, e.g. num_attention_heads="
-                f"{max(h for h in range(1, num_attention_heads + 1) if hidden_size % h == 0)}."
-            )
         _check_mask(grn_mode, grn_direction, isolated_genes, grn_self_loops, all_attend_cls)
         _check_mask_schedule(grn_dense_last_layers, num_hidden_layers, grn_hops)
-        if n_bins < 1:
-            raise ValueError(f"n_bins={n_bins} must be at least 1.")
-        if classifier_mixup_alpha < 0:
-            raise ValueError(f"classifier_mixup_alpha={classifier_mixup_alpha} must not be negative (0 turns mixup "
-                             "off; 0.2-0.4 is usual).")
-        special = {"pad": pad_token_id, "cls": cls_token_id, "mask": mask_token_id, "unk": unk_token_id}
-        if len(set(special.values())) != 4 or max(special.values()) >= vocab_size or min(special.values()) < 0:
-            raise ValueError(f"special token ids {special} must be distinct and lie in [0, vocab_size={vocab_size}).")
+        _check_sizes(hidden_size, num_attention_heads, n_bins, classifier_mixup_alpha)
+        _check_special_tokens(vocab_size, pad_token_id, cls_token_id, mask_token_id, unk_token_id)
 
         self.vocab_size = vocab_size
         self.cls_token_id = cls_token_id
@@ -320,6 +308,26 @@ def _check_mask(grn_mode: str, grn_direction: str, isolated_genes: str, grn_self
             "grn_self_loops=False with all_attend_cls=False leaves genes without a prior partner nothing to "
             "attend to; set grn_self_loops=True or all_attend_cls=True."
         )
+
+
+def _check_sizes(hidden_size: int, num_attention_heads: int, n_bins: int, classifier_mixup_alpha: float) -> None:
+    if hidden_size % num_attention_heads != 0:
+        raise ValueError(
+            f"hidden_size ({hidden_size}) is not a multiple of num_attention_heads ({num_attention_heads}); "
+            f"choose heads that divide the hidden size, e.g. num_attention_heads="
+            f"{max(h for h in range(1, num_attention_heads + 1) if hidden_size % h == 0)}."
+        )
+    if n_bins < 1:
+        raise ValueError(f"n_bins={n_bins} must be at least 1.")
+    if classifier_mixup_alpha < 0:
+        raise ValueError(f"classifier_mixup_alpha={classifier_mixup_alpha} must not be negative (0 turns mixup "
+                         "off; 0.2-0.4 is usual).")
+
+
+def _check_special_tokens(vocab_size: int, pad: int, cls: int, mask: int, unk: int) -> None:
+    special = {"pad": pad, "cls": cls, "mask": mask, "unk": unk}
+    if len(set(special.values())) != 4 or max(special.values()) >= vocab_size or min(special.values()) < 0:
+        raise ValueError(f"special token ids {special} must be distinct and lie in [0, vocab_size={vocab_size}).")
 
 
 def _check_mask_schedule(grn_dense_last_layers: int, num_hidden_layers: int, grn_hops: int) -> None:
