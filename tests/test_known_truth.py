@@ -219,7 +219,8 @@ def test_a_finetuning_config_gives_every_start_its_recipe_not_its_budget(tmp_pat
                                                     "training.freeze_encoder=true", "--finetune_set",
                                                     "model.classifier_mixup_alpha=0.4"]))
     # the shipped recipe (gene dropout 0.3, class weights, warmup 0.1) and the classifier's dropout, with a training
-    # option and the classifier's mixup laid over it; the benchmark's 200 steps, not the config's 1,000, and neither its batch size nor its seed
+    # option and the classifier's mixup laid over it; the benchmark's 200 steps, not the config's 1,000, and neither
+    # its batch size nor its seed
     assert chosen["head_options"] == {"classifier_dropout": 0.1, "classifier_mixup_alpha": 0.4}
     recipe = chosen["finetuning"]
     assert (recipe["gene_dropout"], recipe["warmup_ratio"], recipe["class_weighting"]) == (0.3, 0.1, True)
