@@ -134,6 +134,8 @@ CASES = [
     ("finetune", ["--data", "{data}", "--label_column", "bulk_labels", "--model", "{model}", "--set",
                   "training.reinit_layers=1", "--set", "training.freeze_encoder=true", "--output_dir", "{out}"],
      "random and frozen"),
+    ("finetune", ["--data", "{data}", "--label_column", "bulk_labels", "--model", "{model}", "--set",
+                  "model.classifier_mixup_alpha=-0.4", "--output_dir", "{out}"], "must not be negative"),
     ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--set", "training.learning_rate=fast"],
      "expects float"),
     ("pretrain", ["--data", "{data}", "--output_dir", "{out}", "--config", "{root}/missing.yaml"], "missing.yaml"),

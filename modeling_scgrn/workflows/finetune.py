@@ -23,7 +23,7 @@ from ..grn.attach import attach_grn, check_model_options, new_config
 from ..grn.network import GeneRegulatoryNetwork
 from ..hub.model_folder import (architecture_of, check_compatible, load_pretrained, save_model_folder,
                                  with_architecture_of)
-from ..model.configuration_scgrn import SHAPE_FIELDS
+from ..model.configuration_scgrn import SHAPE_FIELDS, ScGrnConfig
 from ..model.modeling_scgrn import ScGrnForCellClassification
 from ..storage.folders import jsonable
 from ..train.training import TrainingConfig, train
@@ -62,6 +62,9 @@ def _classifier(classes, tokenizer, network, pretrained: str | None, model_optio
             raise ValueError(f"the model options set {', '.join(f'{k}={v!r}' for k, (_, v) in other.items())} but "
                              f"{pretrained} has {', '.join(f'{k}={c!r}' for k, (c, _) in other.items())}; a "
                              "pretrained model keeps its architecture: drop those from the config's model section.")
+        # from_pretrained sets the options on the saved config without ScGrnConfig's checks (a negative
+        # classifier_mixup_alpha would silently turn mixup off): run them on the config the model will have
+        ScGrnConfig.from_dict({**config.to_dict(), **model_options})
         return load_pretrained(ScGrnForCellClassification, pretrained, **labels, **model_options)
     model = ScGrnForCellClassification(new_config(tokenizer, **labels, **model_options))
     c = model.config
